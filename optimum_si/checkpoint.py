@@ -1,0 +1,100 @@
+"""Writing a pruned checkpoint: plain safetensors with exact zeros, the recipe, the report and a model card.
+
+The folder loads with plain `AutoModelForCausalLM.from_pretrained`: no `quantization_config` and no
+`sparsity_config` go into `config.json` (see docs: runtimes reject or mis-load sparse formats).
+Everything is written into a temporary sibling folder first and moved in at the end, so an interrupted save
+never leaves a folder that looks complete, and files of an earlier checkpoint are replaced, not mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from torch import nn
+
+from .config import CONFIG_NAME, SIConfig
+from .report import REPORT_NAME, PruneReport
+
+__all__ = ["save_pruned_model", "recipe_dict"]
+
+logger = logging.getLogger(__name__)
+
+_FORBIDDEN_CONFIG_KEYS = ("quantization_config", "sparsity_config", "compression_config")
+
+
+def recipe_dict(config: SIConfig, model: nn.Module | None, report: PruneReport | None) -> dict[str, Any]:
+    """`si_config.json` content: the recipe plus, under `meta`, versions, base model and achieved sparsity."""
+    data = config.to_dict()
+    model_config = getattr(model, "config", None)
+    data["meta"].update(
+        {
+            "base_model": getattr(model_config, "_name_or_path", None) or None,
+            "base_revision": getattr(model_config, "_commit_hash", None),
+        }
+    )
+    if report is not None:
+        data["meta"]["achieved_sparsity"] = report.sparsity
+    return data
+
+
+def save_pruned_model(
+    model: nn.Module,
+    save_dir: str | os.PathLike,
+    config: SIConfig,
+    report: PruneReport | None,
+    tokenizer: Any = None,
+    max_shard_size: str | int = "5GB",
+    card: bool = True,
+) -> str:
+    save_dir = os.fspath(save_dir)
+    model_config = getattr(model, "config", None)
+    for key in _FORBIDDEN_CONFIG_KEYS:
+        if model_config is not None and getattr(model_config, key, None) is not None:
+            raise ValueError(
+                f"The model config carries a `{key}`; a pruned checkpoint must be plain dense safetensors. Remove it "
+                f"(for GGUF-loaded models: model.hf_quantizer.remove_quantization_config(model))."
+            )
+    parent = os.path.dirname(os.path.abspath(save_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(save_dir)}.", dir=parent)
+    try:
+        model.save_pretrained(staging, max_shard_size=max_shard_size)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        if report is not None:
+            report.save(staging)
+        if card:
+            from .model_card import build_model_card
+
+            build_model_card(model, config, report).save(os.path.join(staging, "README.md"))
+        # The recipe goes last: its presence marks a complete checkpoint.
+        with open(os.path.join(staging, CONFIG_NAME), "w", encoding="utf-8") as handle:
+            json.dump(recipe_dict(config, model, report), handle, indent=2)
+            handle.write("\n")
+        _move_into(staging, save_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("Saved the pruned model to %s", save_dir)
+    return save_dir
+
+
+def _move_into(staging: str, save_dir: str) -> None:
+    os.makedirs(save_dir, exist_ok=True)
+    new_files = set(os.listdir(staging))
+    # Shards of an earlier save that the new index does not list would confuse loaders.
+    for name in os.listdir(save_dir):
+        if name not in new_files and (name.endswith(".safetensors") or name == "model.safetensors.index.json"):
+            os.remove(os.path.join(save_dir, name))
+    if CONFIG_NAME in os.listdir(save_dir):
+        os.remove(os.path.join(save_dir, CONFIG_NAME))  # the folder reads as incomplete until the new recipe lands
+    for name in sorted(new_files - {CONFIG_NAME}) + [CONFIG_NAME]:
+        src = os.path.join(staging, name)
+        dst = os.path.join(save_dir, name)
+        if os.path.isdir(dst) and not os.path.islink(dst):
+            shutil.rmtree(dst)
+        os.replace(src, dst)

@@ -1,0 +1,239 @@
+"""`SIConfig`: the validated, serialisable pruning recipe.
+
+Field names follow what users know from Optimum's `GPTQQuantizer` and llm-compressor's pruning modifiers
+(`sparsity`, `mask_structure`, `dampening_frac`, `block_size`, `targets`, `ignore`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["SIConfig", "CONFIG_NAME", "METHODS", "version_stamp"]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "si_config.json"
+FORMAT_VERSION = 1
+METHODS = ("magnitude", "wanda", "sparsegpt")
+_NM_PATTERN = re.compile(r"^(\d+):(\d+)$")
+# Keys written by `to_dict` next to the fields; they describe the file, not the recipe.
+_FILE_KEYS = ("format_version", "meta")
+
+
+def version_stamp() -> dict[str, str]:
+    """Versions of the libraries that produced a recipe or checkpoint."""
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {"optimum_si": __version__, "transformers": transformers.__version__, "torch": torch.__version__}
+
+
+def _help(text: str, **kwargs: Any) -> Any:
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class SIConfig:
+    """Recipe for pruning a causal LM block by block, optionally with Sparsity Induction (arXiv 2602.21652).
+
+    Sample config::
+
+        SIConfig(method="wanda", sparsity=0.5, mask_structure="2:4", induction=True, num_samples=128, seqlen=2048)
+
+    `mask_structure="N:M"` keeps at most N weights in every group of M consecutive input columns of each output row
+    (the hardware notation: "2:4" keeps 2 of 4). Its sparsity is 1 - N/M; `sparsity` may be left out or must agree.
+    """
+
+    method: str = _help("Base pruner: 'magnitude', 'wanda' or 'sparsegpt'.", default="wanda")
+    sparsity: float | None = _help(
+        "Fraction of weights zeroed in every pruned Linear, in (0, 1). Defaults to 0.5, or 1 - N/M for N:M.",
+        default=None,
+    )
+    mask_structure: str = _help("'unstructured' or 'N:M' (N kept out of every M consecutive inputs).", default="unstructured")
+    induction: bool = _help("Run Sparsity Induction on each block before pruning it.", default=False)
+    num_samples: int = _help("Number of calibration windows.", default=128)
+    seqlen: int = _help("Tokens per calibration window.", default=2048)
+    seed: int = _help("Seed for drawing calibration windows and for induction.", default=0)
+    batch_size: int = _help("Calibration windows per block forward pass.", default=1)
+    dampening_frac: float = _help("SparseGPT: Hessian dampening as a fraction of its mean diagonal.", default=0.01)
+    block_size: int = _help("SparseGPT: columns per lazy-update block.", default=128)
+    targets: list[str] | None = _help(
+        "fnmatch patterns (not regular expressions) over module names; only matching Linears inside the decoder blocks "
+        "are pruned. Default: every Linear in the decoder blocks.",
+        default=None,
+    )
+    ignore: list[str] = _help("fnmatch patterns of module names never to prune.", default_factory=list)
+    block_name: str | None = _help(
+        "Dotted path of the decoder block list (e.g. 'model.layers'); found automatically for known architectures.",
+        default=None,
+    )
+    true_sequential: bool = _help(
+        "Within a block, calibrate each group of Linears on the outputs of the already-pruned groups before it "
+        "(attention inputs, then o_proj, then MLP inputs, then down_proj). Default: one dense pass per block, "
+        "as the Wanda and SparseGPT reference code does.",
+        default=False,
+    )
+    device: str | None = _help("Execution device for block work ('cuda', 'cpu', ...). Default: where the blocks are.", default=None)
+    show_progress: bool = _help("Show a tqdm progress bar over blocks.", default=True)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.method, str) or self.method.lower() not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {self.method!r}.")
+        self.method = self.method.lower()
+
+        self.mask_structure = self._normalise_structure(self.mask_structure)
+        nm = self.n_m
+        if nm is not None:
+            implied = 1.0 - nm[0] / nm[1]
+            if self.sparsity is not None and not math.isclose(float(self.sparsity), implied, abs_tol=1e-9):
+                raise ValueError(
+                    f"sparsity={self.sparsity} contradicts mask_structure={self.mask_structure!r}, which implies "
+                    f"sparsity {implied:g}; leave sparsity out or set it to {implied:g}."
+                )
+            self.sparsity = implied
+        elif self.sparsity is None:
+            self.sparsity = 0.5
+        if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)):
+            raise ValueError(f"sparsity must be a number in (0, 1), got {self.sparsity!r}.")
+        self.sparsity = float(self.sparsity)
+        if not 0.0 < self.sparsity < 1.0:
+            raise ValueError(f"sparsity must be in (0, 1), got {self.sparsity}.")
+
+        for name in ("num_samples", "seqlen", "batch_size", "block_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}.")
+        if not isinstance(self.dampening_frac, (int, float)) or not 0.0 < self.dampening_frac < 1.0:
+            raise ValueError(f"dampening_frac must be in (0, 1), got {self.dampening_frac!r} (SparseGPT uses 0.01).")
+        self.dampening_frac = float(self.dampening_frac)
+        for name in ("induction", "true_sequential", "show_progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
+        if self.targets is not None:
+            self.targets = self._pattern_list("targets", self.targets)
+            if not self.targets:
+                raise ValueError("targets must name at least one pattern, or be None to prune every Linear in the blocks.")
+        self.ignore = self._pattern_list("ignore", self.ignore)
+        if self.block_name is not None and (not isinstance(self.block_name, str) or not self.block_name):
+            raise ValueError(f"block_name must be a dotted module path such as 'model.layers', got {self.block_name!r}.")
+        if self.device is not None and not isinstance(self.device, str):
+            self.device = str(self.device)
+
+    @staticmethod
+    def _normalise_structure(value: Any) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"mask_structure must be 'unstructured' or 'N:M' such as '2:4', got {value!r}.")
+        text = value.strip().lower()
+        if text in ("unstructured", "0:0"):
+            return "unstructured"
+        match = _NM_PATTERN.match(text)
+        if match is None:
+            raise ValueError(
+                f"mask_structure must be 'unstructured' or 'N:M' with a colon, e.g. '2:4' or '4:8'; got {value!r}."
+            )
+        n, m = int(match.group(1)), int(match.group(2))
+        if not 0 < n < m:
+            raise ValueError(
+                f"mask_structure {value!r}: N:M keeps N of every M weights, so it needs 0 < N < M (e.g. '2:4'), "
+                f"got N={n}, M={m}."
+            )
+        return f"{n}:{m}"
+
+    @staticmethod
+    def _pattern_list(name: str, value: Any) -> list[str]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) and p for p in value):
+            raise ValueError(f"{name} must be a list of non-empty fnmatch pattern strings, got {value!r}.")
+        return list(value)
+
+    @property
+    def n_m(self) -> tuple[int, int] | None:
+        """(N kept, M) for N:M structures, None for unstructured."""
+        if self.mask_structure == "unstructured":
+            return None
+        n, m = self.mask_structure.split(":")
+        return int(n), int(m)
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["format_version"] = FORMAT_VERSION
+        data["meta"] = version_stamp()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, strict: bool = True, **overrides: Any) -> SIConfig:
+        """Build a config from a dict.
+
+        Unknown keys are an error for user input (`strict=True`); when reading a file written by a newer
+        optimum-si (`strict=False`) they are dropped with a warning.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"SIConfig.from_dict expects a dict, got {type(data).__name__}.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k not in _FILE_KEYS}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            if strict:
+                raise ValueError(f"Unknown SIConfig field(s): {', '.join(unknown)}. Valid fields: {', '.join(sorted(known))}.")
+            logger.warning(
+                "Ignoring unknown field(s) %s from a recipe written by a newer optimum-si (%s); upgrade optimum-si to use them.",
+                ", ".join(unknown),
+                data.get("meta", {}).get("optimum_si", "unknown version"),
+            )
+            values = {k: v for k, v in values.items() if k in known}
+        bad_overrides = sorted(set(overrides) - known)
+        if bad_overrides:
+            raise ValueError(f"Unknown SIConfig field(s): {', '.join(bad_overrides)}. Valid fields: {', '.join(sorted(known))}.")
+        if "mask_structure" in overrides and "sparsity" not in overrides:
+            values.pop("sparsity", None)  # the new structure decides the sparsity unless the user also gives one
+        values.update(overrides)
+        return cls(**values)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, CONFIG_NAME)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(self.to_json_string())
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, dir_or_repo: str | os.PathLike, *, revision: str | None = None, token: str | None = None,
+                        **overrides: Any) -> SIConfig:
+        """Load `si_config.json` from a local folder or a Hub repo; keyword arguments override its fields."""
+        path = os.path.join(dir_or_repo, CONFIG_NAME)
+        if not os.path.isdir(dir_or_repo):
+            from huggingface_hub import hf_hub_download
+
+            try:
+                path = hf_hub_download(str(dir_or_repo), CONFIG_NAME, revision=revision, token=token)
+            except Exception as err:  # the hub raises many types; the user needs one message
+                raise OSError(
+                    f"Could not find {CONFIG_NAME} for {str(dir_or_repo)!r}: it is not a local folder and downloading it "
+                    f"from the Hub failed ({type(err).__name__}: {err})."
+                ) from err
+        elif not os.path.isfile(path):
+            raise OSError(f"{dir_or_repo} has no {CONFIG_NAME}; it was not written by optimum-si.")
+        with open(path, encoding="utf-8") as handle:
+            try:
+                data = json.load(handle)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path} is not valid JSON ({err}); the file is corrupted.") from err
+        return cls.from_dict(data, strict=False, **overrides)

@@ -1,0 +1,357 @@
+"""The block-by-block engine: capture the inputs of the first decoder block, then for each block
+collect statistics -> prune -> re-run the pruned block so the next one sees pruned outputs.
+
+The engine never asks where weights come from: a `BlockSource` hands it one block at a time on the execution
+device and takes it back when done (in memory now; streaming from safetensors uses the same loop).
+
+Lifecycle per block (one dense statistics pass, as the Wanda and SparseGPT reference code does; or one pass per
+group with `true_sequential`):
+    load -> [induce] -> statistics pass(es) -> prune -> propagate (skipped after the last block) -> release
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .architectures import BLOCK_PATTERNS, spec_for
+from .config import SIConfig
+from .masks import select_mask
+from .metrics import magnitude_scores, wanda_scores
+from .report import BlockRecord, LayerRecord, PruneReport
+from .sparsegpt import sparsegpt_prune
+from .stats import InputStats, InputStatsCollector, StopForward
+from .weights import UndoLog, write_parameter
+
+__all__ = [
+    "BlockInputs",
+    "BlockSource",
+    "InMemoryBlocks",
+    "find_decoder_blocks",
+    "select_linears",
+    "capture_block_inputs",
+    "run_block",
+    "BlockEngine",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class _BlockInputsCaptured(Exception):
+    def __init__(self, args: tuple, kwargs: dict) -> None:
+        super().__init__("block inputs captured")
+        self.args = args
+        self.kwargs = kwargs
+
+
+@dataclass
+class BlockInputs:
+    """Hidden states entering the current block, one tensor per calibration batch, and the keyword arguments
+    (attention mask, rotary embeddings, ...) replayed for every block, keyed by batch size."""
+
+    hidden: list[torch.Tensor]
+    kwargs: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def tokens(self) -> int:
+        return sum(h.shape[0] * h.shape[1] for h in self.hidden)
+
+
+class BlockSource(Protocol):
+    def __len__(self) -> int: ...
+
+    def load(self, index: int) -> nn.Module:
+        """Block `index`, with real weights on the execution device."""
+
+    def release(self, index: int, block: nn.Module) -> None:
+        """Called once block `index` is pruned: write it back / free it."""
+
+
+class InMemoryBlocks:
+    """Blocks of a model already in memory; moved to the execution device one at a time when needed."""
+
+    def __init__(self, blocks: Sequence[nn.Module], device: torch.device) -> None:
+        self.blocks = blocks
+        self.device = device
+        self._home: dict[int, torch.device] = {}
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def load(self, index: int) -> nn.Module:
+        block = self.blocks[index]
+        home = _module_device(block)
+        if home != self.device:
+            self._home[index] = home
+            block.to(self.device)
+        return block
+
+    def release(self, index: int, block: nn.Module) -> None:
+        home = self._home.pop(index, None)
+        if home is not None:
+            block.to(home)
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _get_submodule(model: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def find_decoder_blocks(model: nn.Module, block_name: str | None = None) -> tuple[str, nn.ModuleList]:
+    """The dotted path and the ModuleList of decoder blocks; a clear error if none is found."""
+    if block_name is not None:
+        candidates = [block_name]
+    else:
+        spec = spec_for(getattr(getattr(model, "config", None), "model_type", None))
+        candidates = ([spec.block_path] if spec else []) + list(BLOCK_PATTERNS)
+    for path in candidates:
+        blocks = _get_submodule(model, path)
+        if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
+            return path, blocks
+    if block_name is not None:
+        raise ValueError(f"block_name={block_name!r} does not name a non-empty nn.ModuleList in {type(model).__name__}.")
+    raise ValueError(
+        f"Could not find the decoder blocks of {type(model).__name__} (tried {', '.join(candidates)}). "
+        "Pass the dotted path of its block list as SIConfig(block_name=...), e.g. block_name='model.layers'."
+    )
+
+
+def select_linears(block: nn.Module, prefix: str, targets: list[str] | None, ignore: list[str]) -> dict[str, nn.Linear]:
+    """Linears of `block` to prune, keyed by their name inside the block. Patterns match the full module name."""
+    selected = {}
+    for name, module in block.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        full = f"{prefix}.{name}"
+        if targets is not None and not any(fnmatch.fnmatchcase(full, p) for p in targets):
+            continue
+        if any(fnmatch.fnmatchcase(full, p) for p in ignore):
+            continue
+        selected[name] = module
+    return selected
+
+
+def _modules_outside(root: nn.Module, blocks: nn.Module) -> list[nn.Module]:
+    """The largest submodules of `root` that do not contain `blocks` (embeddings, rotary embedding, final norm...)."""
+    outside = []
+    for child in root.children():
+        if child is blocks:
+            continue
+        if any(m is blocks for m in child.modules()):
+            outside.extend(_modules_outside(child, blocks))
+        else:
+            outside.append(child)
+    return outside
+
+
+@torch.no_grad()
+def capture_block_inputs(
+    model: nn.Module, blocks: nn.ModuleList, batches: Sequence[torch.Tensor], device: torch.device
+) -> BlockInputs:
+    """Run the model on each batch of token ids up to the first block, recording its inputs and kwargs."""
+    moved = []
+    for module in _modules_outside(model, blocks):
+        home = _module_device(module)
+        if home != device:
+            moved.append((module, home))
+            module.to(device)
+
+    def stop(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        raise _BlockInputsCaptured(args, kwargs)
+
+    inputs = BlockInputs(hidden=[])
+    handle = blocks[0].register_forward_pre_hook(stop, with_kwargs=True)
+    try:
+        for batch in batches:
+            try:
+                model(input_ids=batch.to(device), use_cache=False)
+            except _BlockInputsCaptured as captured:
+                kwargs = dict(captured.kwargs)
+                hidden = captured.args[0] if captured.args else kwargs.pop("hidden_states")
+                if len(captured.args) > 1:
+                    raise RuntimeError(
+                        f"{type(blocks[0]).__name__} received {len(captured.args)} positional arguments; only the "
+                        "hidden states are supported positionally."
+                    ) from None
+                inputs.hidden.append(hidden.detach())
+                inputs.kwargs.setdefault(hidden.shape[0], kwargs)
+            else:
+                raise RuntimeError(
+                    "The forward pass finished without reaching the first decoder block; check SIConfig(block_name=...)."
+                )
+    finally:
+        handle.remove()
+        for module, home in moved:
+            module.to(home)
+    return inputs
+
+
+def _block_output(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+@torch.no_grad()
+def run_block(block: nn.Module, inputs: BlockInputs, collector: InputStatsCollector | None = None) -> list[torch.Tensor]:
+    """Forward every batch through `block`. With a collector, passes may stop early (no outputs returned)."""
+    outputs = []
+    for hidden in inputs.hidden:
+        kwargs = inputs.kwargs[hidden.shape[0]]
+        try:
+            outputs.append(_block_output(block(hidden, **kwargs)))
+        except StopForward:
+            pass
+        finally:
+            if collector is not None:
+                collector.end_pass()
+    return outputs
+
+
+class BlockEngine:
+    """Runs the per-block loop of one pruning run and fills a `PruneReport`.
+
+    `induce` (optional) is called on each loaded block before its statistics pass; it may change the block's
+    weights through `write_parameter` and returns a dict for the report.
+    """
+
+    def __init__(
+        self,
+        config: SIConfig,
+        report: PruneReport,
+        undo: UndoLog,
+        sequential_groups: tuple[tuple[str, ...], ...] | None = None,
+        induce: Callable[[int, nn.Module, dict[str, nn.Linear], BlockInputs], dict[str, Any]] | None = None,
+    ) -> None:
+        self.config = config
+        self.report = report
+        self.undo = undo
+        self.sequential_groups = sequential_groups
+        self.induce = induce
+
+    def _groups(self, linears: dict[str, nn.Linear]) -> list[dict[str, nn.Linear]]:
+        if not self.config.true_sequential or not self.sequential_groups:
+            return [linears]
+        groups, placed = [], set()
+        for names in self.sequential_groups:
+            group = {n: linears[n] for n in names if n in linears}
+            if group:
+                groups.append(group)
+                placed.update(group)
+        rest = {n: m for n, m in linears.items() if n not in placed}
+        return groups + ([rest] if rest else [])
+
+    def run(
+        self,
+        source: BlockSource,
+        block_prefix: str,
+        inputs: BlockInputs | None,
+        linears_of: Callable[[int, nn.Module], dict[str, nn.Linear]],
+    ) -> None:
+        """Prune every block of `source`. `inputs` is None for data-free runs (plain magnitude)."""
+        progress = tqdm(range(len(source)), desc="Pruning blocks", disable=not self.config.show_progress, unit="block")
+        for index in progress:
+            started = time.perf_counter()
+            record = BlockRecord(index=index, seconds=0.0)
+            block = source.load(index)
+            try:
+                linears = linears_of(index, block)
+                if self.induce is not None and inputs is not None:
+                    record.induction = self.induce(index, block, linears, inputs)
+                for group in self._groups(linears):
+                    t0 = time.perf_counter()
+                    stats = self._collect(index, block, group, inputs) if self._needs_stats() else {}
+                    t1 = time.perf_counter()
+                    self._prune_group(f"{block_prefix}.{index}", group, stats)
+                    record.stats_seconds += t1 - t0
+                    record.prune_seconds += time.perf_counter() - t1
+                if inputs is not None and index + 1 < len(source):
+                    t0 = time.perf_counter()
+                    inputs.hidden = run_block(block, inputs)
+                    _check_finite(inputs.hidden, f"the outputs of block {index}")
+                    record.propagate_seconds = time.perf_counter() - t0
+            finally:
+                source.release(index, block)
+            record.seconds = time.perf_counter() - started
+            self.report.blocks.append(record)
+            logger.info(
+                "block %d/%d pruned in %.2f s (stats %.2f, prune %.2f, propagate %.2f)",
+                index + 1, len(source), record.seconds, record.stats_seconds, record.prune_seconds,
+                record.propagate_seconds,
+            )
+
+    def _needs_stats(self) -> bool:
+        return self.config.method != "magnitude"
+
+    def _collect(
+        self, index: int, block: nn.Module, group: dict[str, nn.Linear], inputs: BlockInputs | None
+    ) -> dict[str, InputStats]:
+        assert inputs is not None, "calibration inputs are required for data-driven methods"
+        with InputStatsCollector(group, with_hessian=self.config.method == "sparsegpt") as collector:
+            run_block(block, inputs, collector)
+        for name in group:
+            stats = collector.stats.get(name)
+            if stats is None or stats.tokens == 0:
+                raise RuntimeError(
+                    f"Block {index}: {name} received no input during calibration, so it cannot be pruned with "
+                    f"{self.config.method}; add it to SIConfig(ignore=[...])."
+                )
+            if not stats.is_finite():
+                raise FloatingPointError(
+                    f"Block {index}: the calibration inputs of {name} contain NaN or inf. The model produces non-finite "
+                    "activations on this calibration data (check the weights, or use float32/bfloat16 instead of float16)."
+                )
+        return collector.stats
+
+    @torch.no_grad()
+    def _prune_group(self, prefix: str, group: dict[str, nn.Linear], stats: dict[str, InputStats]) -> None:
+        cfg = self.config
+        for name, linear in group.items():
+            weight = linear.weight
+            error = None
+            if cfg.method == "sparsegpt":
+                result = sparsegpt_prune(
+                    weight, stats[name].hessian_factor(cfg.dampening_frac), cfg.sparsity, cfg.n_m, cfg.block_size
+                )
+                new_weight, error = result.weight, result.loss
+            else:
+                if cfg.method == "wanda":
+                    scores = wanda_scores(weight, stats[name].sq_norms)
+                else:
+                    scores = magnitude_scores(weight)
+                keep = select_mask(scores, cfg.sparsity, cfg.n_m, per_row=cfg.method == "wanda")
+                new_weight = torch.where(keep, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
+                if name in stats:
+                    removed = (weight.float() - new_weight.float()).square()
+                    error = float((removed @ stats[name].sq_norms.to(removed.device)).sum())
+            self.undo.record(linear, "weight")
+            write_parameter(linear, "weight", new_weight)
+            zeros = int((linear.weight == 0).sum())
+            self.report.layers[f"{prefix}.{name}"] = LayerRecord(
+                name=f"{prefix}.{name}", numel=linear.weight.numel(), zeros=zeros, error=error
+            )
+
+
+def _check_finite(tensors: list[torch.Tensor], what: str) -> None:
+    for tensor in tensors:
+        if not bool(torch.isfinite(tensor).all()):
+            raise FloatingPointError(
+                f"Non-finite values (NaN/inf) in {what}. The model produces non-finite activations on this calibration "
+                "data (check the weights, or use float32/bfloat16 instead of float16)."
+            )

@@ -1,0 +1,60 @@
+"""Perplexity with the standard protocol of the SparseGPT/Wanda lineage.
+
+One token stream, cut into non-overlapping windows of `seqlen` (the remainder is dropped); per window the mean
+next-token NLL times `seqlen`; PPL = exp(sum / (windows * seqlen)). This is the `eval_ppl` convention of the
+Wanda code (locuslab/wanda `lib/eval.py`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+__all__ = ["perplexity"]
+
+
+@torch.no_grad()
+def perplexity(
+    model: nn.Module,
+    tokenizer_or_ids: Any,
+    text: str | None = None,
+    seqlen: int = 2048,
+    max_windows: int | None = None,
+    batch_size: int = 1,
+    device: str | torch.device | None = None,
+    show_progress: bool = False,
+) -> float:
+    """Perplexity of `model` on `text` (tokenised once with the tokenizer) or on a 1-D/2-D tensor of token ids."""
+    if isinstance(tokenizer_or_ids, torch.Tensor):
+        ids = tokenizer_or_ids.reshape(-1).long()
+    else:
+        if text is None:
+            raise ValueError("Pass the evaluation text, or a tensor of token ids instead of a tokenizer.")
+        ids = torch.as_tensor(tokenizer_or_ids(text, verbose=False)["input_ids"], dtype=torch.long).reshape(-1)
+    windows = ids.numel() // seqlen
+    if max_windows is not None:
+        windows = min(windows, max_windows)
+    if windows < 1:
+        raise ValueError(f"The evaluation text has {ids.numel()} tokens, fewer than one window of seqlen={seqlen}.")
+    if device is None:
+        device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total_nll = 0.0
+    try:
+        starts = list(range(0, windows, batch_size))
+        for first in tqdm(starts, desc="Perplexity", disable=not show_progress):
+            count = min(batch_size, windows - first)
+            batch = ids[first * seqlen:(first + count) * seqlen].reshape(count, seqlen).to(device)
+            logits = model(input_ids=batch, use_cache=False).logits.float()
+            nll = nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="none"
+            ).reshape(count, seqlen - 1)
+            total_nll += float(nll.mean(dim=1).sum()) * seqlen
+    finally:
+        model.train(was_training)
+    return math.exp(total_nll / (windows * seqlen))

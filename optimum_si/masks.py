@@ -1,0 +1,59 @@
+"""Pure mask selection: which weights to zero, given importance scores.
+
+All functions take a score tensor shaped like the weight ([out, in]) and return a boolean *keep* mask.
+Selection is by exact count with a stable sort, never by a `<= threshold` rule: dequantised or low-bit
+weights tie heavily and a threshold would overshoot the target sparsity.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["lowest_k_mask", "unstructured_mask", "nm_mask", "select_mask", "measure_sparsity", "follows_nm"]
+
+
+def lowest_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep mask of `scores`' shape that drops exactly the `k` lowest entries of each row (the last dim)."""
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    if k <= 0:
+        return keep
+    order = torch.sort(scores, dim=-1, stable=True).indices[..., :k]
+    return keep.scatter_(-1, order, False)
+
+
+def unstructured_mask(scores: torch.Tensor, sparsity: float, per_row: bool) -> torch.Tensor:
+    """Drop the lowest `int(group_size * sparsity)` scores per output row (`per_row`) or per matrix."""
+    if per_row:
+        return lowest_k_mask(scores, int(scores.shape[-1] * sparsity))
+    flat = scores.reshape(1, -1)
+    return lowest_k_mask(flat, int(flat.shape[-1] * sparsity)).reshape(scores.shape)
+
+
+def nm_mask(scores: torch.Tensor, n_keep: int, m: int) -> torch.Tensor:
+    """Keep the `n_keep` highest scores in every group of `m` consecutive input columns of each row."""
+    rows, cols = scores.shape
+    if cols % m:
+        raise ValueError(f"N:M sparsity needs the input size ({cols}) to be a multiple of M={m}.")
+    grouped = scores.reshape(rows, cols // m, m)
+    return lowest_k_mask(grouped, m - n_keep).reshape(rows, cols)
+
+
+def select_mask(scores: torch.Tensor, sparsity: float, n_m: tuple[int, int] | None, per_row: bool) -> torch.Tensor:
+    """The mask a base pruner uses: N:M when given, else unstructured per row or per matrix."""
+    if n_m is not None:
+        return nm_mask(scores, *n_m)
+    return unstructured_mask(scores, sparsity, per_row)
+
+
+def measure_sparsity(weight: torch.Tensor) -> float:
+    """Fraction of exact zeros."""
+    return float((weight == 0).sum().item()) / weight.numel()
+
+
+def follows_nm(weight: torch.Tensor, n_keep: int, m: int) -> bool:
+    """True when every group of `m` consecutive inputs in every row has at most `n_keep` non-zeros."""
+    rows, cols = weight.shape
+    if cols % m:
+        return False
+    nonzeros = (weight.reshape(rows, cols // m, m) != 0).sum(-1)
+    return bool((nonzeros <= n_keep).all())

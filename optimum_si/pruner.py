@@ -1,0 +1,181 @@
+"""`SIPruner`: the public entry point. Orchestration only (checks, data, engine, save); no tensor maths here."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from .architectures import spec_for
+from .calibration import build_calibration_ids
+from .config import SIConfig
+from .engine import BlockEngine, InMemoryBlocks, capture_block_inputs, find_decoder_blocks, select_linears
+from .report import PruneReport
+from .weights import UndoLog
+
+__all__ = ["SIPruner"]
+
+logger = logging.getLogger(__name__)
+
+_PRUNED_FLAG = "_optimum_si_pruned"
+
+
+class SIPruner:
+    """Prunes a causal LM block by block with magnitude, Wanda or SparseGPT, optionally after Sparsity Induction.
+
+    Lifecycle::
+
+        pruner = SIPruner(SIConfig(method="wanda", sparsity=0.5))   # or SIPruner(method="wanda", sparsity=0.5)
+        model = pruner.prune(model, tokenizer=tok, dataset=texts)    # in place; returns the model
+        pruner.report                                                 # per-layer sparsity, errors, timings
+        pruner.save(model, "out/")                                    # safetensors + si_config.json + card
+    """
+
+    def __init__(self, config: SIConfig | dict | None = None, **kwargs: Any) -> None:
+        if config is None:
+            config = SIConfig(**kwargs)
+        elif isinstance(config, dict):
+            config = SIConfig.from_dict(config, **kwargs)
+        elif isinstance(config, SIConfig):
+            if kwargs:
+                config = SIConfig.from_dict(config.to_dict(), **kwargs)
+        else:
+            raise TypeError(f"SIPruner expects an SIConfig (or keyword arguments), got {type(config).__name__}.")
+        self.config = config
+        self.report: PruneReport | None = None
+        self._tokenizer = None
+        self._calibration_ids: torch.Tensor | None = None
+
+    @classmethod
+    def from_pretrained(cls, dir_or_repo: str | os.PathLike, **overrides: Any) -> SIPruner:
+        """Load the recipe (`si_config.json`) of a folder or Hub repo; keyword arguments override its fields."""
+        return cls(SIConfig.from_pretrained(dir_or_repo, **overrides))
+
+    # ------------------------------------------------------------------------------------------ prune
+    def prune(self, model: nn.Module, tokenizer: Any = None, dataset: Any = None) -> nn.Module:
+        """Prune `model` in place and return it. `dataset` is the calibration data (see `SIConfig` and
+        `optimum_si.calibration`); plain magnitude pruning needs none.
+
+        Every check (config vs model, calibration data, finite weights) runs before any weight is touched; if the
+        run fails later, the weights already changed are restored before the error propagates.
+        """
+        cfg = self.config
+        if isinstance(model, (str, os.PathLike)):
+            raise NotImplementedError(
+                "Pruning from a path (streaming from safetensors) is not implemented yet; load the model with "
+                "AutoModelForCausalLM.from_pretrained and pass it instead."
+            )
+        if cfg.induction:
+            raise NotImplementedError(
+                "Sparsity Induction (induction=True) is not implemented in this version of optimum-si; use induction=False."
+            )
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"prune() expects a torch.nn.Module (e.g. a transformers causal LM), got {type(model).__name__}.")
+        if getattr(model, _PRUNED_FLAG, False):
+            raise RuntimeError(
+                "This model was already pruned by optimum-si; pruning it twice would compound the sparsity. Load a fresh "
+                "copy of the dense model."
+            )
+        self._check_placement(model)
+        block_path, blocks = find_decoder_blocks(model, cfg.block_name)
+        plan = [select_linears(block, f"{block_path}.{i}", cfg.targets, cfg.ignore) for i, block in enumerate(blocks)]
+        self._check_plan(plan, block_path)
+        _check_finite_parameters(model)
+        device = torch.device(cfg.device) if cfg.device else next(blocks[0].parameters()).device
+
+        needs_data = cfg.method != "magnitude" or cfg.induction
+        ids = None
+        if needs_data:
+            model_config = getattr(model, "config", None)
+            ids = build_calibration_ids(
+                dataset, tokenizer, cfg.num_samples, cfg.seqlen, cfg.seed,
+                vocab_size=getattr(model_config, "vocab_size", None),
+                max_context=getattr(model_config, "max_position_embeddings", None),
+            )
+        self._tokenizer = tokenizer
+        self._calibration_ids = ids
+
+        report = PruneReport(method=cfg.method, mask_structure=cfg.mask_structure, target_sparsity=cfg.sparsity)
+        undo = UndoLog()
+        spec = spec_for(getattr(getattr(model, "config", None), "model_type", None))
+        engine = BlockEngine(cfg, report, undo, sequential_groups=spec.sequential_groups if spec else None)
+        use_cache = getattr(getattr(model, "config", None), "use_cache", None)
+        was_training = model.training
+        started = time.perf_counter()
+        try:
+            model.eval()
+            if use_cache is not None:
+                model.config.use_cache = False
+            inputs = None
+            if ids is not None:
+                batches = list(ids.split(cfg.batch_size))
+                inputs = capture_block_inputs(model, blocks, batches, device)
+                report.capture_seconds = time.perf_counter() - started
+                report.num_samples, report.seqlen = ids.shape
+            with torch.no_grad():
+                engine.run(InMemoryBlocks(blocks, device), block_path, inputs, lambda i, _block: plan[i])
+        except BaseException:
+            undo.restore()
+            raise
+        finally:
+            model.train(was_training)
+            if use_cache is not None:
+                model.config.use_cache = use_cache
+        undo.clear()
+        report.total_seconds = time.perf_counter() - started
+        setattr(model, _PRUNED_FLAG, True)
+        self.report = report
+        logger.info(report.summary())
+        return model
+
+    def _check_placement(self, model: nn.Module) -> None:
+        if any(p.device.type == "meta" for p in model.parameters()):
+            raise ValueError(
+                "The model has weights on the meta device (built with init_empty_weights or offloaded), so there is "
+                "nothing to prune. Load real weights with AutoModelForCausalLM.from_pretrained."
+            )
+        device_map = getattr(model, "hf_device_map", None) or {}
+        if any(str(d) == "disk" for d in device_map.values()):
+            raise ValueError("Models offloaded to disk are not supported; load the model on CPU/GPU without disk offload.")
+
+    def _check_plan(self, plan: list[dict[str, nn.Linear]], block_path: str) -> None:
+        if not any(plan):
+            raise ValueError(
+                f"No nn.Linear to prune was found in {block_path} with targets={self.config.targets} and "
+                f"ignore={self.config.ignore}; widen `targets` or shorten `ignore`."
+            )
+        nm = self.config.n_m
+        if nm is not None:
+            bad = [f"{block_path}.{i}.{name}" for i, linears in enumerate(plan) for name, lin in linears.items()
+                   if lin.in_features % nm[1]]
+            if bad:
+                raise ValueError(
+                    f"mask_structure={self.config.mask_structure!r} needs input sizes divisible by {nm[1]}; these Linears are "
+                    f"not: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}. Add them to SIConfig(ignore=[...])."
+                )
+
+    # ------------------------------------------------------------------------------------------ save
+    def save(self, model: nn.Module, save_dir: str | os.PathLike, tokenizer: Any = None, max_shard_size: str | int = "5GB",
+             perplexity: dict[str, float] | None = None) -> str:
+        """Write the pruned model (safetensors), `si_config.json`, `si_report.json`, the tokenizer and a model card."""
+        from .checkpoint import save_pruned_model
+
+        if self.report is not None and perplexity:
+            self.report.perplexity.update(perplexity)
+        return save_pruned_model(
+            model, save_dir, self.config, self.report, tokenizer if tokenizer is not None else self._tokenizer,
+            max_shard_size=max_shard_size,
+        )
+
+
+def _check_finite_parameters(model: nn.Module) -> None:
+    bad = [name for name, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    if bad:
+        raise ValueError(
+            f"The model has NaN or inf in {len(bad)} parameter(s) ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
+            "pruning would produce a broken model. Reload the checkpoint."
+        )

@@ -1,0 +1,76 @@
+"""`PruneReport`: what a run did, per Linear and per block (feeds `si_report.json` and the model card)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["LayerRecord", "BlockRecord", "PruneReport", "REPORT_NAME"]
+
+REPORT_NAME = "si_report.json"
+
+
+@dataclass
+class LayerRecord:
+    name: str
+    numel: int
+    zeros: int
+    # SparseGPT's OBS error estimate; for mask-only methods the squared-error proxy sum((W - W_pruned)^2 * ||x||^2).
+    error: float | None = None
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.numel
+
+
+@dataclass
+class BlockRecord:
+    index: int
+    seconds: float
+    stats_seconds: float = 0.0
+    prune_seconds: float = 0.0
+    propagate_seconds: float = 0.0
+    induction: dict[str, Any] | None = None
+
+
+@dataclass
+class PruneReport:
+    method: str
+    mask_structure: str
+    target_sparsity: float
+    layers: dict[str, LayerRecord] = field(default_factory=dict)
+    blocks: list[BlockRecord] = field(default_factory=list)
+    capture_seconds: float = 0.0
+    total_seconds: float = 0.0
+    num_samples: int = 0
+    seqlen: int = 0
+    perplexity: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def sparsity(self) -> float:
+        """Achieved sparsity over all pruned Linears."""
+        numel = sum(r.numel for r in self.layers.values())
+        return sum(r.zeros for r in self.layers.values()) / numel if numel else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["layers"] = {name: {**asdict(r), "sparsity": r.sparsity} for name, r in self.layers.items()}
+        data["sparsity"] = self.sparsity
+        return data
+
+    def save(self, save_directory: str | os.PathLike) -> str:
+        path = os.path.join(save_directory, REPORT_NAME)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(self.to_dict(), handle, indent=2)
+            handle.write("\n")
+        os.replace(tmp, path)
+        return path
+
+    def summary(self) -> str:
+        return (
+            f"{self.method} {self.mask_structure}: {len(self.layers)} Linears, achieved sparsity {self.sparsity:.4f} "
+            f"(target {self.target_sparsity:.4f}) in {self.total_seconds:.1f} s"
+        )

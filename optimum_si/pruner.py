@@ -37,7 +37,7 @@ class SIPruner:
 
     def __init__(self, config: SIConfig | dict | None = None, **kwargs: Any) -> None:
         if config is None:
-            config = SIConfig(**kwargs)
+            config = SIConfig.from_dict(kwargs)
         elif isinstance(config, dict):
             config = SIConfig.from_dict(config, **kwargs)
         elif isinstance(config, SIConfig):

@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny random-weight models of every supported architecture, built in-process from configs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+VOCAB = 128
+_COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, max_position_embeddings=256)
+
+
+def tiny_config(arch: str):
+    """A 2-block config with GQA (4 query heads, 2 KV heads) for each architecture family we support."""
+    import transformers as tf
+
+    if arch == "llama":
+        return tf.LlamaConfig(**_COMMON)
+    if arch == "mistral":
+        return tf.MistralConfig(**_COMMON, sliding_window=None)
+    if arch == "qwen2":
+        return tf.Qwen2Config(**_COMMON)
+    if arch == "qwen3":
+        return tf.Qwen3Config(**_COMMON, head_dim=16)
+    if arch == "gemma":
+        return tf.GemmaConfig(**_COMMON, head_dim=16)
+    if arch == "gemma3":
+        return tf.Gemma3TextConfig(**_COMMON, head_dim=16, sliding_window=16)
+    if arch == "opt":
+        return tf.OPTConfig(vocab_size=VOCAB, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                            max_position_embeddings=256, word_embed_proj_dim=64)
+    raise ValueError(arch)
+
+
+ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma3", "opt"]
+
+
+def tiny_model(arch: str = "llama", seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch), dtype=torch.float32)
+    model.eval()
+    return model
+
+
+def token_ids(n: int = 8, seqlen: int = 32, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, VOCAB, (n, seqlen), generator=generator)
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_unchanged(model, before: dict[str, torch.Tensor]) -> None:
+    after = model.state_dict()
+    changed = [k for k, v in before.items() if not torch.equal(v, after[k])]
+    assert not changed, f"weights changed: {changed[:5]}"
+
+
+@pytest.fixture
+def llama():
+    return tiny_model("llama")
+
+
+@pytest.fixture
+def calib():
+    return token_ids()

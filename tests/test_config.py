@@ -1,0 +1,77 @@
+import json
+import logging
+
+import pytest
+
+from optimum_si import SIConfig
+from optimum_si.config import CONFIG_NAME
+
+
+def test_defaults_and_nm_sparsity():
+    assert SIConfig().sparsity == 0.5
+    assert SIConfig(mask_structure="2:4").n_m == (2, 4)
+    assert SIConfig(mask_structure="1:4").sparsity == 0.75
+    assert SIConfig(mask_structure="0:0").mask_structure == "unstructured"
+    assert SIConfig(method="SparseGPT").method == "sparsegpt"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"method": "obs"}, "method must be one of"),
+        ({"sparsity": 0.0}, r"sparsity must be in \(0, 1\)"),
+        ({"sparsity": 1.0}, r"sparsity must be in \(0, 1\)"),
+        ({"sparsity": "half"}, "sparsity must be a number"),
+        ({"mask_structure": "4:2"}, "0 < N < M"),
+        ({"mask_structure": "2-4"}, "with a colon"),
+        ({"mask_structure": "0:4"}, "0 < N < M"),
+        ({"mask_structure": "2:4", "sparsity": 0.6}, "contradicts"),
+        ({"num_samples": 0}, "num_samples must be a positive integer"),
+        ({"seqlen": -1}, "seqlen must be a positive integer"),
+        ({"dampening_frac": 0}, "dampening_frac"),
+        ({"targets": []}, "targets must name at least one pattern"),
+        ({"ignore": [3]}, "ignore must be a list"),
+        ({"induction": "yes"}, "induction must be True or False"),
+    ],
+)
+def test_invalid_values_name_the_allowed_ones(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SIConfig(**kwargs)
+
+
+def test_dict_round_trip_and_version_stamp():
+    config = SIConfig(method="sparsegpt", mask_structure="4:8", targets=["*mlp*"], ignore=["*down_proj"], seed=3)
+    data = config.to_dict()
+    assert set(data["meta"]) == {"optimum_si", "transformers", "torch"}
+    assert SIConfig.from_dict(json.loads(json.dumps(data))) == config
+
+
+def test_unknown_keys_error_for_users_warn_for_files(tmp_path, caplog):
+    with pytest.raises(ValueError, match="Unknown SIConfig field"):
+        SIConfig.from_dict({"method": "wanda", "sparsityy": 0.5})
+    data = SIConfig().to_dict()
+    data["future_knob"] = 1
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING):
+        loaded = SIConfig.from_pretrained(tmp_path)
+    assert loaded == SIConfig()
+    assert "future_knob" in caplog.text
+
+
+def test_save_and_load_with_overrides(tmp_path):
+    SIConfig(method="wanda", mask_structure="2:4").save_pretrained(tmp_path)
+    assert SIConfig.from_pretrained(tmp_path).mask_structure == "2:4"
+    overridden = SIConfig.from_pretrained(tmp_path, mask_structure="unstructured", sparsity=0.6)
+    assert (overridden.mask_structure, overridden.sparsity) == ("unstructured", 0.6)
+    with pytest.raises(ValueError, match="Unknown SIConfig field"):
+        SIConfig.from_pretrained(tmp_path, sparsiti=0.6)
+
+
+def test_from_pretrained_errors(tmp_path):
+    with pytest.raises(OSError, match="has no si_config.json"):
+        SIConfig.from_pretrained(tmp_path)
+    (tmp_path / CONFIG_NAME).write_text("{not json")
+    with pytest.raises(ValueError, match="corrupted"):
+        SIConfig.from_pretrained(tmp_path)
+    with pytest.raises(OSError, match="not a local folder"):
+        SIConfig.from_pretrained(str(tmp_path / "missing-repo-name"))

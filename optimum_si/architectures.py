@@ -1,4 +1,5 @@
-"""Per-architecture knowledge, as data: where the decoder blocks live and the true-sequential Linear groups.
+"""Per-architecture knowledge, as data: where the decoder blocks live, the true-sequential Linear groups, and the
+Sparsity Induction scaling groups (which channel is scaled, who produces it, who consumes it).
 
 Keyed by `config.model_type`. Architectures not listed still work when their block list is found by the
 generic `BLOCK_PATTERNS` (or given as `SIConfig.block_name`); they then use one group per block.
@@ -8,7 +9,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ArchitectureSpec", "ARCHITECTURES", "BLOCK_PATTERNS", "spec_for"]
+__all__ = ["ArchitectureSpec", "ScalingGroupSpec", "ARCHITECTURES", "BLOCK_PATTERNS", "spec_for"]
+
+
+@dataclass(frozen=True)
+class ScalingGroupSpec:
+    """One channel space that Sparsity Induction may scale (and shift) without changing the dense function.
+
+    kind:
+      - "norm": the output of a norm (`producer`) feeding `consumers` (their input columns are scaled).
+      - "rows": the rows of a Linear (`producer`) feeding `consumers` directly (through attention for v -> o, through
+        the gated product or a ReLU for up -> down); `kv_heads` marks v_proj under GQA.
+      - "qk": query/key head channels: q_proj rows (or q_norm) x s, k_proj rows (or k_norm) / s. `consumers` is
+        (q_proj, k_proj); `producer` is (q_norm, k_norm) where the model normalises q/k per head, else empty.
+    `shift` marks groups whose shift can be absorbed (needs biases on producer and consumers); `rope` ties channel i
+    with channel i + head_dim/2, so the rotary embedding still commutes with the scale.
+    """
+
+    name: str
+    kind: str
+    producer: tuple[str, ...]
+    consumers: tuple[str, ...]
+    kv_heads: bool = False
+    shift: bool = False
+    rope: bool = False
 
 
 @dataclass(frozen=True)
@@ -16,26 +40,48 @@ class ArchitectureSpec:
     block_path: str
     # Linears (relative to a block) in the order a true-sequential pass calibrates them.
     sequential_groups: tuple[tuple[str, ...], ...]
+    scaling_groups: tuple[ScalingGroupSpec, ...] = ()
+    norm_offset: float = 0.0  # Gemma's RMSNorm multiplies by (1 + weight)
 
 
-_LLAMA_LIKE = ArchitectureSpec(
-    block_path="model.layers",
-    sequential_groups=(
-        ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-        ("self_attn.o_proj",),
-        ("mlp.gate_proj", "mlp.up_proj"),
-        ("mlp.down_proj",),
-    ),
+_LLAMA_SEQUENTIAL = (
+    ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    ("self_attn.o_proj",),
+    ("mlp.gate_proj", "mlp.up_proj"),
+    ("mlp.down_proj",),
 )
+_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+_ATTN_OUT = ScalingGroupSpec("attn_out", "rows", ("self_attn.v_proj",), ("self_attn.o_proj",), kv_heads=True)
+_MLP_OUT = ScalingGroupSpec("mlp_out", "rows", ("mlp.up_proj",), ("mlp.down_proj",))
+_QK_ROPE = ScalingGroupSpec("qk", "qk", (), ("self_attn.q_proj", "self_attn.k_proj"), rope=True)
+_QK_NORMED = ScalingGroupSpec("qk", "qk", ("self_attn.q_norm", "self_attn.k_norm"),
+                              ("self_attn.q_proj", "self_attn.k_proj"), rope=True)
+
+
+def _llama_like(mlp_norm: str, qk: ScalingGroupSpec, norm_offset: float = 0.0) -> ArchitectureSpec:
+    return ArchitectureSpec(
+        block_path="model.layers",
+        sequential_groups=_LLAMA_SEQUENTIAL,
+        scaling_groups=(
+            ScalingGroupSpec("attn_in", "norm", ("input_layernorm",), _QKV),
+            _ATTN_OUT,
+            ScalingGroupSpec("mlp_in", "norm", (mlp_norm,), ("mlp.gate_proj", "mlp.up_proj")),
+            _MLP_OUT,
+            qk,
+        ),
+        norm_offset=norm_offset,
+    )
+
 
 ARCHITECTURES: dict[str, ArchitectureSpec] = {
-    "llama": _LLAMA_LIKE,
-    "mistral": _LLAMA_LIKE,
-    "qwen2": _LLAMA_LIKE,
-    "qwen3": _LLAMA_LIKE,
-    "gemma": _LLAMA_LIKE,
-    "gemma2": _LLAMA_LIKE,
-    "gemma3_text": _LLAMA_LIKE,
+    "llama": _llama_like("post_attention_layernorm", _QK_ROPE),
+    "mistral": _llama_like("post_attention_layernorm", _QK_ROPE),
+    "qwen2": _llama_like("post_attention_layernorm", _QK_ROPE),
+    "qwen3": _llama_like("post_attention_layernorm", _QK_NORMED),
+    "gemma": _llama_like("post_attention_layernorm", _QK_ROPE, norm_offset=1.0),
+    # Gemma 2/3 normalise the attention output before the residual; the MLP reads pre_feedforward_layernorm.
+    "gemma2": _llama_like("pre_feedforward_layernorm", _QK_ROPE, norm_offset=1.0),
+    "gemma3_text": _llama_like("pre_feedforward_layernorm", _QK_NORMED, norm_offset=1.0),
     "opt": ArchitectureSpec(
         block_path="model.decoder.layers",
         sequential_groups=(
@@ -43,6 +89,14 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
             ("self_attn.out_proj",),
             ("fc1",),
             ("fc2",),
+        ),
+        # Pre-LN OPT only (do_layer_norm_before=True); post-LN checkpoints (OPT-350M) drop the norm groups.
+        scaling_groups=(
+            ScalingGroupSpec("attn_in", "norm", ("self_attn_layer_norm",), _QKV, shift=True),
+            ScalingGroupSpec("attn_out", "rows", ("self_attn.v_proj",), ("self_attn.out_proj",), shift=True),
+            ScalingGroupSpec("mlp_in", "norm", ("final_layer_norm",), ("fc1",), shift=True),
+            ScalingGroupSpec("mlp_out", "rows", ("fc1",), ("fc2",)),  # ReLU is positively homogeneous: s > 0 only
+            ScalingGroupSpec("qk", "qk", (), ("self_attn.q_proj", "self_attn.k_proj")),
         ),
     ),
 }

@@ -84,6 +84,27 @@ class SIConfig:
     )
     device: str | None = _help("Execution device for block work ('cuda', 'cpu', ...). Default: where the blocks are.", default=None)
     show_progress: bool = _help("Show a tqdm progress bar over blocks.", default=True)
+    # ---- Sparsity Induction (used when induction=True; see docs/si-design.md for the evidence behind defaults)
+    induction_epochs: int = _help("Passes over the calibration windows when training each block's scales.", default=2)
+    induction_lr: float = _help("Adam learning rate for the log-scales.", default=5e-3)
+    induction_spectral_weight: float = _help(
+        "Weight lambda of the spectral-norm term R_p (eq. 6), relative to the block's initial reconstruction error; "
+        "0 disables it.", default=0.0)
+    induction_row_scales: bool = _help("Learn output-row scales of the pruned Linears.", default=True)
+    induction_col_scales: bool = _help("Learn input-column scales of the pruned Linears.", default=True)
+    induction_refresh: str = _help(
+        "How mask-only methods refresh their mask while the scales train: 'fast' (eq. 11, cached Hessian diagonal), "
+        "'classical' (re-collect statistics with forward passes) or 'none' (keep the base mask).", default="fast")
+    induction_init: str = _help(
+        "Distribution-level equivalent scaling before the mask: 'data' (from channel statistics, eq. 5) or 'none'.",
+        default="data")
+    induction_init_exponent: float = _help("Exponent of the channel RMS in the data-driven scale init.", default=1.0)
+    induction_groups: list[str] | None = _help(
+        "Scaling groups of the equivalent transform (attn_in, attn_out, mlp_in, mlp_out, qk); default: all that the "
+        "architecture table defines.", default=None)
+    induction_unsupported: str = _help(
+        "What to do when the architecture has no scaling-group mapping: 'error', or 'skip' to prune without SI.",
+        default="error")
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str) or self.method.lower() not in METHODS:
@@ -127,8 +148,38 @@ class SIConfig:
         self.ignore = self._pattern_list("ignore", self.ignore)
         if self.block_name is not None and (not isinstance(self.block_name, str) or not self.block_name):
             raise ValueError(f"block_name must be a dotted module path such as 'model.layers', got {self.block_name!r}.")
+        self._validate_induction()
         if self.device is not None and not isinstance(self.device, str):
             self.device = str(self.device)
+
+    def _validate_induction(self) -> None:
+        if isinstance(self.induction_epochs, bool) or not isinstance(self.induction_epochs, int) or self.induction_epochs < 1:
+            raise ValueError(f"induction_epochs must be an integer >= 1, got {self.induction_epochs!r}.")
+        for name in ("induction_lr", "induction_init_exponent"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}.")
+        weight = self.induction_spectral_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"induction_spectral_weight must be a number >= 0, got {weight!r}.")
+        choices = {"induction_refresh": ("fast", "classical", "none"), "induction_init": ("data", "none"),
+                   "induction_unsupported": ("error", "skip")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {getattr(self, name)!r}.")
+        for name in ("induction_row_scales", "induction_col_scales"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
+        if self.induction_groups is not None:
+            groups = self._pattern_list("induction_groups", self.induction_groups)
+            unknown = sorted(set(groups) - {"attn_in", "attn_out", "mlp_in", "mlp_out", "qk"})
+            if unknown:
+                raise ValueError(
+                    f"induction_groups has unknown group(s) {unknown}; choose from attn_in, attn_out, mlp_in, mlp_out, qk."
+                )
+            self.induction_groups = groups
+        if self.induction and self.true_sequential:
+            raise ValueError("induction=True trains each whole block against its dense output; set true_sequential=False.")
 
     @staticmethod
     def _normalise_structure(value: Any) -> str:

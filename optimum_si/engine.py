@@ -227,8 +227,8 @@ def run_block(block: nn.Module, inputs: BlockInputs, collector: InputStatsCollec
 class BlockEngine:
     """Runs the per-block loop of one pruning run and fills a `PruneReport`.
 
-    `induce` (optional) is called on each loaded block before its statistics pass; it may change the block's
-    weights through `write_parameter` and returns a dict for the report.
+    With `config.induction`, each block gets one full dense pass (statistics and dense outputs), the equivalent
+    distribution-level fold, the base pruner, then the feature-level induction against the dense outputs.
     """
 
     def __init__(
@@ -237,13 +237,15 @@ class BlockEngine:
         report: PruneReport,
         undo: UndoLog,
         sequential_groups: tuple[tuple[str, ...], ...] | None = None,
-        induce: Callable[[int, nn.Module, dict[str, nn.Linear], BlockInputs], dict[str, Any]] | None = None,
+        model_config: Any = None,
+        prune: bool = True,
     ) -> None:
         self.config = config
         self.report = report
         self.undo = undo
         self.sequential_groups = sequential_groups
-        self.induce = induce
+        self.model_config = model_config
+        self.prune = prune  # False: induction only (distribution level, dense function unchanged)
 
     def _groups(self, linears: dict[str, nn.Linear]) -> list[dict[str, nn.Linear]]:
         if not self.config.true_sequential or not self.sequential_groups:
@@ -272,15 +274,16 @@ class BlockEngine:
             block = source.load(index)
             try:
                 linears = linears_of(index, block)
-                if self.induce is not None and inputs is not None:
-                    record.induction = self.induce(index, block, linears, inputs)
-                for group in self._groups(linears):
-                    t0 = time.perf_counter()
-                    stats = self._collect(index, block, group, inputs) if self._needs_stats() else {}
-                    t1 = time.perf_counter()
-                    self._prune_group(f"{block_prefix}.{index}", group, stats)
-                    record.stats_seconds += t1 - t0
-                    record.prune_seconds += time.perf_counter() - t1
+                if self.config.induction and inputs is not None:
+                    self._induce_and_prune(index, block, f"{block_prefix}.{index}", linears, inputs, record)
+                else:
+                    for group in self._groups(linears):
+                        t0 = time.perf_counter()
+                        stats = self._collect(index, block, group, inputs) if self._needs_stats() else {}
+                        t1 = time.perf_counter()
+                        self._prune_group(f"{block_prefix}.{index}", group, stats)
+                        record.stats_seconds += t1 - t0
+                        record.prune_seconds += time.perf_counter() - t1
                 if inputs is not None and index + 1 < len(source):
                     t0 = time.perf_counter()
                     inputs.hidden = run_block(block, inputs)
@@ -296,15 +299,65 @@ class BlockEngine:
                 record.propagate_seconds,
             )
 
+    def _solve_sparsegpt(self, group: dict[str, nn.Linear], stats: dict[str, InputStats]):
+        """SparseGPT for every Linear of `group`; those sharing an input (and so H^-1) are solved stacked by rows."""
+        cfg = self.config
+        solved = {}
+        for names in _stacked_by_input(group, stats):
+            weights = [group[n].weight for n in names]
+            result = sparsegpt_prune(
+                torch.cat(weights) if len(weights) > 1 else weights[0],
+                stats[names[0]].hessian_factor(cfg.dampening_frac), cfg.sparsity, cfg.n_m, cfg.block_size,
+                segments=[w.shape[0] for w in weights],
+            )
+            rows = [w.shape[0] for w in weights]
+            for name, new_weight, keep, loss in zip(
+                names, result.weight.split(rows), result.keep_mask.split(rows), result.segment_losses
+            ):
+                solved[name] = (new_weight, keep, loss)
+        return solved
+
     def _needs_stats(self) -> bool:
         return self.config.method != "magnitude"
 
+    def _induce_and_prune(self, index: int, block: nn.Module, prefix: str, linears: dict[str, nn.Linear],
+                          inputs: BlockInputs, record: BlockRecord) -> None:
+        from .induction import BlockInducer, fold_distribution_level
+
+        t0 = time.perf_counter()
+        stats, dense_outputs = self._collect(index, block, linears, inputs, keep_outputs=True)
+        t1 = time.perf_counter()
+        spreads = {}
+        if self.config.induction_init == "data":
+            spreads = fold_distribution_level(block, self.model_config, stats, linears, self.config, self.undo)
+        record.stats_seconds += t1 - t0
+        if not self.prune:
+            record.induction = {"scale_spread": spreads, "seconds": time.perf_counter() - t1}
+            return
+        dense_weights = {name: linear.weight.detach().float().clone() for name, linear in linears.items()}
+        keeps = self._prune_group(prefix, linears, stats)
+        t2 = time.perf_counter()
+        record.prune_seconds += t2 - t1
+        result = BlockInducer(self.config, self.undo).run(
+            block, linears, dense_weights, keeps, stats, inputs.hidden, inputs.kwargs, dense_outputs
+        )
+        for name, linear in linears.items():
+            self.report.layers[f"{prefix}.{name}"].zeros = int((linear.weight == 0).sum())
+        record.induction = {**result.as_dict(), "scale_spread": spreads}
+        logger.info(
+            "block %d: induction loss %.4g -> %.4g (%s), %d steps, %d mask changes, %.1f s", index,
+            result.loss_before, result.loss_after, "kept" if result.kept else "reverted", result.steps,
+            result.mask_changes, result.seconds,
+        )
+
     def _collect(
-        self, index: int, block: nn.Module, group: dict[str, nn.Linear], inputs: BlockInputs | None
-    ) -> dict[str, InputStats]:
+        self, index: int, block: nn.Module, group: dict[str, nn.Linear], inputs: BlockInputs | None,
+        keep_outputs: bool = False,
+    ):
         assert inputs is not None, "calibration inputs are required for data-driven methods"
-        with InputStatsCollector(group, with_hessian=self.config.method == "sparsegpt") as collector:
-            run_block(block, inputs, collector)
+        with InputStatsCollector(group, with_hessian=self.config.method == "sparsegpt",
+                                 stop_when_done=not keep_outputs) as collector:
+            outputs = run_block(block, inputs, collector)
         for name in group:
             stats = collector.stats.get(name)
             if stats is None or stats.tokens == 0:
@@ -317,19 +370,22 @@ class BlockEngine:
                     f"Block {index}: the calibration inputs of {name} contain NaN or inf. The model produces non-finite "
                     "activations on this calibration data (check the weights, or use float32/bfloat16 instead of float16)."
                 )
+        if keep_outputs:
+            _check_finite(outputs, f"the dense outputs of block {index}")
+            return collector.stats, outputs
         return collector.stats
 
     @torch.no_grad()
-    def _prune_group(self, prefix: str, group: dict[str, nn.Linear], stats: dict[str, InputStats]) -> None:
+    def _prune_group(self, prefix: str, group: dict[str, nn.Linear], stats: dict[str, InputStats]) -> dict[str, torch.Tensor]:
+        """Prune every Linear of `group` with the base method; returns their keep masks."""
         cfg = self.config
+        keeps = {}
+        solved = self._solve_sparsegpt(group, stats) if cfg.method == "sparsegpt" else {}
         for name, linear in group.items():
             weight = linear.weight
             error = None
             if cfg.method == "sparsegpt":
-                result = sparsegpt_prune(
-                    weight, stats[name].hessian_factor(cfg.dampening_frac), cfg.sparsity, cfg.n_m, cfg.block_size
-                )
-                new_weight, error = result.weight, result.loss
+                new_weight, keep, error = solved[name]
             else:
                 if cfg.method == "wanda":
                     scores = wanda_scores(weight, stats[name].sq_norms)
@@ -346,6 +402,16 @@ class BlockEngine:
             self.report.layers[f"{prefix}.{name}"] = LayerRecord(
                 name=f"{prefix}.{name}", numel=linear.weight.numel(), zeros=zeros, error=error
             )
+            keeps[name] = keep
+        return keeps
+
+
+def _stacked_by_input(group: dict[str, nn.Linear], stats: dict[str, InputStats]) -> list[list[str]]:
+    """Names of Linears grouped by shared input statistics (q/k/v, gate/up), in order of first appearance."""
+    buckets: dict[int, list[str]] = {}
+    for name in group:
+        buckets.setdefault(id(stats[name]), []).append(name)
+    return list(buckets.values())
 
 
 def _check_finite(tensors: list[torch.Tensor], what: str) -> None:

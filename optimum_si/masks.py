@@ -13,12 +13,24 @@ __all__ = ["lowest_k_mask", "unstructured_mask", "nm_mask", "select_mask", "meas
 
 
 def lowest_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep mask of `scores`' shape that drops exactly the `k` lowest entries of each row (the last dim)."""
-    keep = torch.ones_like(scores, dtype=torch.bool)
+    """Keep mask of `scores`' shape that drops exactly the `k` lowest entries of each row (the last dim).
+
+    Ties at the cut are broken by position (lowest index dropped first), as a stable sort would; the k-th value
+    is found with a selection instead of a full sort, which is several times faster on large blocks.
+    """
     if k <= 0:
-        return keep
-    order = torch.sort(scores, dim=-1, stable=True).indices[..., :k]
-    return keep.scatter_(-1, order, False)
+        return torch.ones_like(scores, dtype=torch.bool)
+    if k >= scores.shape[-1]:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    if scores.shape[-1] <= 16:  # N:M groups: a stable sort of a few values is cheapest
+        order = torch.argsort(scores, dim=-1, stable=True)[..., :k]
+        return torch.ones_like(scores, dtype=torch.bool).scatter_(-1, order, False)
+    cut = scores.kthvalue(k, dim=-1, keepdim=True).values
+    below = scores < cut
+    at_cut = scores == cut
+    still_needed = k - below.sum(-1, keepdim=True)
+    dropped = below | (at_cut & (at_cut.cumsum(-1) <= still_needed))
+    return ~dropped
 
 
 def unstructured_mask(scores: torch.Tensor, sparsity: float, per_row: bool) -> torch.Tensor:

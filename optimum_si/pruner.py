@@ -63,16 +63,29 @@ class SIPruner:
         Every check (config vs model, calibration data, finite weights) runs before any weight is touched; if the
         run fails later, the weights already changed are restored before the error propagates.
         """
-        cfg = self.config
         if isinstance(model, (str, os.PathLike)):
             raise NotImplementedError(
                 "Pruning from a path (streaming from safetensors) is not implemented yet; load the model with "
                 "AutoModelForCausalLM.from_pretrained and pass it instead."
             )
-        if cfg.induction:
-            raise NotImplementedError(
-                "Sparsity Induction (induction=True) is not implemented in this version of optimum-si; use induction=False."
-            )
+        return self._run(model, tokenizer, dataset, prune=True)
+
+    def induce(self, model: nn.Module, tokenizer: Any = None, dataset: Any = None) -> nn.Module:
+        """Run only the distribution-level Sparsity Induction and fold it into `model` (in place; returned).
+
+        The dense function is unchanged (up to rounding); the folded weights are what the base pruner then sees, so
+        the result can be inspected or handed to another pruner.
+        """
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"induce() expects a torch.nn.Module, got {type(model).__name__}.")
+        config = SIConfig.from_dict(self.config.to_dict(), induction=True)
+        runner = SIPruner(config)
+        runner._run(model, tokenizer, dataset, prune=False)
+        self.report = runner.report
+        return model
+
+    def _run(self, model: nn.Module, tokenizer: Any, dataset: Any, prune: bool) -> nn.Module:
+        cfg = self.config
         if not isinstance(model, nn.Module):
             raise TypeError(f"prune() expects a torch.nn.Module (e.g. a transformers causal LM), got {type(model).__name__}.")
         if getattr(model, _PRUNED_FLAG, False):
@@ -82,6 +95,8 @@ class SIPruner:
             )
         self._check_placement(model)
         block_path, blocks = find_decoder_blocks(model, cfg.block_name)
+        if cfg.induction:
+            cfg = self._check_induction_support(model, blocks[0])
         plan = [select_linears(block, f"{block_path}.{i}", cfg.targets, cfg.ignore) for i, block in enumerate(blocks)]
         self._check_plan(plan, block_path)
         _check_finite_parameters(model)
@@ -102,7 +117,8 @@ class SIPruner:
         report = PruneReport(method=cfg.method, mask_structure=cfg.mask_structure, target_sparsity=cfg.sparsity)
         undo = UndoLog()
         spec = spec_for(getattr(getattr(model, "config", None), "model_type", None))
-        engine = BlockEngine(cfg, report, undo, sequential_groups=spec.sequential_groups if spec else None)
+        engine = BlockEngine(cfg, report, undo, sequential_groups=spec.sequential_groups if spec else None,
+                             model_config=getattr(model, "config", None), prune=prune)
         use_cache = getattr(getattr(model, "config", None), "use_cache", None)
         was_training = model.training
         started = time.perf_counter()
@@ -127,10 +143,26 @@ class SIPruner:
                 model.config.use_cache = use_cache
         undo.clear()
         report.total_seconds = time.perf_counter() - started
-        setattr(model, _PRUNED_FLAG, True)
+        if prune:
+            setattr(model, _PRUNED_FLAG, True)
         self.report = report
         logger.info(report.summary())
         return model
+
+    def _check_induction_support(self, model: nn.Module, first_block: nn.Module) -> SIConfig:
+        """The config to run with: SI needs a scaling-group mapping for the architecture (or the user's opt-out)."""
+        from .transforms import resolve_scaling_groups
+
+        try:
+            resolve_scaling_groups(first_block, getattr(model, "config", None), self.config.induction_groups)
+        except NotImplementedError:
+            if self.config.induction_unsupported == "skip":
+                logger.warning("No Sparsity Induction mapping for this architecture; pruning without induction.")
+                return SIConfig.from_dict(self.config.to_dict(), induction=False)
+            raise
+        except AttributeError as err:
+            raise ValueError(f"The model does not match its architecture's scaling-group table: {err}") from err
+        return self.config
 
     def _check_placement(self, model: nn.Module) -> None:
         if any(p.device.type == "meta" for p in model.parameters()):

@@ -12,6 +12,7 @@ block (stable sort) instead of thresholding with `<=`, so ties cannot overshoot 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,7 @@ class SparseGPTResult:
     weight: torch.Tensor  # pruned and updated weight, fp32
     keep_mask: torch.Tensor
     loss: float  # sum over pruned weights of (w - q)^2 / d^2 / 2, the OBS error estimate
+    segment_losses: list[float] | None = None  # the same per stacked matrix
 
 
 def inverse_hessian_factor(hessian: torch.Tensor, dampening_frac: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,17 +76,25 @@ def sparsegpt_prune(
     sparsity: float,
     n_m: tuple[int, int] | None = None,
     block_size: int = 128,
+    segments: Sequence[int] | None = None,
 ) -> SparseGPTResult:
     """Prune `weight` [out, in] to `sparsity` (or N:M, N kept of M) with lazy OBS updates.
 
-    `hessian_factor` is `inverse_hessian_factor(H, dampening_frac)`; it is shared by Linears with the same input.
+    `hessian_factor` is `inverse_hessian_factor(H, dampening_frac)`. Linears that read the same input share it and
+    can be pruned in one call with their weights stacked by rows: `segments` gives each matrix's row count, so the
+    adaptive mask still cuts each matrix separately (rows never interact in OBS, only through the mask).
     """
     U, dead = hessian_factor
-    W = weight.detach().float().clone()
-    W[:, dead] = 0
-    rows, cols = W.shape
-    keep = torch.ones_like(W, dtype=torch.bool)
-    loss = torch.zeros((), dtype=torch.float64, device=W.device)
+    rows, cols = weight.shape
+    segments = list(segments) if segments is not None else [rows]
+    if sum(segments) != rows:
+        raise ValueError(f"segments {segments} do not add up to the {rows} rows of the weight.")
+    # Columns are processed one at a time: keep them contiguous by working on the transpose [in, out].
+    WT = weight.detach().float().T.contiguous()
+    WT[dead] = 0
+    keepT = torch.ones_like(WT, dtype=torch.bool)
+    loss = torch.zeros(len(segments), dtype=torch.float64, device=WT.device)
+    bounds = torch.tensor([0] + segments, device=WT.device).cumsum(0).tolist()
     if n_m is not None:
         n_keep, m = n_m
         if block_size % m:
@@ -92,32 +102,36 @@ def sparsegpt_prune(
 
     for start in range(0, cols, block_size):
         end = min(start + block_size, cols)
-        W1 = W[:, start:end].clone()
+        W1 = WT[start:end].clone()
         U1 = U[start:end, start:end]
-        d = torch.diagonal(U1)
-        errors = torch.zeros_like(W1)
+        d = torch.diagonal(U1).unsqueeze(1)
+        errors = torch.empty_like(W1)
+        block_keep = torch.ones_like(W1, dtype=torch.bool)
         if n_m is None:
-            # Adaptive mask: one exact-count cut over the whole rows x block, scored by the OBS saliency w^2 / d^2.
-            block_keep = lowest_k_mask((W1 ** 2 / d.unsqueeze(0) ** 2).reshape(1, -1), int(W1.numel() * sparsity))
-            block_keep = block_keep.reshape(W1.shape)
-        else:
-            block_keep = torch.ones_like(W1, dtype=torch.bool)
+            # Adaptive mask: one exact-count cut over each matrix's rows x block, by the OBS saliency w^2 / d^2.
+            saliency = W1 ** 2 / d ** 2
+            for lo, hi in zip(bounds[:-1], bounds[1:]):
+                part = saliency[:, lo:hi]
+                block_keep[:, lo:hi] = lowest_k_mask(part.reshape(1, -1), int(part.numel() * sparsity)).reshape(part.shape)
+        dropped = (~block_keep).to(W1.dtype)
         for i in range(end - start):
             if n_m is not None and i % m == 0:
                 # N:M groups are scored on the already-updated weights of the current group.
-                group = W1[:, i:i + m] ** 2 / d[i:i + m].unsqueeze(0) ** 2
-                block_keep[:, i:i + m] = lowest_k_mask(group, m - n_keep)
-            w = W1[:, i]
-            q = torch.where(block_keep[:, i], w, torch.zeros_like(w))
-            err = (w - q) / d[i]
-            loss += (err.double() ** 2).sum() / 2
-            W1[:, i:].sub_(err.unsqueeze(1) * U1[i, i:].unsqueeze(0))
-            W1[:, i] = q
-            errors[:, i] = err
-        W[:, start:end] = W1
-        keep[:, start:end] = block_keep
+                group = (W1[i:i + m] ** 2 / d[i:i + m] ** 2).T
+                block_keep[i:i + m] = lowest_k_mask(group, m - n_keep).T
+                dropped[i:i + m] = (~block_keep[i:i + m]).to(W1.dtype)
+            err = errors[i]
+            torch.mul(W1[i], dropped[i], out=err)
+            err.div_(d[i])
+            # Rank-1 OBS update of the rest of the block; column i itself becomes q = w - err * d (0 where pruned).
+            W1[i:].addr_(U1[i, i:], err, alpha=-1.0)
+        squared = errors.double().square().sum(0)
+        loss += torch.stack([squared[lo:hi].sum() for lo, hi in zip(bounds[:-1], bounds[1:])]) / 2
+        WT[start:end] = W1
+        keepT[start:end] = block_keep
         if end < cols:
-            W[:, end:].sub_(errors @ U[start:end, end:])
-    # Updates can leave tiny non-zeros nowhere, but pruned slots must be exact +0.0.
-    W = torch.where(keep, W, torch.zeros((), dtype=W.dtype, device=W.device))
-    return SparseGPTResult(weight=W, keep_mask=keep, loss=float(loss))
+            WT[end:].sub_(U[start:end, end:].T @ errors)
+    # Pruned slots must hold exact +0.0 (the update above leaves rounding residue there).
+    W = torch.where(keepT, WT, torch.zeros((), dtype=WT.dtype, device=WT.device)).T.contiguous()
+    return SparseGPTResult(weight=W, keep_mask=keepT.T.contiguous(), loss=float(loss.sum()),
+                           segment_losses=loss.tolist())

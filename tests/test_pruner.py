@@ -203,6 +203,3 @@ def test_config_type_errors():
         SIPruner(method="magnitude").prune(object())
 
 
-def test_induction_raises_until_implemented():
-    with pytest.raises(NotImplementedError, match="induction"):
-        SIPruner(method="wanda", induction=True).prune(tiny_model("llama"), dataset=token_ids())

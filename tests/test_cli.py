@@ -1,0 +1,64 @@
+import json
+
+import pytest
+
+from optimum_si.cli import build_parser, main
+
+from .conftest import tiny_model
+
+
+@pytest.fixture
+def dense_dir(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {chr(ord("a") + i): i for i in range(26)} | {"[UNK]": 26}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+    path = tmp_path / "dense"
+    tiny_model("llama").save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog " * 40)
+    return path, text
+
+
+def test_flags_are_generated_from_the_config():
+    help_text = build_parser()._subparsers._group_actions[0].choices["prune"].format_help()
+    for flag in ("--mask-structure", "--dampening-frac", "--induction-epochs", "--no-induction", "--ignore"):
+        assert flag in help_text
+
+
+def test_prune_eval_report_end_to_end(dense_dir, tmp_path, capsys):
+    path, text = dense_dir
+    out = tmp_path / "out"
+    assert main(["prune", "--model", str(path), "--method", "wanda", "--mask-structure", "2:4", "--dataset", str(text),
+                 "--num-samples", "4", "--seqlen", "32", "--output", str(out), "--no-show-progress"]) == 0
+    recipe = json.loads((out / "si_config.json").read_text())
+    assert recipe["mask_structure"] == "2:4" and recipe["num_samples"] == 4
+    assert main(["eval", "--model", str(out), "--text", str(text), "--seqlen", "32", "--max-windows", "2"]) == 0
+    assert main(["report", str(out)]) == 0
+    output = capsys.readouterr().out
+    assert "perplexity" in output and "overall sparsity 0.5000" in output and "2:4: every pruned module" in output
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--mask-structure", "2-4"], "with a colon"),
+        (["--sparsity", "1.5"], "sparsity must be in"),
+        (["--dataset", "/no/such/file"], "is not a file"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_line(dense_dir, tmp_path, capsys, argv, message):
+    path, _ = dense_dir
+    code = main(["prune", "--model", str(path), "--output", str(tmp_path / "x"), "--method", "wanda", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_missing_model_exits_2(tmp_path, capsys):
+    assert main(["eval", "--model", str(tmp_path / "missing"), "--text", __file__]) == 2
+    assert "cannot load" in capsys.readouterr().err

@@ -20,26 +20,41 @@ from torch import nn
 from .config import CONFIG_NAME, SIConfig
 from .report import REPORT_NAME, PruneReport
 
-__all__ = ["save_pruned_model", "recipe_dict"]
+__all__ = ["save_pruned_model", "write_sidecars", "recipe_dict"]
 
 logger = logging.getLogger(__name__)
 
 _FORBIDDEN_CONFIG_KEYS = ("quantization_config", "sparsity_config", "compression_config")
 
 
-def recipe_dict(config: SIConfig, model: nn.Module | None, report: PruneReport | None) -> dict[str, Any]:
+def recipe_dict(config: SIConfig, model_config: Any, report: PruneReport | None, base_model: str | None = None) -> dict[str, Any]:
     """`si_config.json` content: the recipe plus, under `meta`, versions, base model and achieved sparsity."""
     data = config.to_dict()
-    model_config = getattr(model, "config", None)
     data["meta"].update(
         {
-            "base_model": getattr(model_config, "_name_or_path", None) or None,
+            "base_model": base_model or getattr(model_config, "_name_or_path", None) or None,
             "base_revision": getattr(model_config, "_commit_hash", None),
         }
     )
     if report is not None:
         data["meta"]["achieved_sparsity"] = report.sparsity
     return data
+
+
+def write_sidecars(folder: str, config: SIConfig, report: PruneReport | None, model_config: Any,
+                   base_model: str | None = None, card: bool = True) -> None:
+    """Report, model card and recipe; the recipe goes last, since its presence marks a complete checkpoint."""
+    if report is not None:
+        report.save(folder)
+    if card:
+        from .model_card import build_model_card
+
+        build_model_card(model_config, config, report, base_model=base_model).save(os.path.join(folder, "README.md"))
+    tmp = os.path.join(folder, CONFIG_NAME + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(recipe_dict(config, model_config, report, base_model), handle, indent=2)
+        handle.write("\n")
+    os.replace(tmp, os.path.join(folder, CONFIG_NAME))
 
 
 def save_pruned_model(
@@ -66,16 +81,7 @@ def save_pruned_model(
         model.save_pretrained(staging, max_shard_size=max_shard_size)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        if report is not None:
-            report.save(staging)
-        if card:
-            from .model_card import build_model_card
-
-            build_model_card(model, config, report).save(os.path.join(staging, "README.md"))
-        # The recipe goes last: its presence marks a complete checkpoint.
-        with open(os.path.join(staging, CONFIG_NAME), "w", encoding="utf-8") as handle:
-            json.dump(recipe_dict(config, model, report), handle, indent=2)
-            handle.write("\n")
+        write_sidecars(staging, config, report, model_config, card=card)
         _move_into(staging, save_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -265,9 +265,19 @@ class BlockEngine:
         block_prefix: str,
         inputs: BlockInputs | None,
         linears_of: Callable[[int, nn.Module], dict[str, nn.Linear]],
+        first: int = 0,
     ) -> None:
-        """Prune every block of `source`. `inputs` is None for data-free runs (plain magnitude)."""
-        progress = tqdm(range(len(source)), desc="Pruning blocks", disable=not self.config.show_progress, unit="block")
+        """Prune every block of `source` from `first` on (earlier blocks, already pruned by an interrupted run, are
+        only re-run to rebuild the activations). `inputs` is None for data-free runs (plain magnitude)."""
+        if inputs is not None:
+            for index in tqdm(range(first), desc="Replaying finished blocks", disable=not self.config.show_progress or not first):
+                block = source.load(index)
+                try:
+                    inputs.hidden = run_block(block, inputs)
+                finally:
+                    source.release(index, block)
+        progress = tqdm(range(first, len(source)), desc="Pruning blocks", disable=not self.config.show_progress,
+                        unit="block")
         for index in progress:
             started = time.perf_counter()
             record = BlockRecord(index=index, seconds=0.0)

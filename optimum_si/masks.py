@@ -1,15 +1,15 @@
 """Pure mask selection: which weights to zero, given importance scores.
 
 All functions take a score tensor shaped like the weight ([out, in]) and return a boolean *keep* mask.
-Selection is by exact count with a stable sort, never by a `<= threshold` rule: dequantised or low-bit
-weights tie heavily and a threshold would overshoot the target sparsity.
+Selection is by exact count, never by a `<= threshold` rule: dequantised or low-bit weights tie heavily and a
+threshold would overshoot the target sparsity.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["lowest_k_mask", "unstructured_mask", "nm_mask", "select_mask", "measure_sparsity", "follows_nm"]
+__all__ = ["lowest_k_mask", "group_keep_mask", "unstructured_mask", "nm_mask", "select_mask", "measure_sparsity", "follows_nm"]
 
 
 def lowest_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -22,9 +22,6 @@ def lowest_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
         return torch.ones_like(scores, dtype=torch.bool)
     if k >= scores.shape[-1]:
         return torch.zeros_like(scores, dtype=torch.bool)
-    if scores.shape[-1] <= 16:  # N:M groups: a stable sort of a few values is cheapest
-        order = torch.argsort(scores, dim=-1, stable=True)[..., :k]
-        return torch.ones_like(scores, dtype=torch.bool).scatter_(-1, order, False)
     cut = scores.kthvalue(k, dim=-1, keepdim=True).values
     below = scores < cut
     at_cut = scores == cut
@@ -41,13 +38,23 @@ def unstructured_mask(scores: torch.Tensor, sparsity: float, per_row: bool) -> t
     return lowest_k_mask(flat, int(flat.shape[-1] * sparsity)).reshape(scores.shape)
 
 
+def group_keep_mask(grouped: torch.Tensor, n_keep: int) -> torch.Tensor:
+    """Keep the `n_keep` highest of every group along the last dim (size M).
+
+    Ties inside a group are broken as `torch.topk(largest=False)` breaks them, which is what the Wanda and SparseGPT
+    reference code uses for N:M: dequantised weights tie often, and a different tie rule moves magnitude 2:4
+    perplexity on SmolLM2 by 12 % (1543 vs 1746), so matching it keeps results comparable.
+    """
+    dropped = torch.topk(grouped, grouped.shape[-1] - n_keep, dim=-1, largest=False).indices
+    return torch.ones_like(grouped, dtype=torch.bool).scatter_(-1, dropped, False)
+
+
 def nm_mask(scores: torch.Tensor, n_keep: int, m: int) -> torch.Tensor:
     """Keep the `n_keep` highest scores in every group of `m` consecutive input columns of each row."""
     rows, cols = scores.shape
     if cols % m:
         raise ValueError(f"N:M sparsity needs the input size ({cols}) to be a multiple of M={m}.")
-    grouped = scores.reshape(rows, cols // m, m)
-    return lowest_k_mask(grouped, m - n_keep).reshape(rows, cols)
+    return group_keep_mask(scores.reshape(rows, cols // m, m), n_keep).reshape(rows, cols)
 
 
 def select_mask(scores: torch.Tensor, sparsity: float, n_m: tuple[int, int] | None, per_row: bool) -> torch.Tensor:

@@ -6,8 +6,6 @@ import os
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
-from torch import nn
-
 from .config import SIConfig, version_stamp
 from .report import PruneReport
 
@@ -23,9 +21,10 @@ _CITATIONS = {
 }
 
 
-def build_model_card(model: nn.Module | None, config: SIConfig, report: PruneReport | None, **extra: Any) -> ModelCard:
-    model_config = getattr(model, "config", None)
-    base_model = getattr(model_config, "_name_or_path", None) or None
+def build_model_card(model_config: Any, config: SIConfig, report: PruneReport | None, base_model: str | None = None,
+                     **extra: Any) -> ModelCard:
+    """The card of a pruned checkpoint; `model_config` is the transformers config of the source model."""
+    base_model = base_model or getattr(model_config, "_name_or_path", None) or None
     if base_model and os.path.isabs(base_model):
         base_model = None  # a local path is meaningless on the Hub
     pattern = "unstructured" if config.mask_structure == "unstructured" else config.mask_structure

@@ -14,7 +14,7 @@ from .architectures import spec_for
 from .calibration import build_calibration_ids
 from .config import SIConfig
 from .engine import BlockEngine, InMemoryBlocks, capture_block_inputs, find_decoder_blocks, select_linears
-from .report import PruneReport
+from .report import LayerRecord, PruneReport
 from .weights import UndoLog
 
 __all__ = ["SIPruner"]
@@ -56,18 +56,24 @@ class SIPruner:
         return cls(SIConfig.from_pretrained(dir_or_repo, **overrides))
 
     # ------------------------------------------------------------------------------------------ prune
-    def prune(self, model: nn.Module, tokenizer: Any = None, dataset: Any = None) -> nn.Module:
+    def prune(self, model: nn.Module | str | os.PathLike, tokenizer: Any = None, dataset: Any = None, *,
+              save_dir: str | os.PathLike | None = None, max_shard_size: str | int = "5GB", overwrite: bool = False,
+              revision: str | None = None, token: str | None = None) -> nn.Module | str:
         """Prune `model` in place and return it. `dataset` is the calibration data (see `SIConfig` and
         `optimum_si.calibration`); plain magnitude pruning needs none.
+
+        Given a local folder or Hub repo id instead of a model, the checkpoint is *streamed*: built on the meta device,
+        read one decoder block at a time from its safetensors shards and written block by block to `save_dir`
+        (resumable; see `optimum_si.streaming`). Returns `save_dir` then.
 
         Every check (config vs model, calibration data, finite weights) runs before any weight is touched; if the
         run fails later, the weights already changed are restored before the error propagates.
         """
         if isinstance(model, (str, os.PathLike)):
-            raise NotImplementedError(
-                "Pruning from a path (streaming from safetensors) is not implemented yet; load the model with "
-                "AutoModelForCausalLM.from_pretrained and pass it instead."
-            )
+            if save_dir is None:
+                raise ValueError("Streaming a checkpoint needs an output folder: prune(path, save_dir='out/', ...).")
+            return self._prune_streaming(os.fspath(model), os.fspath(save_dir), tokenizer, dataset, max_shard_size,
+                                         overwrite, revision, token)
         return self._run(model, tokenizer, dataset, prune=True)
 
     def induce(self, model: nn.Module, tokenizer: Any = None, dataset: Any = None) -> nn.Module:
@@ -148,6 +154,105 @@ class SIPruner:
         self.report = report
         logger.info(report.summary())
         return model
+
+    def _prune_streaming(self, source: str, save_dir: str, tokenizer: Any, dataset: Any, max_shard_size: str | int,
+                         overwrite: bool, revision: str | None, token: str | None) -> str:
+        import shutil
+
+        from accelerate.utils import set_module_tensor_to_device
+        from transformers import AutoConfig
+
+        from . import streaming as st
+        from .checkpoint import write_sidecars
+
+        folder = st.resolve_source(source, revision=revision, token=token)
+        try:
+            model_config = AutoConfig.from_pretrained(folder)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{source} has no usable config.json ({err}).") from err
+        index, skeleton = st.open_checkpoint(folder, model_config)
+        cfg = self.config
+        block_path, blocks = find_decoder_blocks(skeleton, cfg.block_name)
+        if cfg.induction:
+            cfg = self._check_induction_support(skeleton, blocks[0])
+        plan = [select_linears(block, f"{block_path}.{i}", cfg.targets, cfg.ignore) for i, block in enumerate(blocks)]
+        self._check_plan(plan, block_path)
+        fingerprint = st.recipe_fingerprint(cfg, folder)
+        progress = st.read_progress(save_dir) if os.path.isdir(save_dir) else None
+        if st.is_complete(save_dir) or (progress is not None and progress["fingerprint"] != fingerprint):
+            previous = progress["fingerprint"] if progress else st.recipe_fingerprint(
+                SIConfig.from_pretrained(save_dir), folder)
+            if previous == fingerprint and progress is None:
+                logger.info("%s is already complete for this recipe; nothing to do.", save_dir)
+                return save_dir
+            if not overwrite:
+                raise FileExistsError(
+                    f"{save_dir} holds a pruned checkpoint (or an unfinished run) made with a different recipe or "
+                    "source; pass overwrite=True to replace it, or choose another save_dir."
+                )
+            shutil.rmtree(save_dir)
+            progress = None
+        elif progress is None and os.path.isdir(save_dir) and os.listdir(save_dir):
+            if not overwrite:
+                raise FileExistsError(f"{save_dir} is not empty; pass overwrite=True to replace its content.")
+            shutil.rmtree(save_dir)
+        parent = os.path.dirname(os.path.abspath(save_dir))
+        os.makedirs(parent, exist_ok=True)
+        free = shutil.disk_usage(parent).free
+        if progress is None and free < index.total_bytes * 1.05:
+            raise OSError(
+                f"Not enough disk space in {parent}: the pruned checkpoint needs about {index.total_bytes / 1e9:.2f} GB, "
+                f"{free / 1e9:.2f} GB are free."
+            )
+
+        device = torch.device(cfg.device) if cfg.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        ids = None
+        if cfg.method != "magnitude" or cfg.induction:
+            ids = build_calibration_ids(dataset, tokenizer, cfg.num_samples, cfg.seqlen, cfg.seed,
+                                        vocab_size=getattr(model_config, "vocab_size", None),
+                                        max_context=getattr(model_config, "max_position_embeddings", None))
+        # Everything is checked: from here on, files are written.
+        os.makedirs(save_dir, exist_ok=True)
+        finished = progress["finished_blocks"] if progress else 0
+        writer = st.ShardWriter(save_dir, max_shard_size, done=progress["shards"] if progress else None)
+        report = PruneReport(method=cfg.method, mask_structure=cfg.mask_structure, target_sparsity=cfg.sparsity)
+        if progress:
+            report.layers = {k: LayerRecord(**v) for k, v in progress["layers"].items()}
+        block_prefix = f"{block_path}."
+        for name, _param in skeleton.named_parameters():
+            if not name.startswith(block_prefix) and name in index.shapes:
+                set_module_tensor_to_device(skeleton, name, device, value=index.read(name, device))
+        if getattr(model_config, "tie_word_embeddings", False):
+            skeleton.tie_weights()
+
+        def on_block_written(i: int) -> None:
+            st.write_progress(save_dir, {"fingerprint": fingerprint, "finished_blocks": i + 1, "shards": writer.shards,
+                                         "layers": {k: v.__dict__ for k, v in report.layers.items()}})
+
+        finished_index = st.CheckpointIndex(save_dir, files=[s["file"] for s in writer.shards]) if finished else None
+        source_blocks = st.StreamingSource(blocks, block_path, index, device, writer, on_block_written,
+                                           finished_index=finished_index, finished=finished)
+        spec = spec_for(model_config.model_type)
+        engine = BlockEngine(cfg, report, UndoLog(enabled=False), sequential_groups=spec.sequential_groups if spec else None,
+                             model_config=model_config)
+        started = time.perf_counter()
+        skeleton.eval()
+        inputs = None
+        with torch.no_grad():
+            if ids is not None:
+                inputs = capture_block_inputs(skeleton, blocks, list(ids.split(cfg.batch_size)), device)
+                report.num_samples, report.seqlen = ids.shape
+            engine.run(source_blocks, block_path, inputs, lambda i, _block: plan[i], first=finished)
+        report.total_seconds = time.perf_counter() - started
+        writer.add({name: p for name, p in skeleton.named_parameters()
+                    if not name.startswith(block_prefix) and name in index.shapes})
+        writer.finish()
+        st.copy_side_files(folder, save_dir)
+        write_sidecars(save_dir, cfg, report, model_config, base_model=source if not os.path.isdir(source) else None)
+        os.remove(os.path.join(save_dir, st.PROGRESS_NAME)) if os.path.exists(os.path.join(save_dir, st.PROGRESS_NAME)) else None
+        self.report = report
+        logger.info(report.summary())
+        return save_dir
 
     def _check_induction_support(self, model: nn.Module, first_block: nn.Module) -> SIConfig:
         """The config to run with: SI needs a scaling-group mapping for the architecture (or the user's opt-out)."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .masks import lowest_k_mask
+from .masks import group_keep_mask, lowest_k_mask
 
 __all__ = ["SparseGPTResult", "inverse_hessian_factor", "sparsegpt_prune"]
 
@@ -118,7 +118,7 @@ def sparsegpt_prune(
             if n_m is not None and i % m == 0:
                 # N:M groups are scored on the already-updated weights of the current group.
                 group = (W1[i:i + m] ** 2 / d[i:i + m] ** 2).T
-                block_keep[i:i + m] = lowest_k_mask(group, m - n_keep).T
+                block_keep[i:i + m] = group_keep_mask(group, n_keep).T
                 dropped[i:i + m] = (~block_keep[i:i + m]).to(W1.dtype)
             err = errors[i]
             torch.mul(W1[i], dropped[i], out=err)

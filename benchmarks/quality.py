@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--one-induction", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json-extra", default="{}", help="extra SIConfig fields as JSON")
     parser.add_argument("--eval-windows", type=int, default=None, help="fewer evaluation windows (quick probes only)")
+    parser.add_argument("--update", action="store_true", help="replace matching rows of an existing results file")
     args = parser.parse_args()
     extra = json.loads(args.json_extra)
     if args.one:
@@ -120,12 +121,21 @@ def main() -> None:
                 jobs.append((method, pattern, induction))
     records = []
     os.makedirs(RESULTS_DIR, exist_ok=True)
+    results_path = os.path.join(RESULTS_DIR, f"{args.name}.json")
+    if args.update and os.path.isfile(results_path):
+        with open(results_path, encoding="utf-8") as handle:
+            records = json.load(handle)
     for method, pattern, induction in jobs:
         record = _subprocess_record(method, pattern, induction, extra, args.eval_windows)
-        records.append(record)
+        key = (method, pattern, induction)
+        position = next((i for i, r in enumerate(records) if (r["method"], r["pattern"], r["induction"]) == key), None)
+        if position is None:
+            records.append(record)
+        else:
+            records[position] = record
         print(f"{method:10s} {pattern:4s} SI={induction!s:5s} ppl={record['ppl']:9.3f} "
               f"prune={record.get('prune_s', 0):6.1f}s rss={record['peak_rss_mb']:.0f}MB", flush=True)
-        with open(os.path.join(RESULTS_DIR, f"{args.name}.json"), "w", encoding="utf-8") as handle:
+        with open(results_path, "w", encoding="utf-8") as handle:
             json.dump(records, handle, indent=2)
         with open(os.path.join(RESULTS_DIR, f"{args.name}.md"), "w", encoding="utf-8") as handle:
             handle.write(markdown(records))

@@ -1,7 +1,8 @@
 """`optimum-si` command line: prune, eval, report.
 
     optimum-si prune --model <dir|repo> --method wanda --sparsity 0.5 --mask-structure 2:4 \\
-                     --dataset calib.txt --num-samples 128 --seqlen 2048 --output out/ [--induction]
+                     --dataset calib.txt --num-samples 128 --seqlen 2048 --output out/ [--induction] \\
+                     [--stream] [--push-to-hub owner/name]
     optimum-si eval --model out/ --text eval.txt [--seqlen 2048] [--max-windows 40]
     optimum-si report out/
 
@@ -66,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--recipe", help="an si_config.json folder or file to start from (flags override it)")
     prune.add_argument("--dtype", default="auto", help="dtype to load the model in (default: the checkpoint's)")
     prune.add_argument("--max-shard-size", default="5GB")
+    prune.add_argument("--stream", action="store_true",
+                       help="stream the checkpoint block by block from its safetensors (for models larger than RAM)")
+    prune.add_argument("--overwrite", action="store_true", help="with --stream: replace a finished or different run")
+    prune.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the saved checkpoint to this Hub repo")
+    prune.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo as private")
     _add_config_flags(prune)
 
     evaluate = commands.add_parser("eval", help="perplexity of a model on a text file")
@@ -109,11 +115,21 @@ def _prune(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
     if args.dataset and not os.path.isfile(args.dataset):
         raise UsageError(f"--dataset {args.dataset!r} is not a file.")
-    model, tokenizer = _load_model(args.model, args.dtype)
     pruner = SIPruner(config)
-    pruner.prune(model, tokenizer=tokenizer, dataset=args.dataset)
-    pruner.save(model, args.output, tokenizer=tokenizer, max_shard_size=args.max_shard_size)
+    if args.stream:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.model) if args.dataset else None
+        pruner.prune(args.model, tokenizer=tokenizer, dataset=args.dataset, save_dir=args.output,
+                     max_shard_size=args.max_shard_size, overwrite=args.overwrite)
+    else:
+        model, tokenizer = _load_model(args.model, args.dtype)
+        pruner.prune(model, tokenizer=tokenizer, dataset=args.dataset)
+        pruner.save(model, args.output, tokenizer=tokenizer, max_shard_size=args.max_shard_size)
     print(f"{pruner.report.summary()}; saved to {args.output}")
+    if args.push_to_hub:
+        url = pruner.push_to_hub(args.output, args.push_to_hub, private=args.private or None)
+        print(f"pushed to {url}")
     return 0
 
 
@@ -153,9 +169,16 @@ def main(argv: typing.Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return {"prune": _prune, "eval": _eval, "report": _report}[args.command](args)
-    except (UsageError, ValueError, NotImplementedError, FileNotFoundError) as err:
+    except (UsageError, ValueError, NotImplementedError, FileNotFoundError, FileExistsError) as err:
         print(f"optimum-si {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        from .hub import HubPushError
+
+        if not isinstance(err, HubPushError):
+            raise
+        print(f"optimum-si {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -95,6 +95,7 @@ class SIConfig:
     induction_refresh: str = _help(
         "How mask-only methods refresh their mask while the scales train: 'fast' (eq. 11, cached Hessian diagonal), "
         "'classical' (re-collect statistics with forward passes) or 'none' (keep the base mask).", default="fast")
+    induction_refresh_interval: int = _help("Training steps between two mask refreshes.", default=8)
     induction_init: str = _help(
         "Distribution-level equivalent scaling before the mask: 'data' (from channel statistics, eq. 5) or 'none'.",
         default="data")
@@ -153,8 +154,10 @@ class SIConfig:
             self.device = str(self.device)
 
     def _validate_induction(self) -> None:
-        if isinstance(self.induction_epochs, bool) or not isinstance(self.induction_epochs, int) or self.induction_epochs < 1:
-            raise ValueError(f"induction_epochs must be an integer >= 1, got {self.induction_epochs!r}.")
+        for name in ("induction_epochs", "induction_refresh_interval"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
         for name in ("induction_lr", "induction_init_exponent"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:

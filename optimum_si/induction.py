@@ -166,9 +166,10 @@ class BlockInducer:
                             loss.backward()
                         optimiser.step()
                         steps += 1
-                        t0 = time.perf_counter()
-                        mask_changes += self._refresh(block, wrappers, hidden, kwargs_by_batch)
-                        refresh_seconds += time.perf_counter() - t0
+                        if steps % cfg.induction_refresh_interval == 0:
+                            t0 = time.perf_counter()
+                            mask_changes += self._refresh(block, wrappers, hidden, kwargs_by_batch)
+                            refresh_seconds += time.perf_counter() - t0
             loss_after = self._loss(block, hidden, kwargs_by_batch, targets)
             kept = math.isfinite(loss_after) and loss_after < loss_before
         except FloatingPointError:

@@ -272,12 +272,16 @@ class SIPruner:
     def _check_placement(self, model: nn.Module) -> None:
         if any(p.device.type == "meta" for p in model.parameters()):
             raise ValueError(
-                "The model has weights on the meta device (built with init_empty_weights or offloaded), so there is "
-                "nothing to prune. Load real weights with AutoModelForCausalLM.from_pretrained."
+                "The model has weights on the meta device (built with init_empty_weights, or offloaded by accelerate), "
+                "so they cannot be pruned in memory. Load real weights with AutoModelForCausalLM.from_pretrained, or "
+                "stream the checkpoint: SIPruner(...).prune('<folder or repo>', save_dir='out/', ...)."
             )
         device_map = getattr(model, "hf_device_map", None) or {}
         if any(str(d) == "disk" for d in device_map.values()):
-            raise ValueError("Models offloaded to disk are not supported; load the model on CPU/GPU without disk offload.")
+            raise ValueError(
+                "Models offloaded to disk are not supported in memory: stream the checkpoint instead, "
+                "SIPruner(...).prune('<folder or repo>', save_dir='out/', ...), which reads one block at a time."
+            )
 
     def _check_plan(self, plan: list[dict[str, nn.Linear]], block_path: str) -> None:
         if not any(plan):
@@ -297,16 +301,33 @@ class SIPruner:
 
     # ------------------------------------------------------------------------------------------ save
     def save(self, model: nn.Module, save_dir: str | os.PathLike, tokenizer: Any = None, max_shard_size: str | int = "5GB",
-             perplexity: dict[str, float] | None = None) -> str:
-        """Write the pruned model (safetensors), `si_config.json`, `si_report.json`, the tokenizer and a model card."""
+             perplexity: dict[str, float] | None = None, push_to_hub: bool = False, repo_id: str | None = None,
+             **push_kwargs: Any) -> str:
+        """Write the pruned model (safetensors), `si_config.json`, `si_report.json`, the tokenizer and a model card;
+        with `push_to_hub=True`, then upload the folder to `repo_id` (see `push_to_hub`)."""
         from .checkpoint import save_pruned_model
 
+        if push_to_hub and not repo_id:
+            raise ValueError("save(..., push_to_hub=True) needs repo_id='owner/name'.")
         if self.report is not None and perplexity:
             self.report.perplexity.update(perplexity)
-        return save_pruned_model(
+        path = save_pruned_model(
             model, save_dir, self.config, self.report, tokenizer if tokenizer is not None else self._tokenizer,
             max_shard_size=max_shard_size,
         )
+        if push_to_hub:
+            self.push_to_hub(path, repo_id, **push_kwargs)
+        return path
+
+    @staticmethod
+    def push_to_hub(save_dir: str | os.PathLike, repo_id: str, *, private: bool | None = None, token: str | None = None,
+                    commit_message: str | None = None, create_pr: bool = False, endpoint: str | None = None) -> str:
+        """Upload a saved checkpoint folder to the Hub (`HfApi.create_repo(exist_ok=True)` + `upload_folder`).
+        Returns the commit URL; errors raise `optimum_si.hub.HubPushError` and leave the folder untouched."""
+        from .hub import push_to_hub
+
+        return push_to_hub(save_dir, repo_id, private=private, token=token, commit_message=commit_message,
+                           create_pr=create_pr, endpoint=endpoint)
 
 
 def _check_finite_parameters(model: nn.Module) -> None:

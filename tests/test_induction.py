@@ -59,9 +59,10 @@ def test_induction_beats_plain_pruning_on_block_reconstruction():
     assert err_induced < err_plain
 
 
-def test_fast_refresh_moves_masks_and_classical_agrees_on_first_block():
+def test_fast_and_classical_refresh_both_move_masks():
     fast, classical = tiny_model("llama"), tiny_model("llama")
-    p_fast, p_classical = _si(induction_lr=0.05), _si(induction_lr=0.05, induction_refresh="classical")
+    p_fast = _si(induction_lr=0.05, induction_refresh_interval=1)
+    p_classical = _si(induction_lr=0.05, induction_refresh="classical", induction_refresh_interval=1)
     p_fast.prune(fast, dataset=token_ids())
     p_classical.prune(classical, dataset=token_ids())
     assert p_fast.report.blocks[0].induction["mask_changes"] > 0

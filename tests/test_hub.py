@@ -1,0 +1,256 @@
+"""End-to-end tests of `push_to_hub` against a fake Hub: a real HTTP server on 127.0.0.1, driven by the real HfApi.
+
+Endpoints huggingface_hub 2.4 calls for `create_repo` + `upload_folder` of a small folder:
+  POST /api/repos/create                          create_repo (401/403 there -> GET /api/models/{repo} to see if
+                                                  the repo already exists)
+  POST /api/validate-yaml                         README.md metadata check
+  POST /api/models/{repo}/preupload/{revision}    upload mode per file; we answer "regular" for every file, so the
+                                                  contents travel base64-encoded inside the commit and no LFS/Xet
+                                                  transfer happens, even in the hf_xet pipeline
+  POST /api/models/{repo}/discussions             create_pr in the hf_xet pipeline (opens the PR first) ...
+  GET  /api/models/{repo}/discussions/{num}       ... and reads it back, then commits to refs/pr/{num}
+  POST /api/models/{repo}/commit/{revision}       ndjson: a header line, then one {"key": "file"} line per file
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import huggingface_hub.constants
+import pytest
+import torch
+
+from optimum_si.hub import HubPushError, push_to_hub
+
+REPO = "alice/tiny-si"
+TOKEN = "hf_fake_test_token"
+_REPO_PATH = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/(?P<op>preupload|commit)/(?P<rev>.+)$")
+
+
+class FakeHub:
+    """What the server saw, and how it should answer (`unauthorized` makes every endpoint answer 401)."""
+
+    def __init__(self):
+        self.requests: list[tuple[str, str]] = []
+        self.unexpected: list[tuple[str, str]] = []
+        self.created: list[dict] = []
+        self.commits: list[dict] = []
+        self.unauthorized = False
+        self.url = ""
+
+
+def _handler(hub: FakeHub):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):  # keep pytest output clean; requests are recorded in `hub.requests`
+            pass
+
+        def _reply(self, status: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _body(self) -> bytes:
+            return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+
+        def do_GET(self):
+            self._route("GET")
+
+        def do_POST(self):
+            self._route("POST")
+
+        def _route(self, method: str) -> None:
+            url = urlsplit(self.path)
+            path, query = url.path, parse_qs(url.query)
+            hub.requests.append((method, path))
+            body = self._body() if method == "POST" else b""
+            if hub.unauthorized:
+                return self._reply(401, {"error": "Invalid credentials in Authorization header"})
+            if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                return self._reply(401, {"error": "missing token"})
+            match = _REPO_PATH.match(path)
+            if method == "POST" and path == "/api/repos/create":
+                payload = json.loads(body)
+                hub.created.append(payload)
+                return self._reply(200, {"url": f"{hub.url}/{payload['organization']}/{payload['name']}"})
+            if method == "POST" and path == "/api/validate-yaml":
+                return self._reply(200, {"errors": [], "warnings": []})
+            if method == "POST" and match and match["op"] == "preupload":
+                files = json.loads(body)["files"]
+                return self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
+                                                    "oid": None} for f in files]})
+            if method == "POST" and match and match["op"] == "commit":
+                lines = [json.loads(line) for line in body.splitlines() if line.strip()]
+                header = next(line["value"] for line in lines if line["key"] == "header")
+                files = {line["value"]["path"]: base64.b64decode(line["value"]["content"])
+                         for line in lines if line["key"] == "file"}
+                others = [line["key"] for line in lines if line["key"] not in ("header", "file")]
+                oid = f"{len(hub.commits) + 1:040x}"
+                hub.commits.append({"revision": unquote(match["rev"]), "header": header, "files": files,
+                                    "other_keys": others, "create_pr": query.get("create_pr") == ["1"]})
+                return self._reply(200, {"commitUrl": f"{hub.url}/{match['repo']}/commit/{oid}", "commitOid": oid,
+                                         "pullRequestUrl": f"{hub.url}/{match['repo']}/discussions/1"})
+            if method == "POST" and path == f"/api/models/{REPO}/discussions":
+                return self._reply(200, {"num": 1})
+            if method == "GET" and path == f"/api/models/{REPO}/discussions/1":
+                return self._reply(200, {
+                    "title": "t", "num": 1, "createdAt": "2025-01-01T00:00:00.000Z", "status": "draft",
+                    "repo": {"name": REPO, "type": "model"}, "isPullRequest": True, "events": [],
+                    "changes": {"base": "refs/heads/main"}, "filesWithConflicts": [],
+                })
+            hub.unexpected.append((method, self.path))
+            return self._reply(404, {"error": f"fake hub: no route for {method} {path}"})
+
+    return Handler
+
+
+@pytest.fixture
+def hub_env(monkeypatch):
+    # conftest sets HF_HUB_OFFLINE=1 for the whole suite, and huggingface_hub reads it into a constant at import
+    # time (its HTTP hook checks `constants.HF_HUB_OFFLINE`), so the environment variable alone is not enough.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+
+
+@pytest.fixture
+def fake_hub(hub_env):
+    hub = FakeHub()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(hub))
+    hub.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield hub
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    assert not hub.unexpected, f"the client called endpoints the fake Hub does not serve: {hub.unexpected}"
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
+    save_file({"w": torch.arange(24, dtype=torch.float32).reshape(4, 6)}, str(folder / "model.safetensors"))
+    (folder / "si_config.json").write_text(json.dumps({"method": "wanda", "sparsity": 0.5}))
+    (folder / "README.md").write_text("---\nlicense: apache-2.0\ntags:\n- optimum-si\n---\n# tiny pruned model\n")
+    return folder
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# hf_xet installed -> upload_folder runs the streamed xet pipeline; HF_HUB_DISABLE_XET -> the legacy create_commit
+# path. `is_xet_available()` reads the constant at call time, so patching it selects the path.
+@pytest.fixture(params=[False, True], ids=["xet-pipeline", "legacy-commit"])
+def upload_path(request, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", request.param)
+    return "legacy" if request.param else "xet"
+
+
+def test_push_uploads_every_file_byte_identical(fake_hub, checkpoint, upload_path):
+    before = _snapshot(checkpoint)
+    url = push_to_hub(checkpoint, REPO, private=True, token=TOKEN, commit_message="Add 50% wanda",
+                      endpoint=fake_hub.url)
+
+    assert fake_hub.created == [{"name": "tiny-si", "organization": "alice", "visibility": "private"}]
+    (commit,) = fake_hub.commits
+    assert commit["revision"] == "main" and not commit["create_pr"]
+    assert commit["header"]["summary"] == "Add 50% wanda"
+    assert commit["other_keys"] == []  # all regular files: no lfsFile / deletions
+    assert commit["files"] == before
+    assert set(before) == {"config.json", "model.safetensors", "si_config.json", "README.md"}
+    assert url == f"{fake_hub.url}/{REPO}/commit/{1:040x}" and type(url) is str
+    assert _snapshot(checkpoint) == before
+    assert fake_hub.requests[0] == ("POST", "/api/repos/create")
+
+
+def test_push_create_pr(fake_hub, checkpoint, upload_path):
+    push_to_hub(checkpoint, REPO, token=TOKEN, create_pr=True, endpoint=fake_hub.url)
+
+    assert "visibility" not in fake_hub.created[0]  # private=None keeps the Hub/org default
+    (commit,) = fake_hub.commits
+    # The xet pipeline opens the PR, then commits to its ref; the legacy path commits to main with ?create_pr=1.
+    expected = ("refs/pr/1", False) if upload_path == "xet" else ("main", True)
+    assert (commit["revision"], commit["create_pr"]) == expected
+    assert commit["files"] == _snapshot(checkpoint)
+
+
+def test_default_endpoint_is_huggingface_hub_setting(fake_hub, checkpoint, monkeypatch):
+    # HF_ENDPOINT is read into `constants.ENDPOINT` when huggingface_hub is imported: patch the constant.
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", fake_hub.url)
+    assert push_to_hub(checkpoint, REPO, token=TOKEN).startswith(fake_hub.url)
+    assert fake_hub.commits[0]["files"] == _snapshot(checkpoint)
+
+
+def test_auth_error_is_clear_and_leaves_folder_intact(fake_hub, checkpoint):
+    fake_hub.unauthorized = True
+    before = _snapshot(checkpoint)
+    with pytest.raises(HubPushError, match="huggingface-cli login") as info:
+        push_to_hub(checkpoint, REPO, token=TOKEN, endpoint=fake_hub.url)
+    assert "token=" in str(info.value) and "401" in str(info.value) and REPO in str(info.value)
+    assert fake_hub.commits == []
+    assert _snapshot(checkpoint) == before
+
+
+def test_unreachable_endpoint_is_a_clear_network_error(hub_env, checkpoint):
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    before = _snapshot(checkpoint)
+    start = time.monotonic()
+    with pytest.raises(HubPushError, match="could not reach") as info:
+        push_to_hub(checkpoint, REPO, token=TOKEN, endpoint=endpoint)
+    assert time.monotonic() - start < 5  # create_repo does not retry connection errors
+    assert endpoint in str(info.value)
+    assert _snapshot(checkpoint) == before
+
+
+def test_offline_mode_is_reported(checkpoint, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubPushError, match="HF_HUB_OFFLINE"):
+        push_to_hub(checkpoint, REPO, token=TOKEN, endpoint="http://127.0.0.1:9")
+
+
+def test_validates_folder_and_repo_id(tmp_path, checkpoint):
+    (tmp_path / "incomplete").mkdir()
+    (tmp_path / "incomplete" / "config.json").write_text("{}")
+    for folder in (tmp_path / "incomplete", tmp_path / "missing"):
+        with pytest.raises(ValueError, match="si_config.json.*SIPruner.save"):
+            push_to_hub(folder, REPO)
+    for bad in ("a/b/c", "", "bad name", "owner/../x"):
+        with pytest.raises(ValueError, match="'name' or 'owner/name'"):
+            push_to_hub(checkpoint, bad)
+
+
+def test_pruner_save_with_push_uploads_the_real_checkpoint(fake_hub, tmp_path):
+    from optimum_si import SIPruner
+
+    from .conftest import tiny_model, token_ids
+
+    model = tiny_model("llama")
+    pruner = SIPruner(method="wanda", num_samples=4, seqlen=16, show_progress=False)
+    pruner.prune(model, dataset=token_ids(4, 16))
+    out = tmp_path / "pruned"
+    pruner.save(model, out, push_to_hub=True, repo_id=REPO, token=TOKEN, endpoint=fake_hub.url)
+    (commit,) = fake_hub.commits
+    assert commit["files"] == _snapshot(out)
+    assert {"model.safetensors", "si_config.json", "si_report.json", "README.md"} <= set(commit["files"])
+    with pytest.raises(ValueError, match="repo_id"):
+        pruner.save(model, out, push_to_hub=True)

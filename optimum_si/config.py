@@ -85,8 +85,8 @@ class SIConfig:
     device: str | None = _help("Execution device for block work ('cuda', 'cpu', ...). Default: where the blocks are.", default=None)
     show_progress: bool = _help("Show a tqdm progress bar over blocks.", default=True)
     # ---- Sparsity Induction (used when induction=True; see docs/si-design.md for the evidence behind defaults)
-    induction_epochs: int = _help("Passes over the calibration windows when training each block's scales.", default=2)
-    induction_lr: float = _help("Adam learning rate for the log-scales.", default=5e-3)
+    induction_epochs: int = _help("Passes over the calibration windows when training each block's scales.", default=1)
+    induction_lr: float = _help("Adam learning rate for the log-scales.", default=1e-2)
     induction_spectral_weight: float = _help(
         "Weight lambda of the spectral-norm term R_p (eq. 6), relative to the block's initial reconstruction error; "
         "0 disables it.", default=0.0)
@@ -96,6 +96,9 @@ class SIConfig:
         "How mask-only methods refresh their mask while the scales train: 'fast' (eq. 11, cached Hessian diagonal), "
         "'classical' (re-collect statistics with forward passes) or 'none' (keep the base mask).", default="fast")
     induction_refresh_interval: int = _help("Training steps between two mask refreshes.", default=8)
+    induction_target: str = _help(
+        "Reconstruction target: 'local' (the dense block on the pruned model's inputs) or 'global' (the dense model's "
+        "own block outputs, kept as a second activation stream).", default="global")
     induction_init: str = _help(
         "Distribution-level equivalent scaling before the mask: 'data' (from channel statistics, eq. 5) or 'none'.",
         default="data")
@@ -166,6 +169,7 @@ class SIConfig:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
             raise ValueError(f"induction_spectral_weight must be a number >= 0, got {weight!r}.")
         choices = {"induction_refresh": ("fast", "classical", "none"), "induction_init": ("data", "none"),
+                   "induction_target": ("local", "global"),
                    "induction_unsupported": ("error", "skip")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -59,6 +59,8 @@ class BlockInputs:
 
     hidden: list[torch.Tensor]
     kwargs: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # Induction with a global target: the same windows through the *dense* model (a teacher stream).
+    teacher: list[torch.Tensor] | None = None
 
     @property
     def tokens(self) -> int:
@@ -335,7 +337,15 @@ class BlockEngine:
         from .induction import BlockInducer, fold_distribution_level
 
         t0 = time.perf_counter()
-        stats, dense_outputs = self._collect(index, block, linears, inputs, keep_outputs=True)
+        if self.prune and self.config.induction_target == "global":
+            # Targets are the dense model's own block outputs, so each block also learns to undo upstream error.
+            stats = self._collect(index, block, linears, inputs)
+            teacher = BlockInputs(inputs.teacher if inputs.teacher is not None else inputs.hidden, inputs.kwargs)
+            dense_outputs = run_block(block, teacher)
+            _check_finite(dense_outputs, f"the dense outputs of block {index}")
+            inputs.teacher = dense_outputs
+        else:
+            stats, dense_outputs = self._collect(index, block, linears, inputs, keep_outputs=True)
         t1 = time.perf_counter()
         spreads = {}
         if self.config.induction_init == "data":

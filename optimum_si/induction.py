@@ -34,6 +34,8 @@ __all__ = ["ScaledLinear", "BlockInducer", "data_driven_scale"]
 
 logger = logging.getLogger(__name__)
 
+_LOSS_PROBE_WINDOWS = 8  # calibration windows on which the before/after block loss is measured and compared
+
 
 def data_driven_scale(sq_norms: torch.Tensor, tokens: int, exponent: float) -> torch.Tensor:
     """Equivalent-transform init: s_j = rms(x_j)^exponent, normalised to geometric mean 1.
@@ -141,8 +143,11 @@ class BlockInducer:
         spectral = SpectralNorm({n: w.dense_weight for n, w in wrappers.items()}, generator)
         params = [p for w in wrappers.values() for p in w.parameters() if p.requires_grad]
         refresh_seconds, mask_changes, steps = 0.0, 0, 0
+        # Before/after losses on a fixed subset of windows: a full extra pass would cost as much as training.
+        probe = list(range(0, len(hidden), max(1, len(hidden) // _LOSS_PROBE_WINDOWS)))[:_LOSS_PROBE_WINDOWS]
+        probe_hidden, probe_targets = [hidden[i] for i in probe], [targets[i] for i in probe]
         try:
-            loss_before = self._loss(block, hidden, kwargs_by_batch, targets)
+            loss_before = self._loss(block, probe_hidden, kwargs_by_batch, probe_targets)
             if params:
                 optimiser = torch.optim.Adam(params, lr=cfg.induction_lr)
                 spectral_scale = None
@@ -170,7 +175,7 @@ class BlockInducer:
                             t0 = time.perf_counter()
                             mask_changes += self._refresh(block, wrappers, hidden, kwargs_by_batch)
                             refresh_seconds += time.perf_counter() - t0
-            loss_after = self._loss(block, hidden, kwargs_by_batch, targets)
+            loss_after = self._loss(block, probe_hidden, kwargs_by_batch, probe_targets)
             kept = math.isfinite(loss_after) and loss_after < loss_before
         except FloatingPointError:
             logger.warning("Induction produced a non-finite loss; keeping this block's base-pruned weights.")

@@ -28,7 +28,9 @@ from benchmarks import assets  # noqa: E402
 from optimum_si import SIConfig, SIPruner  # noqa: E402
 from optimum_si.evaluation import perplexity  # noqa: E402
 
-DEFAULT_RECIPE = dict(method="wanda", sparsity=0.5, mask_structure="unstructured", induction=False)
+# The built-in default: Wanda at 50 % after Sparsity Induction (perplexity 0.90x of plain Wanda on this model; see
+# the README's results table).
+DEFAULT_RECIPE = dict(method="wanda", sparsity=0.5, mask_structure="unstructured", induction=True)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -64,7 +66,9 @@ def main(argv: list[str] | None = None) -> dict:
     pruned_ppl = perplexity(model, tokenizer, eval_text, seqlen=seqlen, max_windows=eval_windows)
     pruner.save(model, output, tokenizer=tokenizer,
                 perplexity={f"dense (Jargon File, {eval_windows} x {seqlen})": dense_ppl,
-                            f"pruned (Jargon File, {eval_windows} x {seqlen})": pruned_ppl})
+                            f"pruned (Jargon File, {eval_windows} x {seqlen})": pruned_ppl},
+                card_info={"license": "apache-2.0", "model_name": name,
+                           "calibration": "Python 3.11 documentation (Debian python3.11-doc), first 4,000,000 characters"})
     summary = {"output": output, "recipe": config.mask_structure, "method": config.method,
                "sparsity": pruner.report.sparsity, "dense_ppl": dense_ppl, "pruned_ppl": pruned_ppl,
                "prune_seconds": prune_seconds}

@@ -42,14 +42,16 @@ def recipe_dict(config: SIConfig, model_config: Any, report: PruneReport | None,
 
 
 def write_sidecars(folder: str, config: SIConfig, report: PruneReport | None, model_config: Any,
-                   base_model: str | None = None, card: bool = True) -> None:
+                   base_model: str | None = None, card: bool = True, card_info: dict[str, Any] | None = None) -> None:
     """Report, model card and recipe; the recipe goes last, since its presence marks a complete checkpoint."""
     if report is not None:
         report.save(folder)
     if card:
         from .model_card import build_model_card
 
-        build_model_card(model_config, config, report, base_model=base_model).save(os.path.join(folder, "README.md"))
+        card_info = dict(card_info or {})
+        build_model_card(model_config, config, report, base_model=base_model, **card_info).save(
+            os.path.join(folder, "README.md"))
     tmp = os.path.join(folder, CONFIG_NAME + ".tmp")
     with open(tmp, "w", encoding="utf-8") as handle:
         json.dump(recipe_dict(config, model_config, report, base_model), handle, indent=2)
@@ -65,6 +67,7 @@ def save_pruned_model(
     tokenizer: Any = None,
     max_shard_size: str | int = "5GB",
     card: bool = True,
+    card_info: dict[str, Any] | None = None,
 ) -> str:
     save_dir = os.fspath(save_dir)
     model_config = getattr(model, "config", None)
@@ -81,7 +84,7 @@ def save_pruned_model(
         model.save_pretrained(staging, max_shard_size=max_shard_size)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        write_sidecars(staging, config, report, model_config, card=card)
+        write_sidecars(staging, config, report, model_config, card=card, card_info=card_info)
         _move_into(staging, save_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -38,6 +38,10 @@ def build_model_card(model_config: Any, config: SIConfig, report: PruneReport | 
         tags=tags,
     )
     citations = [_CITATIONS[config.method]] + ([_CITATIONS["si"]] if config.induction else [])
+    if report is not None:
+        extra.setdefault("pruned_layers", len(report.layers))
+        extra.setdefault("achieved_sparsity", report.sparsity)
+        extra.setdefault("perplexity", dict(report.perplexity))
     return ModelCard.from_template(
         card_data,
         template_path=TEMPLATE_PATH,

@@ -302,9 +302,10 @@ class SIPruner:
     # ------------------------------------------------------------------------------------------ save
     def save(self, model: nn.Module, save_dir: str | os.PathLike, tokenizer: Any = None, max_shard_size: str | int = "5GB",
              perplexity: dict[str, float] | None = None, push_to_hub: bool = False, repo_id: str | None = None,
-             **push_kwargs: Any) -> str:
+             card_info: dict[str, Any] | None = None, **push_kwargs: Any) -> str:
         """Write the pruned model (safetensors), `si_config.json`, `si_report.json`, the tokenizer and a model card;
-        with `push_to_hub=True`, then upload the folder to `repo_id` (see `push_to_hub`)."""
+        with `push_to_hub=True`, then upload the folder to `repo_id` (see `push_to_hub`). `card_info` adds fields to
+        the model card (e.g. `calibration="..."`, `license="apache-2.0"`, `model_name=...`)."""
         from .checkpoint import save_pruned_model
 
         if push_to_hub and not repo_id:
@@ -313,7 +314,7 @@ class SIPruner:
             self.report.perplexity.update(perplexity)
         path = save_pruned_model(
             model, save_dir, self.config, self.report, tokenizer if tokenizer is not None else self._tokenizer,
-            max_shard_size=max_shard_size,
+            max_shard_size=max_shard_size, card_info=card_info,
         )
         if push_to_hub:
             self.push_to_hub(path, repo_id, **push_kwargs)

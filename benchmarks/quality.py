@@ -76,7 +76,7 @@ def markdown(records: list[dict]) -> str:
         "|---|---|---|---:|---:|---|---:|---:|---:|",
     ]
     for r in records:
-        refs = protocol.REFERENCE_PPL.get((r["method"], r["pattern"]))
+        refs = None if r["induction"] else protocol.REFERENCE_PPL.get((r["method"], r["pattern"]))
         ref = " / ".join(f"{v:.2f}" for v in refs) if refs else "–"
         ok = {True: "yes", False: "**no**", None: "–"}[r.get("within_2pct_of_reference")]
         lines.append(

@@ -76,6 +76,9 @@ class BlockSource(Protocol):
     def release(self, index: int, block: nn.Module) -> None:
         """Called once block `index` is pruned: write it back / free it."""
 
+    def load_dense(self, index: int) -> nn.Module:
+        """Block `index` with its original (unpruned) weights; only needed to resume an interrupted run."""
+
 
 class InMemoryBlocks:
     """Blocks of a model already in memory; moved to the execution device one at a time when needed."""
@@ -272,7 +275,15 @@ class BlockEngine:
         """Prune every block of `source` from `first` on (earlier blocks, already pruned by an interrupted run, are
         only re-run to rebuild the activations). `inputs` is None for data-free runs (plain magnitude)."""
         if inputs is not None:
+            teacher_needed = self.config.induction and self.config.induction_target == "global" and self.prune
             for index in tqdm(range(first), desc="Replaying finished blocks", disable=not self.config.show_progress or not first):
+                if teacher_needed:  # the dense teacher stream goes through the *source* weights of the block
+                    block = source.load_dense(index)
+                    try:
+                        teacher = inputs.teacher if inputs.teacher is not None else inputs.hidden
+                        inputs.teacher = run_block(block, BlockInputs(teacher, inputs.kwargs))
+                    finally:
+                        source.release(index, block)
                 block = source.load(index)
                 try:
                     inputs.hidden = run_block(block, inputs)

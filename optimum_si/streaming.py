@@ -225,6 +225,11 @@ class StreamingSource:
         _materialise(block, f"{self.prefix}.{index}.", source, self.device)
         return block
 
+    def load_dense(self, index: int) -> nn.Module:
+        block = self.blocks[index]
+        _materialise(block, f"{self.prefix}.{index}.", self.index, self.device)
+        return block
+
     def release(self, index: int, block: nn.Module) -> None:
         if index >= self.finished and self.writer is not None:
             self.writer.add({f"{self.prefix}.{index}.{name}": p for name, p in block.state_dict().items()

@@ -62,11 +62,12 @@ def test_streaming_equals_in_memory_bit_for_bit(source, tmp_path, method, extra)
         assert torch.equal(reloaded(ids).logits, in_memory(ids).logits)
 
 
-def test_killed_run_resumes_to_the_same_checkpoint(source, tmp_path):
+@pytest.mark.parametrize("recipe", [{"method": "sparsegpt"}, {"method": "wanda", "induction": True}])
+def test_killed_run_resumes_to_the_same_checkpoint(source, tmp_path, recipe):
     calib = token_ids()
     torch.save(calib, tmp_path / "calib.pt")
     reference = tmp_path / "reference"
-    _pruner("sparsegpt").prune(str(source), save_dir=reference, dataset=calib)
+    _pruner(**recipe).prune(str(source), save_dir=reference, dataset=calib)
     out = tmp_path / "out"
     child = textwrap.dedent(f"""
         import os, signal, torch
@@ -78,7 +79,7 @@ def test_killed_run_resumes_to_the_same_checkpoint(source, tmp_path):
                 os.kill(os.getpid(), signal.SIGKILL)
         st.write_progress = write_then_die
         from optimum_si import SIPruner
-        SIPruner(method="sparsegpt", num_samples=8, seqlen=32, show_progress=False).prune(
+        SIPruner(**{recipe!r}, num_samples=8, seqlen=32, show_progress=False).prune(
             {str(source)!r}, save_dir={str(out)!r}, dataset=torch.load({str(tmp_path / 'calib.pt')!r}))
     """)
     result = subprocess.run([sys.executable, "-c", child], cwd=os.getcwd(), capture_output=True)
@@ -86,7 +87,7 @@ def test_killed_run_resumes_to_the_same_checkpoint(source, tmp_path):
     progress = json.loads((out / PROGRESS_NAME).read_text())
     assert progress["finished_blocks"] == 1
     assert not os.path.exists(out / "si_config.json")  # an interrupted folder never looks complete
-    resumed = _pruner("sparsegpt")
+    resumed = _pruner(**recipe)
     resumed.prune(str(source), save_dir=out, dataset=calib)
     assert {k: v.tolist() for k, v in _all_tensors(out).items()} == {k: v.tolist() for k, v in _all_tensors(reference).items()}
     assert resumed.report.sparsity == 0.5 and len(resumed.report.layers) == 14

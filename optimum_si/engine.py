@@ -358,19 +358,23 @@ class BlockEngine:
         else:
             stats, dense_outputs = self._collect(index, block, linears, inputs, keep_outputs=True)
         t1 = time.perf_counter()
-        spreads = {}
-        if self.config.induction_init == "data":
-            spreads = fold_distribution_level(block, self.model_config, stats, linears, self.config, self.undo)
+        spreads, row_scales = {}, {}
+        # Wanda and SparseGPT masks are invariant to the equivalent scales (docs/si-design.md §1), except that
+        # SparseGPT's per-block mask sees row scales and its damping is not scale-covariant: only magnitude, and
+        # induce() (which hands the model to any later pruner), fold them.
+        if self.config.induction_init == "data" and (self.config.method == "magnitude" or not self.prune):
+            spreads, row_scales = fold_distribution_level(block, self.model_config, stats, linears, self.config,
+                                                          self.undo)
         record.stats_seconds += t1 - t0
         if not self.prune:
             record.induction = {"scale_spread": spreads, "seconds": time.perf_counter() - t1}
             return
         dense_weights = {name: linear.weight.detach().float().clone() for name, linear in linears.items()}
-        keeps = self._prune_group(prefix, linears, stats)
+        keeps = self._prune_group(prefix, linears, stats, row_scales)
         t2 = time.perf_counter()
         record.prune_seconds += t2 - t1
         result = BlockInducer(self.config, self.undo).run(
-            block, linears, dense_weights, keeps, stats, inputs.hidden, inputs.kwargs, dense_outputs
+            block, linears, dense_weights, keeps, stats, inputs.hidden, inputs.kwargs, dense_outputs, row_scales
         )
         for name, linear in linears.items():
             self.report.layers[f"{prefix}.{name}"].zeros = int((linear.weight == 0).sum())
@@ -407,8 +411,10 @@ class BlockEngine:
         return collector.stats
 
     @torch.no_grad()
-    def _prune_group(self, prefix: str, group: dict[str, nn.Linear], stats: dict[str, InputStats]) -> dict[str, torch.Tensor]:
-        """Prune every Linear of `group` with the base method; returns their keep masks."""
+    def _prune_group(self, prefix: str, group: dict[str, nn.Linear], stats: dict[str, InputStats],
+                     row_scales: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Prune every Linear of `group` with the base method; returns their keep masks. `row_scales` undoes, in
+        the magnitude score, the row division of Linears that produce a scaled channel (see induction.py)."""
         cfg = self.config
         keeps = {}
         solved = self._solve_sparsegpt(group, stats) if cfg.method == "sparsegpt" else {}
@@ -422,6 +428,8 @@ class BlockEngine:
                     scores = wanda_scores(weight, stats[name].sq_norms)
                 else:
                     scores = magnitude_scores(weight)
+                    if row_scales and name in row_scales:
+                        scores = scores * row_scales[name].to(scores.device).unsqueeze(1)
                 keep = select_mask(scores, cfg.sparsity, cfg.n_m, per_row=cfg.method == "wanda")
                 new_weight = torch.where(keep, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
                 if name in stats:

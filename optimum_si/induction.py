@@ -53,8 +53,9 @@ class ScaledLinear(nn.Module):
     """A pruned Linear with learnable log input-column and output-row scales, used only while inducing."""
 
     def __init__(self, linear: nn.Linear, dense_weight: torch.Tensor, keep: torch.Tensor, pruned_weight: torch.Tensor,
-                 sq_norms: torch.Tensor | None, config: SIConfig) -> None:
+                 sq_norms: torch.Tensor | None, config: SIConfig, score_row_scale: torch.Tensor | None = None) -> None:
         super().__init__()
+        self.score_row_scale = score_row_scale
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("dense_weight", dense_weight.float(), persistent=False)
         self.register_buffer("pruned_weight", pruned_weight.float(), persistent=False)
@@ -81,6 +82,8 @@ class ScaledLinear(nn.Module):
         if self.config.method == "wanda":
             norms = sq_norms if sq_norms is not None else self.sq_norms
             scores = scores * norms.to(scores.device).clamp_min(0).sqrt().unsqueeze(0)
+        elif self.score_row_scale is not None:
+            scores = scores * self.score_row_scale.to(scores.device).unsqueeze(1)
         self.keep = select_mask(scores, self.config.sparsity, self.config.n_m, per_row=self.config.method == "wanda")
 
     def effective_weight(self) -> torch.Tensor:
@@ -129,13 +132,14 @@ class BlockInducer:
         hidden: list[torch.Tensor],
         kwargs_by_batch: dict[int, dict],
         targets: list[torch.Tensor],
+        row_scales: dict[str, torch.Tensor] | None = None,
     ) -> InductionRecord:
         cfg = self.config
         started = time.perf_counter()
         generator = torch.Generator().manual_seed(cfg.seed)
         wrappers = {
             name: ScaledLinear(linear, dense_weights[name], keep_masks[name], linear.weight.detach(),
-                               stats[name].sq_norms if name in stats else None, cfg)
+                               stats[name].sq_norms if name in stats else None, cfg, (row_scales or {}).get(name))
             for name, linear in linears.items()
         }
         for name, wrapper in wrappers.items():
@@ -230,9 +234,13 @@ def fold_distribution_level(
     linears: dict[str, nn.Linear],
     config: SIConfig,
     undo: UndoLog,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """Fold the data-driven equivalent scales of every scaling group into `block` (dense function unchanged) and
     rescale the cached statistics of the affected consumers to match their new inputs x / s.
+
+    Also returns, for every pruned Linear whose *rows* were divided (the producer of a rows group: v_proj, up_proj),
+    that row scale: a per-matrix magnitude mask must score such a Linear with its rows undivided, otherwise the
+    channels that carry the largest activations would be the first ones pruned.
 
     The q/k group keeps s = 1 here: no calibration statistic of its channels is collected, and the attention logits
     are invariant to it anyway. Returns the spread (max / min) of each folded scale.
@@ -240,6 +248,7 @@ def fold_distribution_level(
     from .transforms import resolve_scaling_groups
 
     spreads = {}
+    row_scales: dict[str, torch.Tensor] = {}
     adjusted: set[int] = set()
     for group in resolve_scaling_groups(block, model_config, config.induction_groups):
         if group.spec.kind == "qk":
@@ -267,4 +276,8 @@ def fold_distribution_level(
                 entry.xtx /= column.unsqueeze(0) * column.unsqueeze(1)
             entry._hessian_factor = None
         spreads[group.name] = float(scale.max() / scale.min())
-    return spreads
+        if group.spec.kind == "rows":
+            producer = next(n for n, m in block.named_modules() if m is group.producers[0])
+            if producer in linears:
+                row_scales[producer] = scale.float()
+    return spreads, row_scales

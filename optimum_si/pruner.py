@@ -249,7 +249,9 @@ class SIPruner:
         writer.finish()
         st.copy_side_files(folder, save_dir)
         write_sidecars(save_dir, cfg, report, model_config, base_model=source if not os.path.isdir(source) else None)
-        os.remove(os.path.join(save_dir, st.PROGRESS_NAME)) if os.path.exists(os.path.join(save_dir, st.PROGRESS_NAME)) else None
+        progress_path = os.path.join(save_dir, st.PROGRESS_NAME)
+        if os.path.exists(progress_path):
+            os.remove(progress_path)  # only now does the folder read as complete
         self.report = report
         logger.info(report.summary())
         return save_dir

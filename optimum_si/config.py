@@ -83,6 +83,12 @@ class SIConfig:
         default=False,
     )
     device: str | None = _help("Execution device for block work ('cuda', 'cpu', ...). Default: where the blocks are.", default=None)
+    activation_storage: str = _help(
+        "Where calibration activations wait between blocks: 'auto' (on the device when it is the CPU, else pinned CPU "
+        "memory, moved to the device one batch at a time), 'device', 'cpu', or 'disk' (for very long calibration sets).",
+        default="auto")
+    activation_dir: str | None = _help("Folder for activation_storage='disk' (default: the system temp folder).",
+                                       default=None)
     show_progress: bool = _help("Show a tqdm progress bar over blocks.", default=True)
     # ---- Sparsity Induction (used when induction=True; see docs/si-design.md for the evidence behind defaults)
     induction_epochs: int = _help("Passes over the calibration windows when training each block's scales.", default=1)
@@ -155,6 +161,10 @@ class SIConfig:
         self._validate_induction()
         if self.device is not None and not isinstance(self.device, str):
             self.device = str(self.device)
+        if self.activation_storage not in ("auto", "device", "cpu", "disk"):
+            raise ValueError(f"activation_storage must be 'auto', 'device', 'cpu' or 'disk', got {self.activation_storage!r}.")
+        if self.activation_dir is not None and (not isinstance(self.activation_dir, str) or not self.activation_dir):
+            raise ValueError(f"activation_dir must be a folder path or None, got {self.activation_dir!r}.")
 
     def _validate_induction(self) -> None:
         for name in ("induction_epochs", "induction_refresh_interval"):

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .activations import ActivationStore
 from .architectures import BLOCK_PATTERNS, spec_for
 from .config import SIConfig
 from .masks import select_mask
@@ -57,14 +58,15 @@ class BlockInputs:
     """Hidden states entering the current block, one tensor per calibration batch, and the keyword arguments
     (attention mask, rotary embeddings, ...) replayed for every block, keyed by batch size."""
 
-    hidden: list[torch.Tensor]
+    hidden: ActivationStore | list[torch.Tensor]
     kwargs: dict[int, dict[str, Any]] = field(default_factory=dict)
     # Induction with a global target: the same windows through the *dense* model (a teacher stream).
-    teacher: list[torch.Tensor] | None = None
+    teacher: ActivationStore | list[torch.Tensor] | None = None
 
     @property
     def tokens(self) -> int:
-        return sum(h.shape[0] * h.shape[1] for h in self.hidden)
+        shapes = self.hidden.shapes if isinstance(self.hidden, ActivationStore) else [h.shape for h in self.hidden]
+        return sum(shape[0] * shape[1] for shape in shapes)
 
 
 class BlockSource(Protocol):
@@ -169,20 +171,23 @@ def _modules_outside(root: nn.Module, blocks: nn.Module) -> list[nn.Module]:
 
 @torch.no_grad()
 def capture_block_inputs(
-    model: nn.Module, blocks: nn.ModuleList, batches: Sequence[torch.Tensor], device: torch.device
+    model: nn.Module, blocks: nn.ModuleList, batches: Sequence[torch.Tensor], device: torch.device,
+    storage: str = "device", directory: str | None = None,
 ) -> BlockInputs:
-    """Run the model on each batch of token ids up to the first block, recording its inputs and kwargs."""
+    """Run the model on each batch of token ids up to the first block, recording its inputs and kwargs.
+
+    The hidden states are kept in an `ActivationStore` with the given `storage` ("device", "cpu" or "disk")."""
     moved = []
     for module in _modules_outside(model, blocks):
         home = _module_device(module)
-        if home != device:
+        if home != device and home.type != "meta":  # meta: offloaded by accelerate, its hooks onload it
             moved.append((module, home))
             module.to(device)
 
     def stop(_module: nn.Module, args: tuple, kwargs: dict) -> None:
         raise _BlockInputsCaptured(args, kwargs)
 
-    inputs = BlockInputs(hidden=[])
+    inputs = BlockInputs(hidden=ActivationStore(storage, device, directory))
     handle = blocks[0].register_forward_pre_hook(stop, with_kwargs=True)
     try:
         for batch in batches:
@@ -214,9 +219,10 @@ def _block_output(output: Any) -> torch.Tensor:
 
 
 @torch.no_grad()
-def run_block(block: nn.Module, inputs: BlockInputs, collector: InputStatsCollector | None = None) -> list[torch.Tensor]:
-    """Forward every batch through `block`. With a collector, passes may stop early (no outputs returned)."""
-    outputs = []
+def run_block(block: nn.Module, inputs: BlockInputs, collector: InputStatsCollector | None = None):
+    """Forward every batch through `block`; the outputs are stored like the inputs. With a collector, passes may stop
+    early (no outputs returned)."""
+    outputs = inputs.hidden.new() if isinstance(inputs.hidden, ActivationStore) else []
     for hidden in inputs.hidden:
         kwargs = inputs.kwargs[hidden.shape[0]]
         try:
@@ -297,8 +303,9 @@ class BlockEngine:
             block = source.load(index)
             try:
                 linears = linears_of(index, block)
+                inducer = None
                 if self.config.induction and inputs is not None:
-                    self._induce_and_prune(index, block, f"{block_prefix}.{index}", linears, inputs, record)
+                    inducer = self._induce_and_prune(index, block, f"{block_prefix}.{index}", linears, inputs, record)
                 else:
                     for group in self._groups(linears):
                         t0 = time.perf_counter()
@@ -307,11 +314,18 @@ class BlockEngine:
                         self._prune_group(f"{block_prefix}.{index}", group, stats)
                         record.stats_seconds += t1 - t0
                         record.prune_seconds += time.perf_counter() - t1
+                outputs = None
                 if inputs is not None and index + 1 < len(source):
                     t0 = time.perf_counter()
-                    inputs.hidden = run_block(block, inputs)
-                    _check_finite(inputs.hidden, f"the outputs of block {index}")
+                    outputs = run_block(block, inputs)
                     record.propagate_seconds = time.perf_counter() - t0
+                if inducer is not None:
+                    self._conclude_induction(index, inducer, f"{block_prefix}.{index}", linears, record, outputs)
+                    if outputs is not None and not inducer.record.kept:
+                        outputs = run_block(block, inputs)  # reverted weights: the next block must see their outputs
+                if outputs is not None:
+                    _check_finite(outputs, f"the outputs of block {index}")
+                    inputs.hidden = outputs
             finally:
                 source.release(index, block)
             record.seconds = time.perf_counter() - started
@@ -344,7 +358,8 @@ class BlockEngine:
         return self.config.method != "magnitude"
 
     def _induce_and_prune(self, index: int, block: nn.Module, prefix: str, linears: dict[str, nn.Linear],
-                          inputs: BlockInputs, record: BlockRecord) -> None:
+                          inputs: BlockInputs, record: BlockRecord):
+        """Returns the block's `BlockInducer` (its verdict is taken after propagation), or None for induce-only runs."""
         from .induction import BlockInducer, fold_distribution_level
 
         t0 = time.perf_counter()
@@ -373,12 +388,19 @@ class BlockEngine:
         keeps = self._prune_group(prefix, linears, stats, row_scales)
         t2 = time.perf_counter()
         record.prune_seconds += t2 - t1
-        result = BlockInducer(self.config, self.undo).run(
-            block, linears, dense_weights, keeps, stats, inputs.hidden, inputs.kwargs, dense_outputs, row_scales
-        )
+        inducer = BlockInducer(self.config, self.undo)
+        inducer.run(block, linears, dense_weights, keeps, stats, inputs.hidden, inputs.kwargs, dense_outputs, row_scales)
+        record.induction = {"scale_spread": spreads}
+        return inducer
+
+    def _conclude_induction(self, index: int, inducer, prefix: str, linears: dict[str, nn.Linear],
+                            record: BlockRecord, outputs: list[torch.Tensor] | None) -> None:
+        """Keep or revert the block's induction from its probe loss (read off `outputs` when the block was propagated)."""
+        inducer.verify(outputs)
+        result = inducer.record
         for name, linear in linears.items():
             self.report.layers[f"{prefix}.{name}"].zeros = int((linear.weight == 0).sum())
-        record.induction = {**result.as_dict(), "scale_spread": spreads}
+        record.induction = {**result.as_dict(), **(record.induction or {})}
         logger.info(
             "block %d: induction loss %.4g -> %.4g (%s), %d steps, %d mask changes, %.1f s", index,
             result.loss_before, result.loss_after, "kept" if result.kept else "reverted", result.steps,

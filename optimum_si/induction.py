@@ -30,11 +30,31 @@ from .masks import select_mask
 from .stats import InputStats, InputStatsCollector
 from .weights import UndoLog, write_parameter
 
-__all__ = ["ScaledLinear", "BlockInducer", "data_driven_scale"]
+__all__ = ["ScaledLinear", "BlockInducer", "data_driven_scale", "importance_histogram", "HISTOGRAM_EDGES"]
 
 logger = logging.getLogger(__name__)
 
 _LOSS_PROBE_WINDOWS = 8  # calibration windows on which the before/after block loss is measured and compared
+# log10 importance-score bins of the report's before/after histograms (the paper's Fig. 1), fixed so that blocks and
+# models can be summed and compared.
+HISTOGRAM_EDGES = [round(-8.0 + 0.1 * i, 1) for i in range(121)]
+
+
+@torch.no_grad()
+def importance_histogram(wrappers, scaled: bool = False) -> list[int]:
+    """Counts of log10(|W| * ||x||) over every weight of `wrappers` (dense weights, scaled by the learned row and
+    column scales when `scaled`); scores outside the edges land in the end bins."""
+    low, high, bins = HISTOGRAM_EDGES[0], HISTOGRAM_EDGES[-1], len(HISTOGRAM_EDGES) - 1
+    counts = torch.zeros(bins, dtype=torch.float64)
+    for wrapper in wrappers:
+        scores = wrapper.dense_weight.abs()
+        if scaled:
+            scores = wrapper.log_row.detach().exp().unsqueeze(1) * scores * wrapper.log_col.detach().exp().unsqueeze(0)
+        if wrapper.sq_norms is not None:
+            scores = scores * wrapper.sq_norms.to(scores.device).clamp_min(0).sqrt().unsqueeze(0)
+        logs = scores.clamp_min(1e-30).log10().clamp(low, high - 1e-6)
+        counts += torch.histc(logs.float(), bins=bins, min=low, max=high).double().cpu()
+    return [int(c) for c in counts.tolist()]
 
 
 def data_driven_scale(sq_norms: torch.Tensor, tokens: int, exponent: float) -> torch.Tensor:
@@ -69,9 +89,13 @@ class ScaledLinear(nn.Module):
         # Mask-only methods may re-select the mask as the column scales move; SparseGPT's weights were updated
         # for its own mask, so it keeps that mask.
         self.refreshable = config.method != "sparsegpt" and config.induction_refresh != "none"
+        self._masked = self._compute_masked()
+
+    def _compute_masked(self) -> torch.Tensor:
+        return self.pruned_weight if not self.refreshable else self.dense_weight * self.keep
 
     def masked_weight(self) -> torch.Tensor:
-        return self.pruned_weight if not self.refreshable else self.dense_weight * self.keep
+        return self._masked
 
     def refresh_mask(self, sq_norms: torch.Tensor | None = None) -> None:
         """Re-select the mask of the base metric for the layer with scaled inputs (eq. 11): |W| * ||x|| * s."""
@@ -85,6 +109,7 @@ class ScaledLinear(nn.Module):
         elif self.score_row_scale is not None:
             scores = scores * self.score_row_scale.to(scores.device).unsqueeze(1)
         self.keep = select_mask(scores, self.config.sparsity, self.config.n_m, per_row=self.config.method == "wanda")
+        self._masked = self._compute_masked()  # once per refresh, not once per forward
 
     def effective_weight(self) -> torch.Tensor:
         return self.log_row.exp().unsqueeze(1) * self.masked_weight() * self.log_col.exp().unsqueeze(0)
@@ -105,9 +130,10 @@ class InductionRecord:
     refresh_seconds: float
     steps: int
     mask_changes: int
+    importance_histogram: dict[str, list] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return self.__dict__.copy()
+        return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -116,11 +142,18 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
 
 
 class BlockInducer:
-    """Feature-level induction of one pruned block (see the module docstring)."""
+    """Feature-level induction of one pruned block (see the module docstring).
+
+    `run` trains the scales and folds them into the block's Linears; `verify` then compares the block loss on a
+    fixed subset of windows before and after, and reverts to the base-pruned weights if induction did not help.
+    The two are split so that the "after" loss can come from the outputs the engine computes anyway to feed the
+    next block, instead of an extra forward pass.
+    """
 
     def __init__(self, config: SIConfig, undo: UndoLog) -> None:
         self.config = config
         self.undo = undo
+        self._fallback: dict[str, torch.Tensor] = {}
 
     def run(
         self,
@@ -142,27 +175,31 @@ class BlockInducer:
                                stats[name].sq_norms if name in stats else None, cfg, (row_scales or {}).get(name))
             for name, linear in linears.items()
         }
+        self._linears, self._block, self._kwargs = linears, block, kwargs_by_batch
+        self._probe = list(range(0, len(hidden), max(1, len(hidden) // _LOSS_PROBE_WINDOWS)))[:_LOSS_PROBE_WINDOWS]
+        self._probe_targets = [targets[i] for i in self._probe]
+        self._hidden = hidden
+        histogram_before = importance_histogram(wrappers.values())
         for name, wrapper in wrappers.items():
             _set_submodule(block, name, wrapper)
         spectral = SpectralNorm({n: w.dense_weight for n, w in wrappers.items()}, generator)
         params = [p for w in wrappers.values() for p in w.parameters() if p.requires_grad]
+        # The block's own parameters (norms) are not trained: no gradient buffers for them.
+        frozen = [p for p in block.parameters() if p.requires_grad and all(p is not q for q in params)]
+        for p in frozen:
+            p.requires_grad_(False)
         refresh_seconds, mask_changes, steps = 0.0, 0, 0
-        # Before/after losses on a fixed subset of windows: a full extra pass would cost as much as training.
-        probe = list(range(0, len(hidden), max(1, len(hidden) // _LOSS_PROBE_WINDOWS)))[:_LOSS_PROBE_WINDOWS]
-        probe_hidden, probe_targets = [hidden[i] for i in probe], [targets[i] for i in probe]
+        record = InductionRecord(float("nan"), float("nan"), False, 0.0, 0.0, 0, 0)
         try:
-            loss_before = self._loss(block, probe_hidden, kwargs_by_batch, probe_targets)
+            record.loss_before = self._probe_loss([self._forward(hidden[i]) for i in self._probe])
             if params:
                 optimiser = torch.optim.Adam(params, lr=cfg.induction_lr)
                 spectral_scale = None
                 for _epoch in range(cfg.induction_epochs):
                     order = torch.randperm(len(hidden), generator=generator).tolist()
                     for index in order:
-                        x, y = hidden[index], targets[index]
                         with torch.enable_grad():
-                            out = block(x, **kwargs_by_batch[x.shape[0]])
-                            out = out[0] if isinstance(out, (tuple, list)) else out
-                            loss = block_mse(out, y)
+                            loss = block_mse(self._forward(hidden[index], grad=True), targets[index])
                             if cfg.induction_spectral_weight > 0:
                                 sigma = spectral({n: w.effective_weight() for n, w in wrappers.items()})
                                 if spectral_scale is None:
@@ -179,29 +216,59 @@ class BlockInducer:
                             t0 = time.perf_counter()
                             mask_changes += self._refresh(block, wrappers, hidden, kwargs_by_batch)
                             refresh_seconds += time.perf_counter() - t0
-            loss_after = self._loss(block, probe_hidden, kwargs_by_batch, probe_targets)
-            kept = math.isfinite(loss_after) and loss_after < loss_before
+            folded = {name: wrapper.effective_weight().detach() for name, wrapper in wrappers.items()}
+            if not all(bool(torch.isfinite(w).all()) for w in folded.values()):
+                raise FloatingPointError("non-finite induced weights")
+            record.kept = True
         except FloatingPointError:
             logger.warning("Induction produced a non-finite loss; keeping this block's base-pruned weights.")
-            loss_after, kept = float("nan"), False
         finally:
             for name, linear in linears.items():
                 _set_submodule(block, name, linear)
-        if kept:
+            for p in frozen:
+                p.requires_grad_(True)
+        if record.kept:
+            histograms = {"before": histogram_before, "after": importance_histogram(wrappers.values(), scaled=True)}
+            record.importance_histogram = {"edges": HISTOGRAM_EDGES, **histograms}
             for name, linear in linears.items():
+                self._fallback[name] = linear.weight.detach().clone()
                 self.undo.record(linear, "weight")
-                write_parameter(linear, "weight", wrappers[name].effective_weight().detach())
-        return InductionRecord(loss_before, loss_after, kept, time.perf_counter() - started, refresh_seconds, steps,
-                               mask_changes)
+                write_parameter(linear, "weight", folded[name])
+        record.seconds, record.refresh_seconds = time.perf_counter() - started, refresh_seconds
+        record.steps, record.mask_changes = steps, mask_changes
+        self.record = record
+        return record
 
     @torch.no_grad()
-    def _loss(self, block: nn.Module, hidden, kwargs_by_batch, targets) -> float:
-        total = 0.0
-        for x, y in zip(hidden, targets):
-            out = block(x, **kwargs_by_batch[x.shape[0]])
-            out = out[0] if isinstance(out, (tuple, list)) else out
-            total += float(block_mse(out, y))
-        return total / len(hidden)
+    def verify(self, outputs: list[torch.Tensor] | None = None) -> bool:
+        """Keep the folded weights only if they lower the probe loss; returns False if the block was reverted.
+
+        `outputs`: the induced block's outputs on every calibration window, when the caller computed them anyway.
+        """
+        record = self.record
+        if not record.kept:
+            return True
+        started = time.perf_counter()
+        if outputs is None:
+            outputs = {i: self._forward(self._hidden[i]) for i in self._probe}
+        record.loss_after = self._probe_loss([outputs[i] for i in self._probe])
+        record.kept = math.isfinite(record.loss_after) and record.loss_after < record.loss_before
+        if not record.kept:
+            logger.info("Induction did not lower the block loss (%.4g -> %.4g); reverting to the base-pruned weights.",
+                        record.loss_before, record.loss_after)
+            for name, linear in self._linears.items():
+                write_parameter(linear, "weight", self._fallback[name])
+        self._fallback.clear()
+        record.seconds += time.perf_counter() - started
+        return record.kept
+
+    def _forward(self, x: torch.Tensor, grad: bool = False) -> torch.Tensor:
+        with torch.set_grad_enabled(grad):
+            out = self._block(x, **self._kwargs[x.shape[0]])
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    def _probe_loss(self, outputs: list[torch.Tensor]) -> float:
+        return sum(float(block_mse(out, y)) for out, y in zip(outputs, self._probe_targets)) / len(outputs)
 
     @torch.no_grad()
     def _refresh(self, block, wrappers: dict[str, ScaledLinear], hidden, kwargs_by_batch) -> int:

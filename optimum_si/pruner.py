@@ -10,10 +10,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .activations import resolve_storage
 from .architectures import spec_for
 from .calibration import build_calibration_ids
 from .config import SIConfig
 from .engine import BlockEngine, InMemoryBlocks, capture_block_inputs, find_decoder_blocks, select_linears
+from .offload import OffloadedBlocks, is_offloaded, offload_execution_device, offload_hooks_above, offloaded_tensors
 from .report import LayerRecord, PruneReport
 from .weights import UndoLog
 
@@ -106,7 +108,9 @@ class SIPruner:
         plan = [select_linears(block, f"{block_path}.{i}", cfg.targets, cfg.ignore) for i, block in enumerate(blocks)]
         self._check_plan(plan, block_path)
         _check_finite_parameters(model)
-        device = torch.device(cfg.device) if cfg.device else next(blocks[0].parameters()).device
+        # Offloaded blocks sit on meta: they run where their accelerate hooks would run them.
+        device = torch.device(cfg.device) if cfg.device else (
+            offload_execution_device(blocks[0]) or next(blocks[0].parameters()).device)
 
         needs_data = cfg.method != "magnitude" or cfg.induction
         ids = None
@@ -135,11 +139,14 @@ class SIPruner:
             inputs = None
             if ids is not None:
                 batches = list(ids.split(cfg.batch_size))
-                inputs = capture_block_inputs(model, blocks, batches, device)
+                inputs = capture_block_inputs(model, blocks, batches, device,
+                                              resolve_storage(cfg.activation_storage, device), cfg.activation_dir)
                 report.capture_seconds = time.perf_counter() - started
                 report.num_samples, report.seqlen = ids.shape
             with torch.no_grad():
-                engine.run(InMemoryBlocks(blocks, device), block_path, inputs, lambda i, _block: plan[i])
+                # Blocks offloaded by accelerate hooks need a source that writes back into the offloaded storage.
+                source = OffloadedBlocks(blocks, device) if is_offloaded(blocks) else InMemoryBlocks(blocks, device)
+                engine.run(source, block_path, inputs, lambda i, _block: plan[i])
         except BaseException:
             undo.restore()
             raise
@@ -219,11 +226,13 @@ class SIPruner:
         if progress:
             report.layers = {k: LayerRecord(**v) for k, v in progress["layers"].items()}
         block_prefix = f"{block_path}."
-        for name, _param in skeleton.named_parameters():
-            if not name.startswith(block_prefix) and name in index.shapes:
-                set_module_tensor_to_device(skeleton, name, device, value=index.read(name, device))
-        if getattr(model_config, "tie_word_embeddings", False):
-            skeleton.tie_weights()
+        # Non-block tensors (embeddings, final norm, LM head) are copied from the source into the output at the end.
+        # During the run only what the capture pass runs (the base model outside the blocks: never the LM head) is
+        # materialised, and only until the first block's inputs are captured.
+        outside = [(name, param.dtype) for name, param in skeleton.named_parameters()
+                   if not name.startswith(block_prefix) and name in index.shapes]
+        capture_root, capture_prefix = _capture_root(skeleton, blocks)
+        capture_names = [name for name, _dtype in outside if name.startswith(capture_prefix)]
 
         def on_block_written(i: int) -> None:
             st.write_progress(save_dir, {"fingerprint": fingerprint, "finished_blocks": i + 1, "shards": writer.shards,
@@ -240,12 +249,21 @@ class SIPruner:
         inputs = None
         with torch.no_grad():
             if ids is not None:
-                inputs = capture_block_inputs(skeleton, blocks, list(ids.split(cfg.batch_size)), device)
+                for name in capture_names:
+                    set_module_tensor_to_device(skeleton, name, device, value=index.read(name, device))
+                if capture_root is skeleton and getattr(model_config, "tie_word_embeddings", False):
+                    skeleton.tie_weights()
+                inputs = capture_block_inputs(capture_root, blocks, list(ids.split(cfg.batch_size)), device,
+                                              resolve_storage(cfg.activation_storage, device), cfg.activation_dir)
+                for name in capture_names:
+                    set_module_tensor_to_device(skeleton, name, "meta")
+                if capture_root is skeleton and getattr(model_config, "tie_word_embeddings", False):
+                    skeleton.tie_weights()  # drop the LM head's reference to the real embedding too
                 report.num_samples, report.seqlen = ids.shape
             engine.run(source_blocks, block_path, inputs, lambda i, _block: plan[i], first=finished)
         report.total_seconds = time.perf_counter() - started
-        writer.add({name: p for name, p in skeleton.named_parameters()
-                    if not name.startswith(block_prefix) and name in index.shapes})
+        for name, dtype in outside:
+            writer.add({name: index.read(name).to(dtype)})
         writer.finish()
         st.copy_side_files(folder, save_dir)
         write_sidecars(save_dir, cfg, report, model_config, base_model=source if not os.path.isdir(source) else None)
@@ -272,17 +290,42 @@ class SIPruner:
         return self.config
 
     def _check_placement(self, model: nn.Module) -> None:
-        if any(p.device.type == "meta" for p in model.parameters()):
-            raise ValueError(
-                "The model has weights on the meta device (built with init_empty_weights, or offloaded by accelerate), "
-                "so they cannot be pruned in memory. Load real weights with AutoModelForCausalLM.from_pretrained, or "
-                "stream the checkpoint: SIPruner(...).prune('<folder or repo>', save_dir='out/', ...)."
-            )
+        """Refuse, before anything is touched, weights that cannot be pruned in memory (meta without storage, disk)."""
+        streaming = "stream the checkpoint instead, SIPruner(...).prune('<folder or repo>', save_dir='out/', ...), " \
+                    "which reads one block at a time"
         device_map = getattr(model, "hf_device_map", None) or {}
-        if any(str(d) == "disk" for d in device_map.values()):
+        # Disk-offloaded weights are re-read from .dat memmaps or the original safetensors files at every access:
+        # there is nothing in memory to write the pruned weights into (and the source files must not be modified).
+        stored = offloaded_tensors(model)  # accelerate-offloaded tensor -> its in-memory copy (None: on disk)
+        on_disk = [name for name, tensor in stored.items() if tensor is None]
+        if any(str(d) == "disk" for d in device_map.values()) or on_disk:
             raise ValueError(
-                "Models offloaded to disk are not supported in memory: stream the checkpoint instead, "
-                "SIPruner(...).prune('<folder or repo>', save_dir='out/', ...), which reads one block at a time."
+                f"Models offloaded to disk are not supported in memory{f' ({on_disk[0]}, ...)' if on_disk else ''}: "
+                f"{streaming}."
+            )
+        # Meta parameters without an offload hook holding them (init_empty_weights) have no values at all.
+        if any(p.is_meta and name not in stored for name, p in model.named_parameters()):
+            raise ValueError(
+                "The model has weights on the meta device (built with init_empty_weights, or loaded without its "
+                "weights), so they cannot be pruned in memory. Load real weights with "
+                f"AutoModelForCausalLM.from_pretrained, or {streaming}."
+            )
+        if not stored:
+            return
+        # Offloaded to CPU by accelerate hooks: pruned block by block through `OffloadedBlocks` (optimum_si.offload).
+        above = offload_hooks_above(model, find_decoder_blocks(model, self.config.block_name)[1])
+        if above:
+            raise ValueError(
+                f"accelerate offloads {above[0] or 'the model'} as a whole, decoder blocks included "
+                "(preload_module_classes); in-memory pruning needs the blocks offloaded one by one (cpu_offload "
+                f"or a device_map without preload_module_classes), or {streaming}."
+            )
+        hooks_device = offload_execution_device(model)
+        if self.config.device and hooks_device is not None and not _same_device(torch.device(self.config.device),
+                                                                                 hooks_device):
+            raise ValueError(
+                f"SIConfig(device={self.config.device!r}) differs from {hooks_device}, where the model's accelerate "
+                "hooks run its offloaded modules; leave `device` unset for an offloaded model."
             )
 
     def _check_plan(self, plan: list[dict[str, nn.Linear]], block_path: str) -> None:
@@ -304,10 +347,14 @@ class SIPruner:
     # ------------------------------------------------------------------------------------------ save
     def save(self, model: nn.Module, save_dir: str | os.PathLike, tokenizer: Any = None, max_shard_size: str | int = "5GB",
              perplexity: dict[str, float] | None = None, push_to_hub: bool = False, repo_id: str | None = None,
-             card_info: dict[str, Any] | None = None, **push_kwargs: Any) -> str:
+             card_info: dict[str, Any] | None = None, plots: bool = True, **push_kwargs: Any) -> str:
         """Write the pruned model (safetensors), `si_config.json`, `si_report.json`, the tokenizer and a model card;
         with `push_to_hub=True`, then upload the folder to `repo_id` (see `push_to_hub`). `card_info` adds fields to
-        the model card (e.g. `calibration="..."`, `license="apache-2.0"`, `model_name=...`)."""
+        the model card (e.g. `calibration="..."`, `license="apache-2.0"`, `model_name=...`).
+
+        With matplotlib installed (the `plots` extra) and `plots=True`, the folder also gets `sparsity_per_layer.png`
+        and, after Sparsity Induction, `importance_histograms.png`, linked from the card; without it they are skipped
+        (logged at INFO). Plotting never fails a save."""
         from .checkpoint import save_pruned_model
 
         if push_to_hub and not repo_id:
@@ -316,7 +363,7 @@ class SIPruner:
             self.report.perplexity.update(perplexity)
         path = save_pruned_model(
             model, save_dir, self.config, self.report, tokenizer if tokenizer is not None else self._tokenizer,
-            max_shard_size=max_shard_size, card_info=card_info,
+            max_shard_size=max_shard_size, card_info=card_info, plots=plots,
         )
         if push_to_hub:
             self.push_to_hub(path, repo_id, **push_kwargs)
@@ -333,10 +380,27 @@ class SIPruner:
                            create_pr=create_pr, endpoint=endpoint)
 
 
+def _capture_root(model: nn.Module, blocks: nn.ModuleList) -> tuple[nn.Module, str]:
+    """The module to run for capturing the first block's inputs, and its parameters' name prefix: the base model
+    (no LM head: streaming never materialises it) when it holds the blocks, else the whole model."""
+    base = getattr(model, "base_model", model)
+    if base is not model and any(m is blocks for m in base.modules()):
+        prefix = next(name for name, m in model.named_modules() if m is base)
+        return base, f"{prefix}."
+    return model, ""
+
+
 def _check_finite_parameters(model: nn.Module) -> None:
-    bad = [name for name, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    # Offloaded parameters sit on meta: check their in-memory copies instead.
+    tensors = {name: p for name, p in model.named_parameters() if not p.is_meta}
+    tensors.update({name: t for name, t in offloaded_tensors(model).items() if t is not None})
+    bad = [name for name, p in tensors.items() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
     if bad:
         raise ValueError(
             f"The model has NaN or inf in {len(bad)} parameter(s) ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); "
             "pruning would produce a broken model. Reload the checkpoint."
         )
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index or 0) == (b.index or 0)

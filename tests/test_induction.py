@@ -143,3 +143,31 @@ def test_local_target_variant():
     pruner.prune(model, dataset=token_ids())
     assert pruner.report.sparsity == 0.5
     assert all(b.induction["kept"] for b in pruner.report.blocks)
+
+
+def test_reverted_induction_equals_plain_pruning(monkeypatch):
+    """If induction never helps, every block is reverted and the run must equal plain Wanda bit for bit: the
+    outputs handed to the next block are recomputed with the reverted weights."""
+    monkeypatch.setattr(ScaledLinear, "effective_weight", lambda self: 3.0 * self.masked_weight())
+    plain, induced = tiny_model("llama"), tiny_model("llama")
+    SIPruner(method="wanda", num_samples=8, seqlen=32, show_progress=False).prune(plain, dataset=token_ids())
+    pruner = _si()
+    pruner.prune(induced, dataset=token_ids())
+    assert not any(b.induction["kept"] for b in pruner.report.blocks)
+    assert all(b.induction["loss_after"] >= b.induction["loss_before"] for b in pruner.report.blocks)
+    for key, value in plain.state_dict().items():
+        assert torch.equal(value, induced.state_dict()[key]), key
+
+
+def test_importance_histograms_cover_every_pruned_weight():
+    from optimum_si.induction import HISTOGRAM_EDGES
+
+    model = tiny_model("llama")
+    pruner = _si()
+    pruner.prune(model, dataset=token_ids())
+    block = model.model.layers[0]
+    pruned = sum(m.weight.numel() for n, m in block.named_modules() if isinstance(m, torch.nn.Linear))
+    histogram = pruner.report.blocks[0].induction["importance_histogram"]
+    assert histogram["edges"] == HISTOGRAM_EDGES and len(histogram["before"]) == len(HISTOGRAM_EDGES) - 1
+    assert sum(histogram["before"]) == sum(histogram["after"]) == pruned
+    assert histogram["before"] != histogram["after"]  # the learned scales moved the scores

@@ -4,8 +4,10 @@
                      --dataset calib.txt --num-samples 128 --seqlen 2048 --output out/ [--induction] \\
                      [--stream] [--push-to-hub owner/name]
     optimum-si eval --model out/ --text eval.txt [--seqlen 2048] [--max-windows 40]
-    optimum-si report out/
+    optimum-si report out/ [--json] [--plots [DIR]]
 
+The same commands run as `optimum-cli si prune|eval|report ...` (optimum's CLI; see
+`optimum_si/commands/register/register_optimum_si.py`).
 The `prune` flags are generated from the `SIConfig` fields (their help text included), so they never drift.
 User mistakes print one line and exit with status 2.
 """
@@ -55,8 +57,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=field.name, type=kind, default=None, help=help_text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="optimum-si", description="Post-training pruning with Sparsity Induction.")
+def build_parser(prog: str = "optimum-si") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Post-training pruning with Sparsity Induction.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log one line per block")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -84,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="measured sparsity of a checkpoint (per module and overall)")
     report.add_argument("path", help="checkpoint folder")
     report.add_argument("--json", action="store_true", help="print the full report as JSON")
+    report.add_argument("--plots", nargs="?", const="", metavar="DIR",
+                        help="also draw the charts of the run from its si_report.json (per-layer sparsity, importance "
+                             "histograms after Sparsity Induction) into DIR (default: the checkpoint folder); needs "
+                             "matplotlib")
     return parser
 
 
@@ -151,6 +157,9 @@ def _report(args: argparse.Namespace) -> int:
 
     if not os.path.isdir(args.path):
         raise UsageError(f"{args.path!r} is not a folder.")
+    plots_dir = (args.plots or args.path) if args.plots is not None else None
+    if plots_dir is not None and not os.path.isdir(plots_dir):
+        raise UsageError(f"--plots {plots_dir!r} is not a folder.")
     report = sparsity_report(args.path)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -158,11 +167,22 @@ def _report(args: argparse.Namespace) -> int:
         print(f"{args.path}: {report['pruned_modules']} pruned modules, overall sparsity {report['sparsity']:.4f}")
         for pattern, ok in report["patterns"].items():
             print(f"  {pattern}: {'every pruned module follows it' if ok else 'not followed'}")
+    if plots_dir is not None:
+        from .plots import PlotUnavailable, render_plots
+
+        try:
+            written = render_plots(args.path, plots_dir)
+        except PlotUnavailable as err:
+            raise UsageError(str(err)) from err
+        for name in written.values():
+            print(f"wrote {os.path.join(plots_dir, name)}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
-def main(argv: typing.Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: typing.Sequence[str] | None = None, prog: str = "optimum-si") -> int:
+    """Run one command; returns the exit status (argparse itself exits with 2 on malformed flags). `prog` names the
+    command in usage and error lines (`optimum-cli si` when run through optimum's CLI)."""
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -170,14 +190,14 @@ def main(argv: typing.Sequence[str] | None = None) -> int:
     try:
         return {"prune": _prune, "eval": _eval, "report": _report}[args.command](args)
     except (UsageError, ValueError, NotImplementedError, FileNotFoundError, FileExistsError) as err:
-        print(f"optimum-si {args.command}: error: {err}", file=sys.stderr)
+        print(f"{prog} {args.command}: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:
         from .hub import HubPushError
 
         if not isinstance(err, HubPushError):
             raise
-        print(f"optimum-si {args.command}: error: {err}", file=sys.stderr)
+        print(f"{prog} {args.command}: error: {err}", file=sys.stderr)
         return 1
 
 

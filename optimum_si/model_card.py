@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
@@ -21,9 +22,16 @@ _CITATIONS = {
 }
 
 
+_PLOT_KINDS = ("sparsity", "importance")
+
+
 def build_model_card(model_config: Any, config: SIConfig, report: PruneReport | None, base_model: str | None = None,
-                     **extra: Any) -> ModelCard:
-    """The card of a pruned checkpoint; `model_config` is the transformers config of the source model."""
+                     plots: Mapping[str, str] | None = None, **extra: Any) -> ModelCard:
+    """The card of a pruned checkpoint; `model_config` is the transformers config of the source model.
+
+    `plots` maps chart kinds (`"sparsity"`, `"importance"`) to image files next to the card (see
+    `optimum_si.plots.render_plots`); the card links exactly those, with relative links, so pass only files that
+    exist. Without it the card has no images and is complete all the same."""
     base_model = base_model or getattr(model_config, "_name_or_path", None) or None
     if base_model and os.path.isabs(base_model):
         base_model = None  # a local path is meaningless on the Hub
@@ -52,5 +60,6 @@ def build_model_card(model_config: Any, config: SIConfig, report: PruneReport | 
         report=report.to_dict() if report is not None else None,
         versions=version_stamp(),
         citations=citations,
+        plots={k: v for k, v in (plots or {}).items() if k in _PLOT_KINDS and v and not os.path.isabs(v)},
         **extra,
     )

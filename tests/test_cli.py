@@ -62,3 +62,60 @@ def test_user_mistakes_exit_2_with_one_line(dense_dir, tmp_path, capsys, argv, m
 def test_missing_model_exits_2(tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path / "missing"), "--text", __file__]) == 2
     assert "cannot load" in capsys.readouterr().err
+
+
+def _optimum_cli() -> list[str]:
+    """The `optimum-cli` script of this interpreter's environment (the console script users run)."""
+    import os
+    import sys
+
+    script = os.path.join(os.path.dirname(sys.executable), "optimum-cli")
+    return [script] if os.path.isfile(script) else [sys.executable, "-m", "optimum.commands.optimum_cli"]
+
+
+def test_optimum_cli_si_is_registered(tmp_path):
+    """`optimum-cli si` reaches optimum-si's parser; fails when the optimum.commands.register module is missing."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("PYTHONPATH", None)  # found through the installed package, not the source tree
+    done = subprocess.run([*_optimum_cli(), "si", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "usage: optimum-cli si" in done.stdout and "{prune,eval,report}" in done.stdout
+    done = subprocess.run([*_optimum_cli(), "si", "report", str(tmp_path / "missing")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    missing = repr(str(tmp_path / "missing"))
+    assert done.returncode == 2 and done.stderr.strip() == f"optimum-cli si report: error: {missing} is not a folder."
+
+
+def _run_optimum_cli(monkeypatch, *argv: str) -> int:
+    from optimum.commands import optimum_cli
+
+    monkeypatch.setattr("sys.argv", ["optimum-cli", "si", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        optimum_cli.main()
+    return exit_info.value.code
+
+
+def test_optimum_cli_si_runs_our_commands_with_the_same_flags(dense_dir, tmp_path, monkeypatch, capsys):
+    from optimum.commands.base import BaseOptimumCLICommand
+    from optimum.commands.register import register_optimum_si
+
+    (command,) = register_optimum_si.REGISTER_COMMANDS
+    assert issubclass(command, BaseOptimumCLICommand) and command.COMMAND.name == "si"
+    path, text = dense_dir
+    out = tmp_path / "out"
+    assert _run_optimum_cli(monkeypatch, "-v", "prune", "--model", str(path), "--method", "magnitude",
+                            "--mask-structure", "4:8", "--output", str(out), "--no-show-progress") == 0
+    assert json.loads((out / "si_config.json").read_text())["mask_structure"] == "4:8"
+    assert _run_optimum_cli(monkeypatch, "report", str(out)) == 0
+    assert "4:8: every pruned module follows it" in capsys.readouterr().out
+    # Mistakes: one line, exit status 2, named after the command the user typed.
+    assert _run_optimum_cli(monkeypatch, "prune", "--model", str(path), "--output", str(tmp_path / "x"),
+                            "--sparsity", "1.5") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("optimum-cli si prune: error:") and len(err.strip().splitlines()) == 1
+    assert _run_optimum_cli(monkeypatch, "prune", "--no-such-flag") == 2  # argparse: usage + error, status 2
+    assert "optimum-cli si prune" in capsys.readouterr().err

@@ -261,6 +261,7 @@ class SIPruner:
                     skeleton.tie_weights()  # drop the LM head's reference to the real embedding too
                 report.num_samples, report.seqlen = ids.shape
             engine.run(source_blocks, block_path, inputs, lambda i, _block: plan[i], first=finished)
+        inputs = None  # the last block's calibration activations are not needed to write the rest
         report.total_seconds = time.perf_counter() - started
         for name, dtype in outside:
             writer.add({name: index.read(name).to(dtype)})

@@ -435,36 +435,46 @@ class BlockEngine:
     @torch.no_grad()
     def _prune_group(self, prefix: str, group: dict[str, nn.Linear], stats: dict[str, InputStats],
                      row_scales: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """Prune every Linear of `group` with the base method; returns their keep masks. `row_scales` undoes, in
-        the magnitude score, the row division of Linears that produce a scaled channel (see induction.py)."""
+        """Prune every Linear of `group` with the base method; returns their keep masks when induction needs them.
+        `row_scales` undoes, in the magnitude score, the row division of Linears that produce a scaled channel (see
+        induction.py)."""
         cfg = self.config
         keeps = {}
         solved = self._solve_sparsegpt(group, stats) if cfg.method == "sparsegpt" else {}
         for name, linear in group.items():
-            weight = linear.weight
-            error = None
             if cfg.method == "sparsegpt":
-                new_weight, keep, error = solved[name]
+                new_weight, keep, error = solved.pop(name)  # popped: each solved weight is freed once written
             else:
-                if cfg.method == "wanda":
-                    scores = wanda_scores(weight, stats[name].sq_norms)
-                else:
-                    scores = magnitude_scores(weight)
-                    if row_scales and name in row_scales:
-                        scores = scores * row_scales[name].to(scores.device).unsqueeze(1)
-                keep = select_mask(scores, cfg.sparsity, cfg.n_m, per_row=cfg.method == "wanda")
-                new_weight = torch.where(keep, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
-                if name in stats:
-                    removed = (weight.float() - new_weight.float()).square()
-                    error = float((removed @ stats[name].sq_norms.to(removed.device)).sum())
+                new_weight, keep, error = self._mask_prune(name, linear.weight, stats, row_scales)
             self.undo.record(linear, "weight")
             write_parameter(linear, "weight", new_weight)
-            zeros = int((linear.weight == 0).sum())
+            del new_weight  # a Linear's temporaries must not live on while the next (maybe larger) one is pruned
             self.report.layers[f"{prefix}.{name}"] = LayerRecord(
-                name=f"{prefix}.{name}", numel=linear.weight.numel(), zeros=zeros, error=error
+                name=f"{prefix}.{name}", numel=linear.weight.numel(), zeros=int((linear.weight == 0).sum()), error=error
             )
-            keeps[name] = keep
+            if cfg.induction:
+                keeps[name] = keep
+            del keep
         return keeps
+
+    def _mask_prune(self, name: str, weight: torch.Tensor, stats: dict[str, InputStats],
+                    row_scales: dict[str, torch.Tensor] | None):
+        """(pruned weight, keep mask, output error) of a mask-only method (magnitude, Wanda) for one Linear."""
+        cfg = self.config
+        if cfg.method == "wanda":
+            scores = wanda_scores(weight, stats[name].sq_norms)
+        else:
+            scores = magnitude_scores(weight)
+            if row_scales and name in row_scales:
+                scores = scores * row_scales[name].to(scores.device).unsqueeze(1)
+        keep = select_mask(scores, cfg.sparsity, cfg.n_m, per_row=cfg.method == "wanda")
+        del scores
+        new_weight = torch.where(keep, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
+        error = None
+        if name in stats:  # sum over rows of ||x||^2-weighted squared removed weights (Wanda's output-error proxy)
+            removed = weight.float().square().masked_fill_(keep, 0.0)
+            error = float((removed @ stats[name].sq_norms.to(removed.device)).sum())
+        return new_weight, keep, error
 
 
 def _stacked_by_input(group: dict[str, nn.Linear], stats: dict[str, InputStats]) -> list[list[str]]:

@@ -51,3 +51,14 @@ def test_measure_and_follows_nm():
     assert measure_sparsity(w) == 0.5
     assert follows_nm(w, 2, 4)
     assert not follows_nm(torch.ones(1, 4), 2, 4)
+
+
+def test_per_row_selection_in_row_chunks_equals_whole_matrix(monkeypatch):
+    import optimum_si.masks as masks
+
+    scores = torch.randint(0, 5, (37, 16)).float()  # heavy ties: the tie rule must hold inside every chunk too
+    whole = masks.unstructured_mask(scores, 0.5, per_row=True)
+    monkeypatch.setattr(masks, "_ROW_CHUNK_ELEMENTS", 16 * 5)  # 5 rows per chunk, the last chunk shorter
+    chunked = masks.unstructured_mask(scores, 0.5, per_row=True)
+    assert torch.equal(whole, chunked)
+    assert (chunked.sum(1) == 8).all()

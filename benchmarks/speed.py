@@ -71,6 +71,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--induction", action="store_true", help="also time SI + method")
     parser.add_argument("--name", default="speed")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the other methods' rows of an existing results file (this run's methods are replaced)")
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -78,6 +80,10 @@ def main() -> None:
         return
     records = []
     os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, f"{args.name}.json")
+    if args.update and os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            records = [r for r in json.load(handle) if r["method"] not in args.methods]
     for method in args.methods:
         jobs = [("reference", "plain"), ("optimum-si", "plain")] * args.repeats
         if args.induction:
@@ -88,7 +94,7 @@ def main() -> None:
             record = json.loads(out.stdout.strip().splitlines()[-1])
             records.append(record)
             print(f"{method:10s} {impl:11s} {mode:5s} {record['prune_s']:7.1f}s rss={record['peak_rss_mb']:.0f}MB", flush=True)
-            with open(os.path.join(RESULTS_DIR, f"{args.name}.json"), "w", encoding="utf-8") as handle:
+            with open(path, "w", encoding="utf-8") as handle:
                 json.dump(records, handle, indent=2)
             with open(os.path.join(RESULTS_DIR, f"{args.name}.md"), "w", encoding="utf-8") as handle:
                 handle.write(markdown(records))

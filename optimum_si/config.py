@@ -105,6 +105,10 @@ class SIConfig:
     induction_target: str = _help(
         "Reconstruction target: 'local' (the dense block on the pruned model's inputs) or 'global' (the dense model's "
         "own block outputs, kept as a second activation stream).", default="global")
+    induction_statistics: str = _help(
+        "With the global target, where the base pruner's statistics come from: 'pruned' (the pruned model's inputs, "
+        "one extra partial pass per block, as plain Wanda/SparseGPT) or 'dense' (collected during the teacher pass "
+        "that computes the targets, no extra pass).", default="pruned")
     induction_init: str = _help(
         "Distribution-level equivalent scaling before the mask: 'data' (from channel statistics, eq. 5) or 'none'.",
         default="data")
@@ -179,7 +183,7 @@ class SIConfig:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
             raise ValueError(f"induction_spectral_weight must be a number >= 0, got {weight!r}.")
         choices = {"induction_refresh": ("fast", "classical", "none"), "induction_init": ("data", "none"),
-                   "induction_target": ("local", "global"),
+                   "induction_target": ("local", "global"), "induction_statistics": ("pruned", "dense"),
                    "induction_unsupported": ("error", "skip")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

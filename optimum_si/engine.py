@@ -365,10 +365,13 @@ class BlockEngine:
         t0 = time.perf_counter()
         if self.prune and self.config.induction_target == "global":
             # Targets are the dense model's own block outputs, so each block also learns to undo upstream error.
-            stats = self._collect(index, block, linears, inputs)
             teacher = BlockInputs(inputs.teacher if inputs.teacher is not None else inputs.hidden, inputs.kwargs)
-            dense_outputs = run_block(block, teacher)
-            _check_finite(dense_outputs, f"the dense outputs of block {index}")
+            if self.config.induction_statistics == "dense":
+                stats, dense_outputs = self._collect(index, block, linears, teacher, keep_outputs=True)
+            else:
+                stats = self._collect(index, block, linears, inputs)
+                dense_outputs = run_block(block, teacher)
+                _check_finite(dense_outputs, f"the dense outputs of block {index}")
             inputs.teacher = dense_outputs
         else:
             stats, dense_outputs = self._collect(index, block, linears, inputs, keep_outputs=True)

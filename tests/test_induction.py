@@ -171,3 +171,17 @@ def test_importance_histograms_cover_every_pruned_weight():
     assert histogram["edges"] == HISTOGRAM_EDGES and len(histogram["before"]) == len(HISTOGRAM_EDGES) - 1
     assert sum(histogram["before"]) == sum(histogram["after"]) == pruned
     assert histogram["before"] != histogram["after"]  # the learned scales moved the scores
+
+
+def test_statistics_from_the_teacher_pass():
+    """induction_statistics='dense' takes the pruner's statistics from the teacher pass: block 0 sees the same inputs
+    either way, later blocks differ (dense vs pruned stream)."""
+    pruned_stats, dense_stats = tiny_model("llama"), tiny_model("llama")
+    _si().prune(pruned_stats, dataset=token_ids())
+    pruner = _si(induction_statistics="dense")
+    pruner.prune(dense_stats, dataset=token_ids())
+    assert pruner.report.sparsity == 0.5
+    first = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(pruned_stats.state_dict()[first], dense_stats.state_dict()[first])
+    last = "model.layers.1.mlp.down_proj.weight"
+    assert not torch.equal(pruned_stats.state_dict()[last], dense_stats.state_dict()[last])

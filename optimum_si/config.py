@@ -107,8 +107,9 @@ class SIConfig:
         "own block outputs, kept as a second activation stream).", default="global")
     induction_statistics: str = _help(
         "With the global target, where the base pruner's statistics come from: 'pruned' (the pruned model's inputs, "
-        "one extra partial pass per block, as plain Wanda/SparseGPT) or 'dense' (collected during the teacher pass "
-        "that computes the targets, no extra pass).", default="pruned")
+        "one extra partial pass per block, as plain Wanda/SparseGPT), 'dense' (collected during the teacher pass "
+        "that computes the targets, no extra pass) or 'auto' ('dense' for Wanda, 'pruned' otherwise; see "
+        "docs/si-design.md).", default="auto")
     induction_init: str = _help(
         "Distribution-level equivalent scaling before the mask: 'data' (from channel statistics, eq. 5) or 'none'.",
         default="data")
@@ -183,7 +184,7 @@ class SIConfig:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
             raise ValueError(f"induction_spectral_weight must be a number >= 0, got {weight!r}.")
         choices = {"induction_refresh": ("fast", "classical", "none"), "induction_init": ("data", "none"),
-                   "induction_target": ("local", "global"), "induction_statistics": ("pruned", "dense"),
+                   "induction_target": ("local", "global"), "induction_statistics": ("auto", "pruned", "dense"),
                    "induction_unsupported": ("error", "skip")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -354,6 +354,13 @@ class BlockEngine:
                 solved[name] = (new_weight, keep, loss)
         return solved
 
+    def _statistics_from_teacher(self) -> bool:
+        """Whether SI takes the base pruner's statistics from the teacher pass (docs/si-design.md: measured equal
+        for Wanda, whose metric only needs ||x_j||, at one partial pass less per block; SparseGPT's weight updates
+        are meant for the inputs the pruned model really sees, and magnitude was not measured that way)."""
+        choice = self.config.induction_statistics
+        return choice == "dense" or (choice == "auto" and self.config.method == "wanda")
+
     def _needs_stats(self) -> bool:
         return self.config.method != "magnitude"
 
@@ -366,7 +373,7 @@ class BlockEngine:
         if self.prune and self.config.induction_target == "global":
             # Targets are the dense model's own block outputs, so each block also learns to undo upstream error.
             teacher = BlockInputs(inputs.teacher if inputs.teacher is not None else inputs.hidden, inputs.kwargs)
-            if self.config.induction_statistics == "dense":
+            if self._statistics_from_teacher():
                 stats, dense_outputs = self._collect(index, block, linears, teacher, keep_outputs=True)
             else:
                 stats = self._collect(index, block, linears, inputs)

@@ -151,7 +151,7 @@ def test_reverted_induction_equals_plain_pruning(monkeypatch):
     monkeypatch.setattr(ScaledLinear, "effective_weight", lambda self: 3.0 * self.masked_weight())
     plain, induced = tiny_model("llama"), tiny_model("llama")
     SIPruner(method="wanda", num_samples=8, seqlen=32, show_progress=False).prune(plain, dataset=token_ids())
-    pruner = _si()
+    pruner = _si(induction_statistics="pruned")  # the statistics plain Wanda collects
     pruner.prune(induced, dataset=token_ids())
     assert not any(b.induction["kept"] for b in pruner.report.blocks)
     assert all(b.induction["loss_after"] >= b.induction["loss_before"] for b in pruner.report.blocks)
@@ -174,11 +174,11 @@ def test_importance_histograms_cover_every_pruned_weight():
 
 
 def test_statistics_from_the_teacher_pass():
-    """induction_statistics='dense' takes the pruner's statistics from the teacher pass: block 0 sees the same inputs
-    either way, later blocks differ (dense vs pruned stream)."""
+    """induction_statistics='dense' (what 'auto' picks for Wanda) takes the statistics from the teacher pass: block 0
+    sees the same inputs either way, later blocks differ (dense vs pruned stream)."""
     pruned_stats, dense_stats = tiny_model("llama"), tiny_model("llama")
-    _si().prune(pruned_stats, dataset=token_ids())
-    pruner = _si(induction_statistics="dense")
+    _si(induction_statistics="pruned").prune(pruned_stats, dataset=token_ids())
+    pruner = _si(induction_statistics="auto")  # "dense" for Wanda
     pruner.prune(dense_stats, dataset=token_ids())
     assert pruner.report.sparsity == 0.5
     first = "model.layers.0.self_attn.q_proj.weight"

@@ -47,13 +47,6 @@ class ActivationStore(Sequence[torch.Tensor]):
     def new(self) -> ActivationStore:
         return ActivationStore(self.storage, self.device, self.directory)
 
-    @classmethod
-    def of(cls, tensors: Sequence[torch.Tensor], like: ActivationStore) -> ActivationStore:
-        store = like.new()
-        for tensor in tensors:
-            store.append(tensor)
-        return store
-
     def append(self, tensor: torch.Tensor) -> None:
         tensor = tensor.detach()
         self.shapes.append(tensor.shape)

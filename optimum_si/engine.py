@@ -370,18 +370,19 @@ class BlockEngine:
         from .induction import BlockInducer, fold_distribution_level
 
         t0 = time.perf_counter()
-        if self.prune and self.config.induction_target == "global":
-            # Targets are the dense model's own block outputs, so each block also learns to undo upstream error.
-            teacher = BlockInputs(inputs.teacher if inputs.teacher is not None else inputs.hidden, inputs.kwargs)
-            if self._statistics_from_teacher():
-                stats, dense_outputs = self._collect(index, block, linears, teacher, keep_outputs=True)
-            else:
-                stats = self._collect(index, block, linears, inputs)
-                dense_outputs = run_block(block, teacher)
-                _check_finite(dense_outputs, f"the dense outputs of block {index}")
+        # Global target: the dense model's own block outputs (a teacher stream), so each block also learns to undo
+        # upstream error. Local target: the dense block on the pruned stream's inputs.
+        global_target = self.prune and self.config.induction_target == "global"
+        teacher = BlockInputs(inputs.teacher if inputs.teacher is not None else inputs.hidden, inputs.kwargs) \
+            if global_target else inputs
+        if global_target and not self._statistics_from_teacher():
+            stats = self._collect(index, block, linears, inputs)
+            dense_outputs = run_block(block, teacher)
+            _check_finite(dense_outputs, f"the dense outputs of block {index}")
+        else:  # one pass gives the statistics and the targets
+            stats, dense_outputs = self._collect(index, block, linears, teacher, keep_outputs=True)
+        if global_target:
             inputs.teacher = dense_outputs
-        else:
-            stats, dense_outputs = self._collect(index, block, linears, inputs, keep_outputs=True)
         t1 = time.perf_counter()
         spreads, row_scales = {}, {}
         # Wanda and SparseGPT masks are invariant to the equivalent scales (docs/si-design.md §1), except that

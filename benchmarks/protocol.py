@@ -77,6 +77,37 @@ def eval_ids(tokenizer) -> torch.Tensor:
         tokenizer(assets.read_eval_text(), verbose=False)["input_ids"], dtype=torch.long))
 
 
+# The cross-domain protocol (benchmarks/cross_domain.py): each corpus has a calibration region and a disjoint
+# evaluation region (character offsets into the cleaned text), so no evaluation window ever holds text a calibration
+# window came from, in-domain cells included. The Jargon and Python-docs regions keep the single-domain protocol above
+# (calibration on the first 4 M characters of the docs, evaluation on the start of the Jargon File); the Jargon
+# calibration region starts at character 400,000 (environment.md's in-domain check), far past the 40 x 512
+# evaluation tokens (~80,000 characters).
+DOMAINS = ("pydocs", "jargon", "kjv")
+CALIBRATION_REGION = {"pydocs": (0, 4_000_000), "jargon": (400_000, None), "kjv": (0, 3_000_000)}
+EVALUATION_REGION = {"pydocs": (4_000_000, 4_400_000), "jargon": (0, 400_000), "kjv": (3_000_000, 3_400_000)}
+
+
+def _region_ids(tokenizer, corpus: str, region: tuple[int, int | None], kind: str) -> torch.Tensor:
+    start, end = region
+    name = f"{corpus}-{kind}-{start}-{end or 'end'}"
+    return _cached_ids(name, lambda: torch.as_tensor(
+        tokenizer(assets.read_corpus(corpus)[start:end], verbose=False)["input_ids"], dtype=torch.long))
+
+
+def domain_calibration_ids(tokenizer, corpus: str, samples: int = CALIB_SAMPLES, seqlen: int = CALIB_SEQLEN,
+                           seed: int = SEED) -> torch.Tensor:
+    """Calibration windows drawn from the calibration region of `corpus` (the single-domain protocol's for pydocs)."""
+    from optimum_si.calibration import draw_windows
+
+    return draw_windows(_region_ids(tokenizer, corpus, CALIBRATION_REGION[corpus], "calib"), samples, seqlen, seed)
+
+
+def domain_eval_ids(tokenizer, corpus: str) -> torch.Tensor:
+    """The token stream of the evaluation region of `corpus` (the first windows of it are scored)."""
+    return _region_ids(tokenizer, corpus, EVALUATION_REGION[corpus], "eval")
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 

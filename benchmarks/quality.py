@@ -53,7 +53,11 @@ def run_one(method: str, pattern: str, induction: bool, extra: dict, eval_window
     record["eval_s"] = time.perf_counter() - t0
     record["wall_s"] = time.perf_counter() - started
     record["peak_rss_mb"] = protocol.peak_rss_mb()
-    comparable = not induction and windows == protocol.EVAL_WINDOWS
+    from benchmarks import assets
+
+    # A fresh set-up may have had to use another Debian build of a corpus: then the numbers are not the reference's.
+    record["corpora_match_reference"] = assets.corpora_match_reference()
+    comparable = not induction and windows == protocol.EVAL_WINDOWS and record["corpora_match_reference"]
     record["within_2pct_of_reference"] = protocol.within_reference(method, pattern, record["ppl"]) if comparable else None
     return record
 

@@ -15,7 +15,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["SIConfig", "CONFIG_NAME", "METHODS", "version_stamp"]
+from .devices import validate_device
+
+__all__ = ["SIConfig", "CONFIG_NAME", "METHODS", "CHOICES", "version_stamp", "read_recipe"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +27,19 @@ METHODS = ("magnitude", "wanda", "sparsegpt")
 _NM_PATTERN = re.compile(r"^(\d+):(\d+)$")
 # Keys written by `to_dict` next to the fields; they describe the file, not the recipe.
 _FILE_KEYS = ("format_version", "meta")
+# Fields with a closed set of values (validated here, listed as choices by the CLI).
+CHOICES = {
+    "method": METHODS,
+    "activation_storage": ("auto", "device", "cpu", "disk"),
+    "induction_refresh": ("fast", "classical", "none"),
+    "induction_init": ("data", "none"),
+    "induction_target": ("local", "global"),
+    "induction_statistics": ("auto", "pruned", "dense"),
+    "induction_unsupported": ("error", "skip"),
+}
+# More calibration tokens than this (2^31: terabytes of activations for any LLM) is a typo, not a recipe; refusing it
+# up front keeps a run from hanging while it draws the windows.
+MAX_CALIBRATION_TOKENS = 2**31
 
 
 def version_stamp() -> dict[str, str]:
@@ -148,6 +163,12 @@ class SIConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if self.num_samples * self.seqlen > MAX_CALIBRATION_TOKENS:
+            raise ValueError(
+                f"num_samples={self.num_samples} x seqlen={self.seqlen} asks for {self.num_samples * self.seqlen:.3g} "
+                f"calibration tokens, more than any machine can hold (limit {MAX_CALIBRATION_TOKENS:.3g}); typical "
+                "recipes use 128 x 2048."
+            )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}.")
         if not isinstance(self.dampening_frac, (int, float)) or not 0.0 < self.dampening_frac < 1.0:
@@ -164,9 +185,8 @@ class SIConfig:
         if self.block_name is not None and (not isinstance(self.block_name, str) or not self.block_name):
             raise ValueError(f"block_name must be a dotted module path such as 'model.layers', got {self.block_name!r}.")
         self._validate_induction()
-        if self.device is not None and not isinstance(self.device, str):
-            self.device = str(self.device)
-        if self.activation_storage not in ("auto", "device", "cpu", "disk"):
+        self.device = validate_device(self.device)
+        if self.activation_storage not in CHOICES["activation_storage"]:
             raise ValueError(f"activation_storage must be 'auto', 'device', 'cpu' or 'disk', got {self.activation_storage!r}.")
         if self.activation_dir is not None and (not isinstance(self.activation_dir, str) or not self.activation_dir):
             raise ValueError(f"activation_dir must be a folder path or None, got {self.activation_dir!r}.")
@@ -183,9 +203,7 @@ class SIConfig:
         weight = self.induction_spectral_weight
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
             raise ValueError(f"induction_spectral_weight must be a number >= 0, got {weight!r}.")
-        choices = {"induction_refresh": ("fast", "classical", "none"), "induction_init": ("data", "none"),
-                   "induction_target": ("local", "global"), "induction_statistics": ("auto", "pruned", "dense"),
-                   "induction_unsupported": ("error", "skip")}
+        choices = {name: allowed for name, allowed in CHOICES.items() if name.startswith("induction_")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {getattr(self, name)!r}.")
@@ -255,16 +273,19 @@ class SIConfig:
         """
         if not isinstance(data, dict):
             raise ValueError(f"SIConfig.from_dict expects a dict, got {type(data).__name__}.")
+        meta = data.get("meta")
+        written_by = meta.get("optimum_si") if isinstance(meta, dict) else None
+        written_by = f"optimum-si {written_by}" if isinstance(written_by, str) else "an unknown optimum-si"
+        _check_format_version(data.get("format_version", FORMAT_VERSION), written_by)
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k not in _FILE_KEYS}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(map(str, set(values) - known))
         if unknown:
             if strict:
                 raise ValueError(f"Unknown SIConfig field(s): {', '.join(unknown)}. Valid fields: {', '.join(sorted(known))}.")
             logger.warning(
-                "Ignoring unknown field(s) %s from a recipe written by a newer optimum-si (%s); upgrade optimum-si to use them.",
-                ", ".join(unknown),
-                data.get("meta", {}).get("optimum_si", "unknown version"),
+                "Ignoring unknown field(s) %s from a recipe written by %s; upgrade optimum-si to use them.",
+                ", ".join(unknown), written_by,
             )
             values = {k: v for k, v in values.items() if k in known}
         bad_overrides = sorted(set(overrides) - known)
@@ -304,9 +325,33 @@ class SIConfig:
                 ) from err
         elif not os.path.isfile(path):
             raise OSError(f"{dir_or_repo} has no {CONFIG_NAME}; it was not written by optimum-si.")
+        return cls.from_dict(read_recipe(path), strict=False, **overrides)
+
+
+def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON object of a recipe file (`si_config.json`); ValueError naming the file when it cannot be one."""
+    try:
         with open(path, encoding="utf-8") as handle:
-            try:
-                data = json.load(handle)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path} is not valid JSON ({err}); the file is corrupted.") from err
-        return cls.from_dict(data, strict=False, **overrides)
+            data = json.load(handle)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); it is not a recipe, or it is "
+                         "corrupted.") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); the file is corrupted.") from None
+    except RecursionError:
+        raise ValueError(f"{path} nests JSON too deeply to be a recipe; the file is corrupted.") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not a recipe object; the file is corrupted.")
+    return data
+
+
+def _check_format_version(version: Any, written_by: str) -> None:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"The recipe's format_version must be a positive integer, got {version!r}.")
+    if version > FORMAT_VERSION:
+        from . import __version__
+
+        raise ValueError(
+            f"This recipe was written by {written_by} in recipe format {version}; optimum-si {__version__} reads "
+            f"format {FORMAT_VERSION} and older. Upgrade with `pip install -U optimum-si`."
+        )

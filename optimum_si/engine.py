@@ -438,6 +438,11 @@ class BlockEngine:
                     f"Block {index}: the calibration inputs of {name} contain NaN or inf. The model produces non-finite "
                     "activations on this calibration data (check the weights, or use float32/bfloat16 instead of float16)."
                 )
+            if not bool(stats.sq_norms.any()):  # all-zero inputs: every score ties and the mask would be arbitrary
+                raise ValueError(
+                    f"Block {index}: every calibration input of {name} is zero, so {self.config.method} has nothing to "
+                    "rank its weights by; add it to SIConfig(ignore=[...]) or calibrate on other data."
+                )
         if keep_outputs:
             _check_finite(outputs, f"the dense outputs of block {index}")
             return collector.stats, outputs

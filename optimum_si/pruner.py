@@ -14,6 +14,7 @@ from .activations import resolve_storage
 from .architectures import spec_for
 from .calibration import build_calibration_ids
 from .config import SIConfig
+from .devices import check_runtime
 from .engine import BlockEngine, InMemoryBlocks, capture_block_inputs, find_decoder_blocks, select_linears
 from .offload import OffloadedBlocks, is_offloaded, offload_execution_device, offload_hooks_above, offloaded_tensors
 from .report import LayerRecord, PruneReport
@@ -93,6 +94,7 @@ class SIPruner:
         return model
 
     def _run(self, model: nn.Module, tokenizer: Any, dataset: Any, prune: bool) -> nn.Module:
+        check_runtime(self.config)
         cfg = self.config
         if not isinstance(model, nn.Module):
             raise TypeError(f"prune() expects a torch.nn.Module (e.g. a transformers causal LM), got {type(model).__name__}.")
@@ -166,6 +168,7 @@ class SIPruner:
                          overwrite: bool, revision: str | None, token: str | None) -> str:
         import shutil
 
+        check_runtime(self.config)
         from accelerate.utils import set_module_tensor_to_device
         from transformers import AutoConfig
 

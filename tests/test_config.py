@@ -75,3 +75,37 @@ def test_from_pretrained_errors(tmp_path):
         SIConfig.from_pretrained(tmp_path)
     with pytest.raises(OSError, match="not a local folder"):
         SIConfig.from_pretrained(str(tmp_path / "missing-repo-name"))
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\xff\xfe{\x00}\x00", "is not UTF-8 text"),
+        (b"[" * 100000 + b"]" * 100000, "nests JSON too deeply"),
+        (b'"just a string"', "not a recipe object"),
+        (b'{"method": "wanda", "format_version": 2}', r"format 2.*pip install -U optimum-si"),
+        (b'{"method": "wanda", "format_version": "1"}', "format_version must be a positive integer"),
+        (b'{"method": "wanda", "meta": "garbage"}', None),
+    ],
+)
+def test_corrupt_or_future_recipe_files_name_the_file(tmp_path, content, message):
+    (tmp_path / CONFIG_NAME).write_bytes(content)
+    if message is None:
+        assert SIConfig.from_pretrained(tmp_path).method == "wanda"
+        return
+    with pytest.raises(ValueError, match=message) as info:
+        SIConfig.from_pretrained(tmp_path)
+    if "format" not in message:
+        assert CONFIG_NAME in str(info.value)
+
+
+def test_future_format_names_the_writer_and_the_upgrade():
+    data = {"method": "wanda", "format_version": 7, "meta": {"optimum_si": "9.0.0"}, "future_knob": 1}
+    with pytest.raises(ValueError, match=r"optimum-si 9\.0\.0 in recipe format 7.*pip install -U optimum-si"):
+        SIConfig.from_dict(data, strict=False)
+
+
+@pytest.mark.parametrize("num_samples, seqlen", [(10**12, 2048), (2**31, 2), (2**20, 2**12)])
+def test_absurd_calibration_sizes_are_refused_at_once(num_samples, seqlen):
+    with pytest.raises(ValueError, match="calibration tokens, more than any machine can hold"):
+        SIConfig(num_samples=num_samples, seqlen=seqlen)

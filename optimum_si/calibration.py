@@ -40,6 +40,20 @@ def _dataset_texts(dataset: Any) -> list[str]:
     return list(dataset[column])
 
 
+def read_text_file(path: str | os.PathLike, what: str = "") -> str:
+    """The content of a UTF-8 text file; ValueError naming the file (and `what` it was given as) otherwise."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{what}{os.fspath(path)!r} is not UTF-8 text ({err.reason} at byte {err.start}); convert it to UTF-8, "
+            "e.g. with `iconv -t UTF-8`."
+        ) from None
+    except IsADirectoryError:
+        raise ValueError(f"{what}{os.fspath(path)!r} is a folder; pass a UTF-8 text file.") from None
+
+
 def token_stream(dataset: Any, tokenizer: Any) -> torch.Tensor:
     """One 1-D LongTensor of token ids from any accepted non-tensor dataset."""
     if isinstance(dataset, (str, os.PathLike)):
@@ -49,8 +63,12 @@ def token_stream(dataset: Any, tokenizer: Any) -> torch.Tensor:
                 f"dataset={path!r} is not an existing text file. Pass a path to a UTF-8 text file, a list of strings, "
                 "a datasets.Dataset, a list of {'input_ids': ...} dicts or a [n, seqlen] tensor of token ids."
             )
-        with open(path, encoding="utf-8") as handle:
-            texts = [handle.read()]
+        texts = [read_text_file(path, "dataset=")]
+    elif _is_empty(dataset):
+        raise ValueError(
+            f"The calibration dataset is an empty {type(dataset).__name__}; pass at least one text (or tokenised "
+            "sample) with enough tokens for the calibration windows."
+        )
     elif hasattr(dataset, "column_names"):
         texts = _dataset_texts(dataset)
         if not texts:
@@ -67,6 +85,12 @@ def token_stream(dataset: Any, tokenizer: Any) -> torch.Tensor:
                 raise ValueError(f"input_ids must be integer token ids, got dtype {ids.dtype}.")
             pieces.append(ids.reshape(-1).long())
         return torch.cat(pieces)
+    elif isinstance(dataset, Sequence) and not isinstance(dataset, (bytes, bytearray)):
+        kinds = sorted({type(item).__name__ for item in dataset})
+        raise ValueError(
+            f"A calibration {type(dataset).__name__} must hold only strings or only {{'input_ids': ...}} dicts; this one "
+            f"holds {', '.join(kinds)}."
+        )
     else:
         raise ValueError(
             f"Unsupported dataset of type {type(dataset).__name__}. Pass a list of strings, a path to a text file, a "
@@ -76,6 +100,39 @@ def token_stream(dataset: Any, tokenizer: Any) -> torch.Tensor:
         raise ValueError("The calibration dataset is text, so a tokenizer is needed: pass prune(..., tokenizer=tokenizer).")
     text = "\n\n".join(texts)
     return torch.as_tensor(tokenizer(text, verbose=False)["input_ids"], dtype=torch.long).reshape(-1)
+
+
+def _is_empty(dataset: Any) -> bool:
+    try:
+        return len(dataset) == 0
+    except TypeError:  # no length: not a container we accept, reported as unsupported
+        return False
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable, else total RAM), None when unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _check_windows_fit(num_samples: int, seqlen: int) -> None:
+    """Refuse, before drawing anything, a window count whose token ids alone exceed the memory of this machine."""
+    needed = num_samples * seqlen * 8 * 2  # int64 ids, and the stacking copy
+    available = _available_memory()
+    if available is not None and needed > available:
+        raise ValueError(
+            f"{num_samples} calibration windows of {seqlen} tokens need {needed / 2**30:.1f} GiB for their token ids "
+            f"alone, more than the {available / 2**30:.1f} GiB of memory available; lower num_samples or seqlen."
+        )
 
 
 def draw_windows(stream: torch.Tensor, num_samples: int, seqlen: int, seed: int) -> torch.Tensor:
@@ -116,6 +173,7 @@ def build_calibration_ids(
             raise ValueError(
                 f"seqlen={seqlen} is longer than the model's context ({max_context} positions); lower SIConfig(seqlen=...)."
             )
+        _check_windows_fit(num_samples, seqlen)
         ids = draw_windows(token_stream(dataset, tokenizer), num_samples, seqlen, seed)
     if max_context is not None and ids.shape[1] > max_context:
         raise ValueError(

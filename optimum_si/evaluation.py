@@ -29,6 +29,16 @@ def perplexity(
     show_progress: bool = False,
 ) -> float:
     """Perplexity of `model` on `text` (tokenised once with the tokenizer) or on a 1-D/2-D tensor of token ids."""
+    # A window of one token has no next token to predict: its mean NLL is 0/0.
+    for name, value, low in (("seqlen", seqlen, 2), ("batch_size", batch_size, 1), ("max_windows", max_windows, 1)):
+        if value is None and name == "max_windows":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+    if device is not None:
+        from .devices import check_device_available
+
+        check_device_available(device)
     if isinstance(tokenizer_or_ids, torch.Tensor):
         ids = tokenizer_or_ids.reshape(-1).long()
     else:
@@ -57,4 +67,10 @@ def perplexity(
             total_nll += float(nll.mean(dim=1).sum()) * seqlen
     finally:
         model.train(was_training)
-    return math.exp(total_nll / (windows * seqlen))
+    mean_nll = total_nll / (windows * seqlen)
+    if not math.isfinite(mean_nll):
+        raise FloatingPointError(
+            "The model's loss on the evaluation text is NaN or inf: its weights or activations are not finite (check "
+            "the checkpoint, or evaluate in float32)."
+        )
+    return math.exp(mean_nll) if mean_nll < 709.0 else math.inf  # math.exp overflows (raises) past ~709.78

@@ -70,3 +70,35 @@ def test_windows_longer_than_context():
         build([TEXT], seqlen=100)
     with pytest.raises(ValueError, match="longer than the model's context"):
         build(torch.zeros(2, 100, dtype=torch.long), tokenizer=None)
+
+
+@pytest.mark.parametrize("dataset", [[], (), {}], ids=["list", "tuple", "dict"])
+def test_empty_dataset_says_empty(dataset):
+    with pytest.raises(ValueError, match="calibration dataset is an empty"):
+        build(dataset)
+
+
+def test_empty_datasets_dataset_says_empty():
+    datasets = pytest.importorskip("datasets")
+    with pytest.raises(ValueError, match="calibration dataset is an empty Dataset"):
+        build(datasets.Dataset.from_dict({"text": []}))
+
+
+def test_mixed_list_names_what_it_holds():
+    with pytest.raises(ValueError, match="only strings or only .* holds int, str"):
+        build(["text", 3])
+
+
+def test_non_utf8_file_names_the_file(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("caf\xe9 ".encode("latin-1") * 100)
+    with pytest.raises(ValueError, match=r"latin1\.txt' is not UTF-8 text.*iconv"):
+        build(str(path))
+
+
+def test_windows_larger_than_memory_are_refused_before_drawing(monkeypatch):
+    import optimum_si.calibration as calibration
+
+    monkeypatch.setattr(calibration, "_available_memory", lambda: 1 << 20)
+    with pytest.raises(ValueError, match="more than the 0.0 GiB of memory available; lower num_samples or seqlen"):
+        build_calibration_ids([TEXT], CharTokenizer(), 10**6, 16, 0, vocab_size=128, max_context=64)

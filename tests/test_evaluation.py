@@ -30,3 +30,22 @@ def test_perplexity_errors():
         perplexity(model, token_ids(1, 10).reshape(-1), seqlen=16)
     with pytest.raises(ValueError, match="evaluation text"):
         perplexity(model, lambda text, verbose=False: {"input_ids": [1, 2]}, None)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"seqlen": 1}, "seqlen must be an integer >= 2"), ({"seqlen": 0}, "seqlen must be an integer >= 2"),
+    ({"max_windows": 0}, "max_windows must be an integer >= 1"), ({"batch_size": 0}, "batch_size must be"),
+    ({"device": "meta"}, "meta device"),
+])
+def test_perplexity_refuses_degenerate_settings(kwargs, message):
+    model = tiny_model("llama")
+    with pytest.raises(ValueError, match=message):
+        perplexity(model, token_ids(1, 64).reshape(-1), **{"seqlen": 16, **kwargs})
+
+
+def test_perplexity_of_a_broken_model_is_an_error_not_nan():
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.lm_head.weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="NaN or inf"):
+        perplexity(model, token_ids(1, 64).reshape(-1), seqlen=16)

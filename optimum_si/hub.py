@@ -6,24 +6,54 @@ checkpoint exactly as it was, so the push can simply be retried.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .config import CONFIG_NAME
 
-try:  # huggingface_hub >= 2 bundles httpx2; 1.x uses httpx
-    from httpx2 import TransportError
-except ImportError:  # pragma: no cover
-    from httpx import TransportError
-
-__all__ = ["push_to_hub", "HubPushError"]
+__all__ = ["push_to_hub", "check_repo_id", "HubPushError", "DEFAULT_TIMEOUT"]
 
 logger = logging.getLogger(__name__)
+
+# Seconds to wait for each reply of the Hub (connecting, each read, each write). huggingface_hub's shared HTTP client
+# has no timeout for uploads, so without one a stalled endpoint blocks the push forever.
+DEFAULT_TIMEOUT = 60.0
 
 
 class HubPushError(RuntimeError):
     """Pushing a checkpoint to the Hub failed; the message says which step failed and how to fix it."""
+
+
+def check_repo_id(repo_id: Any, name: str = "repo_id") -> str:
+    """`repo_id` if it is a valid Hub repo id ('name' or 'owner/name'); ValueError naming `name` otherwise."""
+    from huggingface_hub.utils import validate_repo_id
+
+    if not isinstance(repo_id, str):
+        raise ValueError(f"{name} must be a Hub repo id such as 'owner/name', got {repo_id!r}.")
+    try:
+        validate_repo_id(repo_id)
+    except ValueError as err:
+        raise ValueError(f"{name} must look like 'name' or 'owner/name', got {repo_id!r}: {err}") from None
+    return repo_id
+
+
+@contextlib.contextmanager
+def _session_timeout(timeout: float | None) -> Iterator[None]:
+    """Give huggingface_hub's shared HTTP client a timeout for the duration of the push (restored afterwards)."""
+    from huggingface_hub.utils import get_session
+
+    client = get_session()
+    previous = client.timeout
+    client.timeout = timeout
+    try:
+        yield
+    finally:
+        client.timeout = previous
 
 
 def push_to_hub(
@@ -35,41 +65,51 @@ def push_to_hub(
     commit_message: str | None = None,
     create_pr: bool = False,
     endpoint: str | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
 ) -> str:
     """Create `repo_id` if needed (`exist_ok`) and upload every file of the checkpoint in `save_dir`.
 
     `endpoint` defaults to huggingface_hub's (https://huggingface.co, or `HF_ENDPOINT` as read when huggingface_hub
-    was imported). Returns the commit URL; with `create_pr=True` the pull request URL is logged.
+    was imported). `timeout` is the number of seconds to wait for each reply of the Hub (None: wait forever; the
+    client retries some requests a few times). Returns the commit URL; with `create_pr=True` the pull request URL is
+    logged.
     """
+    try:  # huggingface_hub >= 2 bundles httpx2; 1.x uses httpx
+        from httpx2 import TimeoutException, TransportError
+    except ImportError:  # pragma: no cover
+        from httpx import TimeoutException, TransportError
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-    from huggingface_hub.utils import validate_repo_id
 
+    if not isinstance(save_dir, (str, os.PathLike)):
+        raise ValueError(f"save_dir must be the path of a saved checkpoint folder, got {save_dir!r}.")
     folder = Path(save_dir)
     if not (folder / CONFIG_NAME).is_file():
         raise ValueError(
             f"{folder} is not a complete optimum-si checkpoint (no {CONFIG_NAME}). Save one first with "
             f"`SIPruner.save(model, save_dir)` or `optimum-si prune --output DIR`, and push that folder."
         )
-    try:
-        validate_repo_id(repo_id)
-    except ValueError as err:
-        raise ValueError(f"repo_id must look like 'name' or 'owner/name', got {repo_id!r}: {err}") from None
+    check_repo_id(repo_id)
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}.")
 
     from . import __version__
 
     api = HfApi(endpoint=endpoint, library_name="optimum-si", library_version=__version__)
     step = f"create the repo {repo_id}"
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True, token=token)
-        step = f"upload {folder} to {repo_id}"
-        info = api.upload_folder(
-            folder_path=folder,
-            repo_id=repo_id,
-            commit_message=commit_message or "Upload optimum-si checkpoint",
-            create_pr=create_pr,
-            token=token,
-        )
+        with _session_timeout(timeout):
+            api.create_repo(repo_id, private=private, exist_ok=True, token=token)
+            step = f"upload {folder} to {repo_id}"
+            info = api.upload_folder(
+                folder_path=folder,
+                repo_id=repo_id,
+                commit_message=commit_message or "Upload optimum-si checkpoint",
+                create_pr=create_pr,
+                token=token,
+            )
+        if not getattr(info, "commit_url", None):
+            raise ValueError(f"no commit URL in the reply ({info!r})")
     except OfflineModeIsEnabled as err:
         raise HubPushError(f"Could not {step}: offline mode is on. Unset HF_HUB_OFFLINE to push.") from err
     except HfHubHTTPError as err:
@@ -81,10 +121,22 @@ def push_to_hub(
                 f"{repo_id}."
             ) from err
         raise HubPushError(f"Could not {step}: the Hub at {api.endpoint} answered HTTP {status}: {err}") from err
+    except TimeoutException as err:
+        raise HubPushError(
+            f"Could not {step}: the Hub endpoint {api.endpoint} did not answer within {timeout:g} s "
+            f"({type(err).__name__}). Retry later, or pass a longer `timeout=`."
+        ) from err
     except TransportError as err:
         raise HubPushError(
             f"Could not {step}: could not reach the Hub endpoint {api.endpoint} ({type(err).__name__}: {err}). "
             f"Check the network connection, proxy settings and the `endpoint` / HF_ENDPOINT setting."
+        ) from err
+    except (json.JSONDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
+        # A 200 reply that is not the Hub's JSON: a proxy, a captive portal or a wrong `endpoint` answered.
+        what = "a reply that is not JSON" if isinstance(err, json.JSONDecodeError) else "an unexpected reply"
+        raise HubPushError(
+            f"Could not {step}: the endpoint {api.endpoint} sent {what} ({type(err).__name__}: {err}); check that "
+            "`endpoint` / HF_ENDPOINT points to a Hugging Face Hub."
         ) from err
 
     if info.pr_url:

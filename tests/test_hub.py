@@ -44,6 +44,11 @@ class FakeHub:
         self.commits: list[dict] = []
         self.unauthorized = False
         self.url = ""
+        # Path prefixes where the server misbehaves: `stall_on` never answers (until the test ends), `garbage_on`
+        # answers 200 with an HTML page, as a captive portal or a wrong endpoint would.
+        self.stall_on: str | None = None
+        self.garbage_on: str | None = None
+        self.release = threading.Event()
 
 
 def _handler(hub: FakeHub):
@@ -73,6 +78,17 @@ def _handler(hub: FakeHub):
             path, query = url.path, parse_qs(url.query)
             hub.requests.append((method, path))
             body = self._body() if method == "POST" else b""
+            if hub.stall_on and path.startswith(hub.stall_on):
+                hub.release.wait(30)
+                return None
+            if hub.garbage_on and path.startswith(hub.garbage_on):
+                page = b"<html><body>Welcome to the hotel Wi-Fi</body></html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+                return None
             if hub.unauthorized:
                 return self._reply(401, {"error": "Invalid credentials in Authorization header"})
             if self.headers.get("Authorization") != f"Bearer {TOKEN}":
@@ -132,6 +148,7 @@ def fake_hub(hub_env):
     try:
         yield hub
     finally:
+        hub.release.set()
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
@@ -254,3 +271,42 @@ def test_pruner_save_with_push_uploads_the_real_checkpoint(fake_hub, tmp_path):
     assert {"model.safetensors", "si_config.json", "si_report.json", "README.md"} <= set(commit["files"])
     with pytest.raises(ValueError, match="repo_id"):
         pruner.save(model, out, push_to_hub=True)
+
+
+@pytest.mark.parametrize("where", ["/api/repos/create", "/api/models/"], ids=["create", "upload"])
+def test_stalled_endpoint_times_out_naming_it(fake_hub, checkpoint, where, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    # The upload endpoints are retried by huggingface_hub (5 times, with back-off): skip its sleeps.
+    monkeypatch.setattr("huggingface_hub.utils._http.time.sleep", lambda _s: None)
+    fake_hub.stall_on = where
+    before = _snapshot(checkpoint)
+    start = time.monotonic()
+    with pytest.raises(HubPushError, match="did not answer within 0.3 s") as info:
+        push_to_hub(checkpoint, REPO, token=TOKEN, endpoint=fake_hub.url, timeout=0.3)
+    assert time.monotonic() - start < 10
+    assert fake_hub.url in str(info.value)
+    assert _snapshot(checkpoint) == before
+    from huggingface_hub.utils import get_session
+
+    assert get_session().timeout.read is None  # the shared client's own setting is restored
+
+
+@pytest.mark.parametrize("where", ["/api/repos/create", "/api/models/"], ids=["create", "upload"])
+def test_non_json_reply_is_a_push_error_naming_the_endpoint(fake_hub, checkpoint, where, upload_path):
+    fake_hub.garbage_on = where
+    with pytest.raises(HubPushError, match="not JSON|unexpected reply") as info:
+        push_to_hub(checkpoint, REPO, token=TOKEN, endpoint=fake_hub.url)
+    assert fake_hub.url in str(info.value) and "HF_ENDPOINT" in str(info.value)
+    assert fake_hub.commits == []
+
+
+@pytest.mark.parametrize("repo_id", [None, 42, ["alice/x"]])
+def test_repo_id_of_the_wrong_type_is_a_clear_error(checkpoint, repo_id):
+    with pytest.raises(ValueError, match="repo_id must be a Hub repo id such as 'owner/name'"):
+        push_to_hub(checkpoint, repo_id)
+
+
+@pytest.mark.parametrize("timeout", [0, -1, "fast", True])
+def test_timeout_must_be_positive(checkpoint, timeout):
+    with pytest.raises(ValueError, match="timeout must be a positive number"):
+        push_to_hub(checkpoint, REPO, timeout=timeout)

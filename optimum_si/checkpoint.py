@@ -2,8 +2,9 @@
 
 The folder loads with plain `AutoModelForCausalLM.from_pretrained`: no `quantization_config` and no
 `sparsity_config` go into `config.json` (see docs: runtimes reject or mis-load sparse formats).
-Everything is written into a temporary sibling folder first and moved in at the end, so an interrupted save
-never leaves a folder that looks complete, and files of an earlier checkpoint are replaced, not mixed.
+Everything is written into a staging sibling folder and swapped in as a whole at the end (`optimum_si.folders`), under
+the folder's lock (`optimum_si.locking`): an interrupted save leaves the previous checkpoint or the new one, never a
+mix, and files in `save_dir` that optimum-si did not write are kept.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from typing import Any
 
 from torch import nn
 
+from . import folders
 from .config import CONFIG_NAME, SIConfig
+from .locking import output_lock
 from .offload import is_offloaded, offloaded_state_dict
 from .plots import PLOT_FILES
 from .report import REPORT_NAME, PruneReport
@@ -105,37 +107,25 @@ def save_pruned_model(
                 f"The model config carries a `{key}`; a pruned checkpoint must be plain dense safetensors. Remove it "
                 f"(for GGUF-loaded models: model.hf_quantizer.remove_quantization_config(model))."
             )
-    parent = os.path.dirname(os.path.abspath(save_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(save_dir)}.", dir=parent)
-    try:
-        # Offloaded modules sit on meta; their real (pruned) tensors live in the accelerate weights map.
-        state_dict = offloaded_state_dict(model) if is_offloaded(model) else None
-        model.save_pretrained(staging, max_shard_size=max_shard_size, state_dict=state_dict)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
-        write_sidecars(staging, config, report, model_config, card=card, card_info=card_info, plots=plots)
-        _move_into(staging, save_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    target = folders.resolve(save_dir)
+    source = getattr(model_config, "_name_or_path", None)
+    folders.check_target(target, source if source and os.path.isdir(source) else None)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with output_lock(target):
+        folders.recover(target)
+        existing = folders.describe(target)
+        staging = folders.sibling(target, "staging")
+        os.makedirs(staging)
+        try:
+            # Offloaded modules sit on meta; their real (pruned) tensors live in the accelerate weights map.
+            state_dict = offloaded_state_dict(model) if is_offloaded(model) else None
+            model.save_pretrained(staging, max_shard_size=max_shard_size, state_dict=state_dict)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(staging)
+            write_sidecars(staging, config, report, model_config, card=card, card_info=card_info, plots=plots)
+            folders.write_manifest(staging)
+            folders.publish(staging, target, existing)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     logger.info("Saved the pruned model to %s", save_dir)
     return save_dir
-
-
-def _move_into(staging: str, save_dir: str) -> None:
-    os.makedirs(save_dir, exist_ok=True)
-    new_files = set(os.listdir(staging))
-    # Shards of an earlier save that the new index does not list would confuse loaders; charts of an earlier run
-    # would show another model.
-    for name in os.listdir(save_dir):
-        if name not in new_files and (name.endswith(".safetensors") or name == "model.safetensors.index.json"
-                                      or name in PLOT_FILES):
-            os.remove(os.path.join(save_dir, name))
-    if CONFIG_NAME in os.listdir(save_dir):
-        os.remove(os.path.join(save_dir, CONFIG_NAME))  # the folder reads as incomplete until the new recipe lands
-    for name in sorted(new_files - {CONFIG_NAME}) + [CONFIG_NAME]:
-        src = os.path.join(staging, name)
-        dst = os.path.join(save_dir, name)
-        if os.path.isdir(dst) and not os.path.islink(dst):
-            shutil.rmtree(dst)
-        os.replace(src, dst)

@@ -76,7 +76,8 @@ class BlockSource(Protocol):
         """Block `index`, with real weights on the execution device."""
 
     def release(self, index: int, block: nn.Module) -> None:
-        """Called once block `index` is pruned: write it back / free it."""
+        """Called when the engine is done with block `index`, after a fault too: free it / move it home. A source
+        that writes blocks out also has `commit(index, block)`, called only once the block is fully pruned."""
 
     def load_dense(self, index: int) -> nn.Module:
         """Block `index` with its original (unpruned) weights; only needed to resume an interrupted run."""
@@ -326,6 +327,8 @@ class BlockEngine:
                 if outputs is not None:
                     _check_finite(outputs, f"the outputs of block {index}")
                     inputs.hidden = outputs
+                if hasattr(source, "commit"):  # only a fully pruned block is written: `release` runs after faults too
+                    source.commit(index, block)
             finally:
                 source.release(index, block)
             record.seconds = time.perf_counter() - started

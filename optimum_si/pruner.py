@@ -169,11 +169,12 @@ class SIPruner:
         import shutil
 
         check_runtime(self.config)
-        from accelerate.utils import set_module_tensor_to_device
         from transformers import AutoConfig
 
+        from . import folders
         from . import streaming as st
         from .checkpoint import write_sidecars
+        from .locking import output_lock
 
         folder = st.resolve_source(source, revision=revision, token=token)
         try:
@@ -187,61 +188,126 @@ class SIPruner:
             cfg = self._check_induction_support(skeleton, blocks[0])
         plan = [select_linears(block, f"{block_path}.{i}", cfg.targets, cfg.ignore) for i, block in enumerate(blocks)]
         self._check_plan(plan, block_path)
-        fingerprint = st.recipe_fingerprint(cfg, folder)
-        progress = st.read_progress(save_dir) if os.path.isdir(save_dir) else None
-        if st.is_complete(save_dir) or (progress is not None and progress["fingerprint"] != fingerprint):
-            previous = progress["fingerprint"] if progress else st.recipe_fingerprint(
-                SIConfig.from_pretrained(save_dir), folder)
-            if previous == fingerprint and progress is None:
-                logger.info("%s is already complete for this recipe; nothing to do.", save_dir)
-                return save_dir
-            if not overwrite:
-                raise FileExistsError(
-                    f"{save_dir} holds a pruned checkpoint (or an unfinished run) made with a different recipe or "
-                    "source; pass overwrite=True to replace it, or choose another save_dir."
-                )
-            shutil.rmtree(save_dir)
-            progress = None
-        elif progress is None and os.path.isdir(save_dir) and os.listdir(save_dir):
-            if not overwrite:
-                raise FileExistsError(f"{save_dir} is not empty; pass overwrite=True to replace its content.")
-            shutil.rmtree(save_dir)
-        parent = os.path.dirname(os.path.abspath(save_dir))
-        os.makedirs(parent, exist_ok=True)
-        free = shutil.disk_usage(parent).free
-        if progress is None and free < index.total_bytes * 1.05:
-            raise OSError(
-                f"Not enough disk space in {parent}: the pruned checkpoint needs about {index.total_bytes / 1e9:.2f} GB, "
-                f"{free / 1e9:.2f} GB are free."
-            )
-
+        target = folders.resolve(save_dir)
+        folders.check_target(target, folder)
         device = torch.device(cfg.device) if cfg.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         ids = None
         if cfg.method != "magnitude" or cfg.induction:
             ids = build_calibration_ids(dataset, tokenizer, cfg.num_samples, cfg.seqlen, cfg.seed,
                                         vocab_size=getattr(model_config, "vocab_size", None),
                                         max_context=getattr(model_config, "max_position_embeddings", None))
-        # Everything is checked: from here on, files are written.
-        os.makedirs(save_dir, exist_ok=True)
-        finished = progress["finished_blocks"] if progress else 0
-        writer = st.ShardWriter(save_dir, max_shard_size, done=progress["shards"] if progress else None)
-        report = PruneReport(method=cfg.method, mask_structure=cfg.mask_structure, target_sparsity=cfg.sparsity)
-        if progress:
-            report.layers = {k: LayerRecord(**v) for k, v in progress["layers"].items()}
-        block_prefix = f"{block_path}."
-        # Non-block tensors (embeddings, final norm, LM head) are copied from the source into the output at the end.
+        fingerprint = st.run_fingerprint(cfg, ids, index)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with output_lock(target):
+            folders.recover(target)
+            existing = folders.describe(target)
+            if existing.own and not overwrite:
+                if existing.complete and existing.fingerprint == fingerprint:
+                    logger.info("%s is already complete for this run; nothing to do.", save_dir)
+                    return save_dir
+                raise FileExistsError(
+                    f"{save_dir} holds a pruned checkpoint (or an unfinished run) that differs from this run in "
+                    f"{st.fingerprint_differences(existing.fingerprint, fingerprint)}; pass overwrite=True to replace "
+                    "it, or choose another save_dir."
+                )
+            folders.check_clashes(target, existing, st.output_names(folder, existing.foreign))
+            partial = folders.sibling(target, "partial")
+            progress, discard = self._partial_run(partial, save_dir, fingerprint, len(blocks), overwrite)
+            if progress is None and not discard and os.path.isdir(partial):  # finished, killed before the swap
+                folders.publish(partial, target, existing)
+                return save_dir
+            free = shutil.disk_usage(os.path.dirname(target)).free + (_folder_bytes(partial) if discard else 0)
+            if progress is None and free < index.total_bytes * 1.05:
+                raise OSError(
+                    f"Not enough disk space in {os.path.dirname(target)}: the pruned checkpoint needs about "
+                    f"{index.total_bytes / 1e9:.2f} GB, {free / 1e9:.2f} GB are free."
+                )
+            # Every check passed: from here on, files are written (only in the partial folder until the swap).
+            if discard:
+                shutil.rmtree(partial)
+            os.makedirs(partial, exist_ok=True)
+            finished = progress["finished_blocks"] if progress else 0
+            writer = st.ShardWriter(partial, max_shard_size, done=progress["shards"] if progress else None)
+            report = PruneReport(method=cfg.method, mask_structure=cfg.mask_structure, target_sparsity=cfg.sparsity)
+            if progress:
+                report.layers = {k: LayerRecord(**v) for k, v in progress["layers"].items()}
+            planned = [[f"{block_path}.{i}.{name}" for name in linears] for i, linears in enumerate(plan)]
+
+            def record(done: int) -> None:
+                st.write_progress(partial, {"fingerprint": fingerprint, "finished_blocks": done,
+                                            "shards": writer.shards,
+                                            "layers": {k: v.__dict__ for k, v in report.layers.items()}})
+
+            def on_block_written(i: int) -> None:
+                _check_pruned(report, planned[i], f"Block {i}")
+                record(i + 1)
+
+            started = time.perf_counter()
+            if finished < len(blocks):
+                self._stream_blocks(cfg, skeleton, blocks, block_path, plan, index, device, ids, partial, writer,
+                                    on_block_written, finished, model_config, report)
+            report.total_seconds = time.perf_counter() - started
+            if ids is not None:
+                report.num_samples, report.seqlen = ids.shape
+            # Non-block tensors (embeddings, final norm, LM head) go last, as stored in the source (dtype and bytes).
+            written = {key for shard in writer.shards for key in shard["keys"]}
+            rest = [name for name, _param in skeleton.named_parameters()
+                    if not name.startswith(f"{block_path}.") and name in index.shapes and name not in written]
+            for name in rest:
+                writer.add({name: index.read(name)})
+            if rest:
+                writer.flush()
+                record(len(blocks))
+            # Finishing: every step can be repeated by a rerun, and the folder is swapped in only once complete.
+            writer.finish()
+            st.copy_side_files(folder, partial)
+            _check_pruned(report, [name for names in planned for name in names], "The run")
+            write_sidecars(partial, cfg, report, model_config, base_model=source if not os.path.isdir(source) else None)
+            folders.write_manifest(partial, fingerprint)
+            os.remove(os.path.join(partial, st.PROGRESS_NAME))
+            folders.publish(partial, target, existing)
+        self.report = report
+        logger.info(report.summary())
+        return save_dir
+
+    @staticmethod
+    def _partial_run(partial: str, save_dir: str, fingerprint: dict[str, Any], num_blocks: int,
+                     overwrite: bool) -> tuple[dict[str, Any] | None, bool]:
+        """What the partial folder of `save_dir` holds: (the progress to resume, whether to discard the folder).
+        Only this very run (same fingerprint) is resumed or finished; `overwrite` always starts clean."""
+        from . import folders
+        from . import streaming as st
+
+        if not os.path.isdir(partial) or overwrite:
+            return None, os.path.isdir(partial)
+        progress = st.read_progress(partial, num_blocks)
+        manifest = folders.read_manifest(partial) if progress is None else None
+        if progress is None and manifest is None:
+            return None, True  # killed before its first block was recorded: nothing worth keeping
+        stored = progress["fingerprint"] if progress else manifest.get("fingerprint")
+        if stored == fingerprint:
+            return progress, False
+        raise FileExistsError(
+            f"{partial} holds an unfinished run for {save_dir} that differs from this run in "
+            f"{st.fingerprint_differences(stored, fingerprint)}; pass overwrite=True to start over, or choose another "
+            "save_dir."
+        )
+
+    def _stream_blocks(self, cfg: SIConfig, skeleton: nn.Module, blocks: nn.ModuleList, block_path: str,
+                       plan: list[dict[str, nn.Linear]], index, device: torch.device, ids: torch.Tensor | None,
+                       partial: str, writer, on_block_written, finished: int, model_config, report: PruneReport) -> None:
+        """Capture the first block's inputs and run the engine over the blocks from `finished` on."""
+        from accelerate.utils import set_module_tensor_to_device
+
+        from . import streaming as st
+
         # During the run only what the capture pass runs (the base model outside the blocks: never the LM head) is
         # materialised, and only until the first block's inputs are captured.
-        outside = [(name, param.dtype) for name, param in skeleton.named_parameters()
-                   if not name.startswith(block_prefix) and name in index.shapes]
         capture_root, capture_prefix = _capture_root(skeleton, blocks)
-        capture_names = [name for name, _dtype in outside if name.startswith(capture_prefix)]
-
-        def on_block_written(i: int) -> None:
-            st.write_progress(save_dir, {"fingerprint": fingerprint, "finished_blocks": i + 1, "shards": writer.shards,
-                                         "layers": {k: v.__dict__ for k, v in report.layers.items()}})
-
-        finished_index = st.CheckpointIndex(save_dir, files=[s["file"] for s in writer.shards]) if finished else None
+        capture_names = [name for name, _param in skeleton.named_parameters()
+                         if not name.startswith(f"{block_path}.") and name in index.shapes
+                         and name.startswith(capture_prefix)]
+        finished_index = st.CheckpointIndex(partial, files=[s["file"] for s in writer.shards]) if finished else None
         source_blocks = st.StreamingSource(blocks, block_path, index, device, writer, on_block_written,
                                            finished_index=finished_index, finished=finished)
         spec = spec_for(model_config.model_type)
@@ -249,34 +315,22 @@ class SIPruner:
                              model_config=model_config)
         started = time.perf_counter()
         skeleton.eval()
+        tied = capture_root is skeleton and getattr(model_config, "tie_word_embeddings", False)
         inputs = None
         with torch.no_grad():
             if ids is not None:
                 for name in capture_names:
                     set_module_tensor_to_device(skeleton, name, device, value=index.read(name, device))
-                if capture_root is skeleton and getattr(model_config, "tie_word_embeddings", False):
+                if tied:
                     skeleton.tie_weights()
                 inputs = capture_block_inputs(capture_root, blocks, list(ids.split(cfg.batch_size)), device,
                                               resolve_storage(cfg.activation_storage, device), cfg.activation_dir)
                 for name in capture_names:
                     set_module_tensor_to_device(skeleton, name, "meta")
-                if capture_root is skeleton and getattr(model_config, "tie_word_embeddings", False):
+                if tied:
                     skeleton.tie_weights()  # drop the LM head's reference to the real embedding too
-                report.num_samples, report.seqlen = ids.shape
+                report.capture_seconds = time.perf_counter() - started
             engine.run(source_blocks, block_path, inputs, lambda i, _block: plan[i], first=finished)
-        inputs = None  # the last block's calibration activations are not needed to write the rest
-        report.total_seconds = time.perf_counter() - started
-        for name, dtype in outside:
-            writer.add({name: index.read(name).to(dtype)})
-        writer.finish()
-        st.copy_side_files(folder, save_dir)
-        write_sidecars(save_dir, cfg, report, model_config, base_model=source if not os.path.isdir(source) else None)
-        progress_path = os.path.join(save_dir, st.PROGRESS_NAME)
-        if os.path.exists(progress_path):
-            os.remove(progress_path)  # only now does the folder read as complete
-        self.report = report
-        logger.info(report.summary())
-        return save_dir
 
     def _check_induction_support(self, model: nn.Module, first_block: nn.Module) -> SIConfig:
         """The config to run with: SI needs a scaling-group mapping for the architecture (or the user's opt-out)."""
@@ -392,6 +446,22 @@ def _capture_root(model: nn.Module, blocks: nn.ModuleList) -> tuple[nn.Module, s
         prefix = next(name for name, m in model.named_modules() if m is base)
         return base, f"{prefix}."
     return model, ""
+
+
+def _check_pruned(report: PruneReport, names: list[str], what: str) -> None:
+    """The final invariant of a streaming run: nothing is written as finished with a planned Linear left dense."""
+    missing = [name for name in names if name not in report.layers]
+    if missing:
+        raise RuntimeError(
+            f"{what} has {len(missing)} planned Linear(s) that were not pruned ({missing[0]}"
+            f"{', ...' if len(missing) > 1 else ''}), so it was not recorded as finished; rerun with overwrite=True, "
+            "and report a bug if it happens again."
+        )
+
+
+def _folder_bytes(folder: str) -> int:
+    return sum(os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder)
+               if os.path.isfile(os.path.join(folder, name)))
 
 
 def _check_finite_parameters(model: nn.Module) -> None:

@@ -5,10 +5,16 @@ are ever materialised. Each finished block is appended to the output shards, so 
 block, one output shard and the calibration activations. Same engine as the in-memory path: only the `BlockSource`
 differs.
 
-Resume: progress is recorded in `save_dir/.optimum-si-progress.json` after every block (atomically, with the
-shards written so far). A restarted run with the same recipe recomputes the activations through the finished
-blocks (read back from its own output) and continues; the index and the recipe are written last, so a folder that
-is not complete never looks complete.
+The run works in a sibling of `save_dir`, `.<name>.optimum-si-partial` (see `optimum_si.folders`), swapped in as
+`save_dir` once complete. A block is written and recorded finished (`.optimum-si-progress.json`, atomically, with the
+shards written so far) only after every planned Linear in it is pruned; a fault inside a block leaves the progress at
+the last good block. A restarted run of the same run (same recipe, calibration tokens and source checkpoint: the
+fingerprint) recomputes the activations through the finished blocks, read back from its own output, and continues;
+every step of finishing (renames, index, side files, sidecars, manifest, swap) can be repeated, so a rerun after a
+kill or a full disk at any point completes the folder.
+
+Each tensor keeps its source dtype: blocks run in the checkpoint's main dtype, and a tensor stored in another dtype
+is written back in its own (bit for bit when the run did not change it).
 """
 
 from __future__ import annotations
@@ -17,15 +23,18 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from typing import Any
 
 import torch
 from torch import nn
 
-from .config import CONFIG_NAME, SIConfig
+from .config import SIConfig
+from .folders import inside
 
-__all__ = ["StreamingSource", "ShardWriter", "open_checkpoint", "PROGRESS_NAME"]
+__all__ = ["StreamingSource", "ShardWriter", "open_checkpoint", "run_fingerprint", "fingerprint_differences",
+           "read_progress", "write_progress", "output_names", "is_complete", "PROGRESS_NAME"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +43,10 @@ INDEX_NAME = "model.safetensors.index.json"
 _COPIED_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                  "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja",
                  "added_tokens.json", "LICENSE", "LICENSE.txt", "LICENSE.md", "USE_POLICY.md", "NOTICE")
+# Run options that cannot change the pruned weights: they must not block a resume.
+_RESULT_NEUTRAL = ("meta", "show_progress", "device", "activation_storage", "activation_dir")
+_PART = re.compile(r"part-\d{5}\.safetensors")
+_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
 _DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "LICENSE*", "USE_POLICY.md", "NOTICE"]
 
 
@@ -75,9 +88,9 @@ class CheckpointIndex:
             try:
                 with open(index_path, encoding="utf-8") as handle:
                     weight_map = json.load(handle)["weight_map"]
-            except (json.JSONDecodeError, KeyError) as err:
+                files = sorted(set(weight_map.values()))
+            except (ValueError, KeyError, TypeError, AttributeError) as err:
                 raise ValueError(f"{index_path} is corrupted ({err}); re-download the checkpoint.") from err
-            files = sorted(set(weight_map.values()))
         elif os.path.isfile(os.path.join(folder, "model.safetensors")):
             files = ["model.safetensors"]
         else:
@@ -86,8 +99,9 @@ class CheckpointIndex:
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.dtypes: dict[str, str] = {}
         self.total_bytes = 0
+        self.files = list(files)
         for name in files:
-            path = os.path.join(folder, name)
+            path = inside(folder, name, INDEX_NAME if weight_map is not None else "The progress file")
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"Shard {name} listed in {INDEX_NAME} is missing from {folder}; re-download it.")
             self.total_bytes += os.path.getsize(path)
@@ -111,6 +125,37 @@ class CheckpointIndex:
         with safe_open(self.locations[key], framework="pt", device=str(device)) as handle:
             return handle.get_tensor(key)
 
+    def torch_dtype(self, key: str) -> torch.dtype | None:
+        return _DTYPES.get(self.dtypes[key])
+
+    def main_dtype(self) -> torch.dtype:
+        """The floating dtype that holds most of the weights: the one blocks are computed in."""
+        counts: dict[torch.dtype, int] = {}
+        for key, shape in self.shapes.items():
+            dtype = self.torch_dtype(key)
+            if dtype is not None:
+                counts[dtype] = counts.get(dtype, 0) + int(torch.Size(shape).numel())
+        return max(counts, key=lambda d: (counts[d], d.itemsize)) if counts else torch.float32
+
+    def identity(self) -> str:
+        """A digest of what the checkpoint is: its index, and each shard's name, size, header and the first and
+        last 64 KiB of its data (cheap, yet another model of the same architecture differs)."""
+        digest = hashlib.sha256()
+        index_path = os.path.join(self.folder, INDEX_NAME)
+        if os.path.isfile(index_path):
+            with open(index_path, "rb") as handle:
+                digest.update(handle.read())
+        for name in self.files:
+            path = os.path.join(self.folder, name)
+            size = os.path.getsize(path)
+            digest.update(f"{name}\0{size}\0".encode())
+            with open(path, "rb") as handle:
+                header = int.from_bytes(handle.read(8), "little")
+                digest.update(handle.read(min(header, size) + 65536))
+                handle.seek(max(0, size - 65536))
+                digest.update(handle.read())
+        return digest.hexdigest()[:16]
+
 
 def open_checkpoint(folder: str, model_config) -> tuple[CheckpointIndex, nn.Module]:
     """Validate the checkpoint against its config and build the model skeleton on the meta device."""
@@ -121,10 +166,8 @@ def open_checkpoint(folder: str, model_config) -> tuple[CheckpointIndex, nn.Modu
     if model_config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise ValueError(f"{folder} holds a {model_config.model_type!r} model, which is not a causal LM; optimum-si prunes causal LMs.")
     index = CheckpointIndex(folder)
-    dtypes = {index.dtypes[k] for k in index.dtypes}
-    dtype = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}.get(sorted(dtypes)[0], torch.float32)
     with init_empty_weights():
-        skeleton = AutoModelForCausalLM.from_config(model_config, dtype=dtype)
+        skeleton = AutoModelForCausalLM.from_config(model_config, dtype=index.main_dtype())
     tied = getattr(model_config, "tie_word_embeddings", False)
     for name, param in skeleton.named_parameters():
         if name not in index.shapes:
@@ -152,6 +195,10 @@ def _to_meta(module: nn.Module) -> None:
 
     for name, _param in list(module.named_parameters(recurse=True)):
         set_module_tensor_to_device(module, name, "meta")
+
+
+def _final_name(number: int, count: int) -> str:
+    return "model.safetensors" if count == 1 else f"model-{number:05d}-of-{count:05d}.safetensors"
 
 
 class ShardWriter:
@@ -185,15 +232,24 @@ class ShardWriter:
         self._pending, self._pending_bytes = {}, 0
 
     def finish(self) -> None:
-        """Rename the parts to the standard `model-0000i-of-0000N.safetensors` names and write the index."""
+        """Rename the parts to the standard `model-0000i-of-0000N.safetensors` names and write the index. Can be
+        repeated after an interruption: a part already renamed is skipped, and parts no progress lists are dropped."""
         self.flush()
         count = len(self.shards)
         weight_map, total = {}, 0
         for i, shard in enumerate(self.shards, start=1):
-            final = "model.safetensors" if count == 1 else f"model-{i:05d}-of-{count:05d}.safetensors"
-            os.replace(os.path.join(self.folder, shard["file"]), os.path.join(self.folder, final))
-            weight_map.update({key: final for key in shard["keys"]})
+            final = os.path.join(self.folder, _final_name(i, count))
+            part = inside(self.folder, shard["file"], "The progress file")
+            if os.path.isfile(part):
+                os.replace(part, final)
+            elif not os.path.isfile(final):
+                raise FileNotFoundError(f"{part} is missing, so the run cannot be finished; pass overwrite=True to "
+                                        "start over.")
+            weight_map.update({key: os.path.basename(final) for key in shard["keys"]})
             total += shard["bytes"]
+        for name in os.listdir(self.folder):  # parts of a block that failed, or was killed, before it was recorded
+            if _PART.fullmatch(name) or (name.startswith("part-") and name.endswith(".tmp")):
+                os.remove(os.path.join(self.folder, name))
         if count > 1:
             tmp = os.path.join(self.folder, INDEX_NAME + ".tmp")
             with open(tmp, "w", encoding="utf-8") as handle:
@@ -230,31 +286,100 @@ class StreamingSource:
         _materialise(block, f"{self.prefix}.{index}.", self.index, self.device)
         return block
 
+    def commit(self, index: int, block: nn.Module) -> None:
+        """Write block `index` and record it finished. The engine calls this only once the block is fully pruned;
+        `release` (which runs after a fault too) never writes."""
+        if index < self.finished or self.writer is None:
+            return
+        tensors = {}
+        for name, tensor in block.state_dict().items():
+            key = f"{self.prefix}.{index}.{name}"
+            if key in self.index.shapes:
+                tensors[key] = self._as_stored(key, tensor)
+        self.writer.add(tensors)
+        self.writer.flush()  # one part per block at least: a restart never loses a finished block
+        if self.on_block_written is not None:
+            self.on_block_written(index)
+
+    def _as_stored(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` in its source dtype: the source bytes themselves when the run left its values unchanged."""
+        dtype = self.index.torch_dtype(key)
+        if dtype is None or tensor.dtype == dtype:
+            return tensor
+        original = self.index.read(key)
+        if torch.equal(original.to(tensor.dtype), tensor.detach().cpu()):
+            return original
+        return tensor.detach().cpu().to(dtype) + 0.0  # a cast can round a tiny value to -0.0
+
     def release(self, index: int, block: nn.Module) -> None:
-        if index >= self.finished and self.writer is not None:
-            self.writer.add({f"{self.prefix}.{index}.{name}": p for name, p in block.state_dict().items()
-                             if f"{self.prefix}.{index}.{name}" in self.index.shapes})
-            self.writer.flush()  # one part per block at least: a restart never loses a finished block
-            if self.on_block_written is not None:
-                self.on_block_written(index)
         _to_meta(block)
 
 
-def recipe_fingerprint(config: SIConfig, source: str) -> str:
-    data = {k: v for k, v in config.to_dict().items() if k not in ("meta", "show_progress", "device")}
-    return hashlib.sha256(json.dumps([data, os.path.abspath(source)], sort_keys=True).encode()).hexdigest()[:16]
+def run_fingerprint(config: SIConfig, ids: torch.Tensor | None, index: CheckpointIndex) -> dict[str, Any]:
+    """What makes two runs the same run (so one may resume the other): the recipe, the calibration token ids and
+    the source checkpoint. Options that do not change the result (device, activation storage, progress bars) are
+    left out."""
+    recipe = {k: v for k, v in config.to_dict().items() if k not in _RESULT_NEUTRAL}
+    calibration = "none"
+    if ids is not None:
+        tokens = ids.detach().to("cpu", torch.int64).contiguous()
+        calibration = hashlib.sha256(f"{tuple(tokens.shape)}".encode() + tokens.numpy().tobytes()).hexdigest()[:16]
+    return {"recipe": json.loads(json.dumps(recipe, sort_keys=True)), "calibration": calibration,
+            "source": index.identity()}
 
 
-def read_progress(save_dir: str) -> dict[str, Any] | None:
-    path = os.path.join(save_dir, PROGRESS_NAME)
+def fingerprint_differences(stored: Any, current: dict[str, Any]) -> str:
+    """What differs between the run that wrote a folder and this one, in words."""
+    if not isinstance(stored, dict):
+        return "what it was made from (an in-memory save() or an earlier optimum-si version records no fingerprint)"
+    parts = []
+    old, new = stored.get("recipe") or {}, current["recipe"]
+    fields = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if fields:
+        parts.append("the recipe (" + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in fields[:4]) + ")")
+    if stored.get("calibration") != current["calibration"]:
+        parts.append("the calibration data")
+    if stored.get("source") != current["source"]:
+        parts.append("the source checkpoint")
+    return " and ".join(parts) or "nothing"
+
+
+def read_progress(folder: str, num_blocks: int) -> dict[str, Any] | None:
+    """The progress of an unfinished run in `folder`, checked; a clear error if it is corrupted or was edited."""
+    path = os.path.join(folder, PROGRESS_NAME)
     if not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            progress = json.load(handle)
+        _check_progress(progress, num_blocks)
+        count = len(progress["shards"])
+        for i, shard in enumerate(progress["shards"], start=1):
+            if not any(os.path.isfile(os.path.join(folder, name)) for name in (shard["file"], _final_name(i, count))):
+                raise ValueError(f"its part {shard['file']} is missing")
+    except (ValueError, TypeError, KeyError, AttributeError) as err:  # JSONDecodeError is a ValueError
+        raise ValueError(f"The progress file {path} is corrupted ({err}); pass overwrite=True to start over.") from err
+    return progress
 
 
-def write_progress(save_dir: str, progress: dict[str, Any]) -> None:
-    path = os.path.join(save_dir, PROGRESS_NAME)
+def _check_progress(progress: dict[str, Any], num_blocks: int) -> None:
+    if not isinstance(progress["fingerprint"], dict):
+        raise ValueError("written by an earlier optimum-si version")
+    finished = progress["finished_blocks"]
+    if not isinstance(finished, int) or not 0 <= finished <= num_blocks:
+        raise ValueError(f"finished_blocks={finished!r} for a model of {num_blocks} blocks")
+    for shard in progress["shards"]:
+        if not isinstance(shard["file"], str) or not _PART.fullmatch(shard["file"]):
+            raise ValueError(f"{shard['file']!r} is not a part file of this run")
+        if not all(isinstance(k, str) for k in shard["keys"]) or not isinstance(shard["bytes"], int):
+            raise ValueError(f"bad entry for {shard['file']}")
+    for name, layer in progress["layers"].items():
+        if set(layer) - {"name", "numel", "zeros", "error"} or not isinstance(layer["numel"], int):
+            raise ValueError(f"bad layer record for {name}")
+
+
+def write_progress(folder: str, progress: dict[str, Any]) -> None:
+    path = os.path.join(folder, PROGRESS_NAME)
     with open(path + ".tmp", "w", encoding="utf-8") as handle:
         json.dump(progress, handle)
     os.replace(path + ".tmp", path)
@@ -267,5 +392,18 @@ def copy_side_files(source: str, save_dir: str) -> None:
             shutil.copyfile(path, os.path.join(save_dir, name))
 
 
+def output_names(source: str, present: list[str]) -> set[str]:
+    """The names a streaming run will write (of `present`, the shard names it may write), to refuse clashes early."""
+    from .plots import PLOT_FILES
+
+    shards = {name for name in present if re.fullmatch(r"model-\d{5}-of-\d{5}\.safetensors", name)}
+    copied = {name for name in _COPIED_FILES if os.path.isfile(os.path.join(source, name))}
+    return shards | copied | {"config.json", "model.safetensors", INDEX_NAME, "si_config.json", "si_report.json",
+                              "README.md", *PLOT_FILES}
+
+
 def is_complete(save_dir: str) -> bool:
-    return os.path.isfile(os.path.join(save_dir, CONFIG_NAME)) and not os.path.isfile(os.path.join(save_dir, PROGRESS_NAME))
+    """Whether `save_dir` holds a finished checkpoint (its manifest is written last)."""
+    from .folders import describe
+
+    return describe(os.path.realpath(save_dir)).complete

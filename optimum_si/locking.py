@@ -1,0 +1,63 @@
+"""One run per output folder: an exclusive lock next to `save_dir`, and the holder's pid and host beside it.
+
+The lock (`.<name>.optimum-si.lock`, an OS file lock from the `filelock` package) lives next to the folder, not in
+it, because the folder itself is replaced as a whole at the end of a save. The OS drops the lock when its holder
+dies, even by SIGKILL, so a stale lock never blocks a rerun; the owner file is only there to name the holder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+
+__all__ = ["output_lock", "FolderLockedError"]
+
+
+class FolderLockedError(RuntimeError):
+    """Another optimum-si run is writing the same output folder."""
+
+
+def _paths(save_dir: str) -> tuple[str, str]:
+    parent, name = os.path.split(os.path.realpath(save_dir))
+    lock = os.path.join(parent, f".{name}.optimum-si.lock")
+    return lock, os.path.join(parent, f".{name}.optimum-si.owner")
+
+
+def _holder(owner_path: str) -> str:
+    try:
+        with open(owner_path, encoding="utf-8") as handle:
+            owner = json.load(handle)
+        return f"pid {owner['pid']} on {owner['host']}, started {owner['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder unknown"
+
+
+@contextlib.contextmanager
+def output_lock(save_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold the exclusive write lock of `save_dir` (its parent must exist); fail at once if another run holds it."""
+    from filelock import FileLock, Timeout
+
+    save_dir = os.fspath(save_dir)
+    lock_path, owner_path = _paths(save_dir)
+    lock = FileLock(lock_path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise FolderLockedError(
+            f"{save_dir} is being written by another optimum-si run ({_holder(owner_path)}); wait for it to finish "
+            "or choose another save_dir."
+        ) from None
+    try:
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        with open(owner_path + ".tmp", "w", encoding="utf-8") as handle:
+            json.dump(owner, handle)
+        os.replace(owner_path + ".tmp", owner_path)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(owner_path)
+        lock.release()

@@ -2,36 +2,66 @@
 
     optimum-si prune --model <dir|repo> --method wanda --sparsity 0.5 --mask-structure 2:4 \\
                      --dataset calib.txt --num-samples 128 --seqlen 2048 --output out/ [--induction] \\
-                     [--stream] [--push-to-hub owner/name]
+                     [--stream] [--push-to-hub owner/name] [--trust-remote-code] [-v]
     optimum-si eval --model out/ --text eval.txt [--seqlen 2048] [--max-windows 40]
     optimum-si report out/ [--json] [--plots [DIR]]
 
 The same commands run as `optimum-cli si prune|eval|report ...` (optimum's CLI; see
 `optimum_si/commands/register/register_optimum_si.py`).
 The `prune` flags are generated from the `SIConfig` fields (their help text included), so they never drift.
-User mistakes print one line and exit with status 2.
+
+Every argument is checked before torch, transformers or a model is loaded, so mistakes are answered at once. User
+mistakes print one line naming the flag and exit with status 2; other failures print one line and exit with status 1
+(`-v` prints the traceback too). Code shipped with a model folder runs only with `--trust-remote-code`: transformers
+is never allowed to ask on stdin.
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import dataclasses
 import json
 import logging
 import os
+import re
 import sys
+import traceback
 import typing
 from typing import Any
 
-from .config import SIConfig
+from .config import CHOICES, CONFIG_NAME, SIConfig, read_recipe
 
 __all__ = ["main", "build_parser"]
 
 logger = logging.getLogger(__name__)
 
+_DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
+_SHARD_SIZE = re.compile(r"^\d+(\.\d+)?\s*([KMGT]i?B|B)?$", re.IGNORECASE)
+# Hub repo ids are 'name' or 'owner/name'; anything else that does not exist locally was meant as a folder.
+_PATH_HINTS = ("./", "../", "/", "~", ".\\", "..\\")
+
 
 class UsageError(Exception):
     """A mistake of the user's: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (`<prog> <command>: error: ...`, status 2), like every other CLI mistake."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows each flag's default where it has a meaningful one (not None / False / a list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "%(default)" in text or default in (None, False, argparse.SUPPRESS) or action.nargs == 0:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def _field_type(field: dataclasses.Field) -> tuple[Any, bool]:
@@ -48,42 +78,80 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for field in dataclasses.fields(SIConfig):
         flag = "--" + field.name.replace("_", "-")
         kind, is_list = _field_type(field)
-        help_text = field.metadata.get("help", "")
+        help_text = field.metadata.get("help", "").replace("%", "%%")
+        default = field.default if field.default is not dataclasses.MISSING else None
+        # The flags default to None ("not given", so that a --recipe keeps its value); the help shows SIConfig's.
+        if default is not None and not isinstance(default, bool) or default is True:
+            help_text += f" (default: {default})"
         if kind is bool:
-            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
         elif is_list:
             parser.add_argument(flag, dest=field.name, nargs="+", type=kind, default=None, help=help_text)
         else:
-            parser.add_argument(flag, dest=field.name, type=kind, default=None, help=help_text)
+            parser.add_argument(flag, dest=field.name, type=kind, default=None, choices=CHOICES.get(field.name),
+                                help=help_text)
+
+
+def _add_verbose(parser: argparse.ArgumentParser, top: bool) -> None:
+    # Accepted before and after the command; SUPPRESS keeps a subcommand from resetting a `-v` given before it.
+    parser.add_argument("-v", "--verbose", action="store_true", default=False if top else argparse.SUPPRESS,
+                        help="log one line per block, and print tracebacks of errors")
+
+
+def _positive_int(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
 
 
 def build_parser(prog: str = "optimum-si") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="Post-training pruning with Sparsity Induction.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log one line per block")
-    commands = parser.add_subparsers(dest="command", required=True)
+    formatter = _HelpFormatter
+    parser = _Parser(prog=prog, description="Post-training pruning with Sparsity Induction.", formatter_class=formatter)
+    _add_verbose(parser, top=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    prune = commands.add_parser("prune", help="prune a causal LM and save the checkpoint")
-    prune.add_argument("--model", required=True, help="local folder or Hub repo id of the dense model")
-    prune.add_argument("--dataset", help="calibration text file (UTF-8)")
+    prune = commands.add_parser("prune", help="prune a causal LM and save the checkpoint", formatter_class=formatter)
+    _add_verbose(prune, top=False)
+    prune.add_argument("--model", required=True, help="local folder or Hub repo id (owner/name) of the dense model")
+    prune.add_argument("--dataset", help="calibration text file (UTF-8); needed by wanda, sparsegpt and --induction")
     prune.add_argument("--output", required=True, help="folder to write the pruned checkpoint to")
-    prune.add_argument("--recipe", help="an si_config.json folder or file to start from (flags override it)")
-    prune.add_argument("--dtype", default="auto", help="dtype to load the model in (default: the checkpoint's)")
-    prune.add_argument("--max-shard-size", default="5GB")
+    prune.add_argument("--recipe", help="an si_config.json file, or a folder holding one, to start from (flags "
+                                        "override it)")
+    prune.add_argument("--dtype", default="auto", choices=_DTYPES,
+                       help="dtype to load the model in ('auto': the checkpoint's)")
+    prune.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard to write, e.g. 5GB or 500MB")
     prune.add_argument("--stream", action="store_true",
                        help="stream the checkpoint block by block from its safetensors (for models larger than RAM)")
     prune.add_argument("--overwrite", action="store_true", help="with --stream: replace a finished or different run")
     prune.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the saved checkpoint to this Hub repo")
     prune.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo as private")
+    prune.add_argument("--trust-remote-code", action="store_true",
+                       help="run the Python code a model folder or repo ships (only for sources you trust)")
     _add_config_flags(prune)
 
-    evaluate = commands.add_parser("eval", help="perplexity of a model on a text file")
-    evaluate.add_argument("--model", required=True)
+    evaluate = commands.add_parser("eval", help="perplexity of a model on a text file", formatter_class=formatter)
+    _add_verbose(evaluate, top=False)
+    evaluate.add_argument("--model", required=True, help="local folder or Hub repo id of the model")
     evaluate.add_argument("--text", required=True, help="evaluation text file (UTF-8)")
-    evaluate.add_argument("--seqlen", type=int, default=2048)
-    evaluate.add_argument("--max-windows", type=int, default=None)
-    evaluate.add_argument("--dtype", default="float32")
+    evaluate.add_argument("--seqlen", type=_positive_int(2), default=2048, help="tokens per evaluation window")
+    evaluate.add_argument("--max-windows", type=_positive_int(1), default=None,
+                          help="evaluate at most this many windows (default: all)")
+    evaluate.add_argument("--dtype", default="float32", choices=_DTYPES, help="dtype to load the model in")
+    evaluate.add_argument("--trust-remote-code", action="store_true",
+                          help="run the Python code a model folder or repo ships (only for sources you trust)")
 
-    report = commands.add_parser("report", help="measured sparsity of a checkpoint (per module and overall)")
+    report = commands.add_parser("report", help="measured sparsity of a checkpoint (per module and overall)",
+                                 formatter_class=formatter)
+    _add_verbose(report, top=False)
     report.add_argument("path", help="checkpoint folder")
     report.add_argument("--json", action="store_true", help="print the full report as JSON")
     report.add_argument("--plots", nargs="?", const="", metavar="DIR",
@@ -93,43 +161,221 @@ def build_parser(prog: str = "optimum-si") -> argparse.ArgumentParser:
     return parser
 
 
+# ------------------------------------------------------------------------------------------ checks (no torch)
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _cli_message(err: BaseException | str) -> str:
+    """An error of the Python API in CLI terms: `SIConfig(ignore=[...])` -> `--ignore`, `seqlen=8` -> `--seqlen 8`,
+    and a field name that opens the message (`num_samples must ...`) -> `--num-samples must ...`."""
+    text = str(err)
+    for field in dataclasses.fields(SIConfig):
+        flag = _flag(field.name)
+        text = re.sub(rf"SIConfig\({field.name}=[^)]*\)", flag, text)
+        text = re.sub(rf"(?<![\w.-]){field.name}=", f"{flag} ", text)
+        text = re.sub(rf"^{field.name}(?=\W)", flag, text)
+    return text
+
+
 def _config_from_args(args: argparse.Namespace) -> SIConfig:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SIConfig) if getattr(args, f.name) is not None}
-    if args.recipe:
-        recipe = args.recipe if os.path.isdir(args.recipe) else os.path.dirname(os.path.abspath(args.recipe))
-        return SIConfig.from_pretrained(recipe, **values)
-    return SIConfig(**values)
+    if not args.recipe:
+        try:
+            return SIConfig(**values)
+        except ValueError as err:
+            raise UsageError(_cli_message(err)) from None
+    path = args.recipe
+    if os.path.isdir(path):
+        path = os.path.join(path, CONFIG_NAME)
+        if not os.path.isfile(path):
+            raise UsageError(f"--recipe {args.recipe!r} is a folder without {CONFIG_NAME}; give the recipe file itself.")
+    elif not os.path.isfile(path):
+        if _looks_like_path(path) or path.endswith(".json") or not _is_repo_id(path):
+            raise UsageError(f"--recipe {args.recipe!r}: no such file or folder.")
+        try:  # a Hub repo holding an si_config.json
+            return SIConfig.from_pretrained(path, **values)
+        except OSError as err:
+            raise UsageError(f"--recipe {args.recipe!r}: {err}") from None
+        except ValueError as err:
+            raise UsageError(f"--recipe {args.recipe!r}: {_cli_message(err)}") from None
+    try:
+        data = read_recipe(path)
+    except OSError as err:
+        raise UsageError(f"--recipe {args.recipe!r} cannot be read ({err.strerror or err}).") from None
+    except ValueError as err:
+        raise UsageError(f"--recipe: {err}") from None
+    try:
+        return SIConfig.from_dict(data, strict=False, **values)
+    except ValueError as err:
+        raise UsageError(f"--recipe {args.recipe!r}: {_cli_message(err)}") from None
 
 
-def _load_model(path: str, dtype: str):
+def _looks_like_path(text: str) -> bool:
+    return text.startswith(_PATH_HINTS) or os.sep in text.strip("/").replace("/", "", 1) or text.endswith("/")
+
+
+def _is_repo_id(text: str) -> bool:
+    from .hub import check_repo_id
+
+    try:
+        check_repo_id(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_model_source(model: str, flag: str = "--model", stream: bool = False) -> None:
+    """A model argument is an existing folder with a config.json, or a Hub repo id that may be fetched."""
+    if os.path.isdir(model):
+        if not os.path.isfile(os.path.join(model, "config.json")):
+            raise UsageError(f"{flag} {model!r} has no config.json; it is not a transformers model folder.")
+        if stream and not any(name.endswith(".safetensors") or name.endswith(".safetensors.index.json")
+                              for name in os.listdir(model)):
+            raise UsageError(
+                f"{flag} {model!r} has no safetensors weights, and --stream reads only safetensors; convert the "
+                "checkpoint (save_pretrained writes safetensors) or drop --stream."
+            )
+        return
+    if os.path.exists(model):
+        raise UsageError(f"{flag} {model!r} is a file; give the model folder (or a Hub repo id).")
+    if _looks_like_path(model) or not _is_repo_id(model):
+        raise UsageError(f"{flag} {model!r}: no such folder, and not a Hub repo id (owner/name).")
+    if _hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(model, "config.json"), str):
+            raise UsageError(
+                f"{flag} {model!r} is not a local folder and not in the Hub cache, and HF_HUB_OFFLINE forbids "
+                "downloading it; unset HF_HUB_OFFLINE or give a local folder."
+            )
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _check_text_file(path: str, flag: str) -> None:
+    """An existing, readable UTF-8 file (checked in chunks: the model is not loaded yet)."""
+    if not os.path.isfile(path):
+        raise UsageError(f"{flag} {path!r} is not a file.")
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                decoder.decode(chunk)
+                offset += len(chunk)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{flag} {path!r} is not UTF-8 text (invalid byte near offset {offset + err.start}); "
+                         "convert it to UTF-8, e.g. with `iconv -t UTF-8`.") from None
+    except OSError as err:
+        raise UsageError(f"{flag} {path!r} cannot be read ({err.strerror or err}).") from None
+    if offset == 0:
+        raise UsageError(f"{flag} {path!r} is empty.")
+
+
+def _check_prune_args(args: argparse.Namespace) -> SIConfig:
+    config = _config_from_args(args)
+    _check_model_source(args.model, stream=args.stream)
+    if config.method != "magnitude" or config.induction:
+        if not args.dataset:
+            needs = "--induction" if config.method == "magnitude" else f"--method {config.method}"
+            raise UsageError(f"{needs} needs calibration text: pass --dataset FILE (UTF-8 text).")
+    if args.dataset:
+        _check_text_file(args.dataset, "--dataset")
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise UsageError(f"--output {args.output!r} is a file; give a folder to write the checkpoint to.")
+    if not _SHARD_SIZE.match(args.max_shard_size.strip()):
+        raise UsageError(f"--max-shard-size {args.max_shard_size!r} is not a size; use e.g. 5GB, 500MB or 2GiB.")
+    if args.stream and args.trust_remote_code:
+        raise UsageError("--stream builds only architectures that transformers ships, so it cannot run a model's own "
+                         "code; drop --trust-remote-code, or drop --stream.")
+    if not args.stream and (args.overwrite):
+        logger.warning("--overwrite only applies with --stream; ignored.")
+    if args.private and not args.push_to_hub:
+        raise UsageError("--private applies to the Hub repo: use it with --push-to-hub REPO_ID.")
+    if args.push_to_hub:
+        from .hub import check_repo_id
+
+        try:
+            check_repo_id(args.push_to_hub, "--push-to-hub")
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        if _hub_offline():
+            raise UsageError("--push-to-hub needs the network, but HF_HUB_OFFLINE is set; unset it, or push later "
+                             "with SIPruner.push_to_hub.")
+    if config.activation_dir and config.activation_storage != "disk":
+        logger.warning("--activation-dir is used only with --activation-storage disk; ignored.")
+    _check_runtime(config)
+    return config
+
+
+def _check_runtime(config: SIConfig) -> None:
+    from .devices import check_runtime
+
+    try:
+        check_runtime(config)
+    except ValueError as err:
+        raise UsageError(_cli_message(err)) from None
+
+
+# ------------------------------------------------------------------------------------------ commands
+def _load_model(path: str, dtype: str, trust_remote_code: bool):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if dtype != "auto" and not isinstance(getattr(torch, dtype, None), torch.dtype):
-        raise UsageError(f"--dtype {dtype!r} is not a torch dtype (try float32, bfloat16, float16 or auto).")
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except OSError as err:
-        raise UsageError(f"cannot load {path!r}: {str(err).splitlines()[0]}") from err
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype == "auto" else getattr(torch, dtype),
+                                                     trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, ImportError) as err:
+        raise UsageError(f"cannot load --model {path!r}: {_first_line(err)}{_remote_code_hint(err)}") from err
     return model, tokenizer
 
 
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _remote_code_hint(err: BaseException) -> str:
+    return " Pass --trust-remote-code to run the model's own code." if "custom code" in str(err) else ""
+
+
+def _check_stream_config(path: str) -> None:
+    """Streaming builds the model from its config: refuse (never prompt for) a config that needs the model's code."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        if "custom code" in str(err):
+            raise UsageError(f"--model {path!r} needs its own Python code, which --stream cannot run; prune it "
+                             "without --stream and with --trust-remote-code.") from err
+        raise UsageError(f"cannot load --model {path!r}: {_first_line(err)}") from err
+
+
 def _prune(args: argparse.Namespace) -> int:
+    config = _check_prune_args(args)
     from .pruner import SIPruner
 
-    config = _config_from_args(args)
-    if args.dataset and not os.path.isfile(args.dataset):
-        raise UsageError(f"--dataset {args.dataset!r} is not a file.")
     pruner = SIPruner(config)
     if args.stream:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(args.model) if args.dataset else None
+        _check_stream_config(args.model)
+        tokenizer = None
+        if args.dataset:
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=False)
+            except (OSError, ValueError) as err:
+                raise UsageError(f"cannot load the tokenizer of --model {args.model!r}: {_first_line(err)}") from err
         pruner.prune(args.model, tokenizer=tokenizer, dataset=args.dataset, save_dir=args.output,
                      max_shard_size=args.max_shard_size, overwrite=args.overwrite)
     else:
-        model, tokenizer = _load_model(args.model, args.dtype)
+        model, tokenizer = _load_model(args.model, args.dtype, args.trust_remote_code)
         pruner.prune(model, tokenizer=tokenizer, dataset=args.dataset)
         pruner.save(model, args.output, tokenizer=tokenizer, max_shard_size=args.max_shard_size)
     print(f"{pruner.report.summary()}; saved to {args.output}")
@@ -140,27 +386,37 @@ def _prune(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    _check_model_source(args.model)
+    _check_text_file(args.text, "--text")
+    from .calibration import read_text_file
     from .evaluation import perplexity
 
-    if not os.path.isfile(args.text):
-        raise UsageError(f"--text {args.text!r} is not a file.")
-    model, tokenizer = _load_model(args.model, args.dtype)
-    with open(args.text, encoding="utf-8") as handle:
-        text = handle.read()
-    value = perplexity(model, tokenizer, text, seqlen=args.seqlen, max_windows=args.max_windows, show_progress=True)
+    model, tokenizer = _load_model(args.model, args.dtype, args.trust_remote_code)
+    text = read_text_file(args.text, "--text ")
+    try:
+        value = perplexity(model, tokenizer, text, seqlen=args.seqlen, max_windows=args.max_windows,
+                           show_progress=True)
+    except ValueError as err:
+        raise UsageError(_cli_message(err).replace("seqlen=", "--seqlen ")) from None
     print(f"perplexity {value:.4f} ({args.model}, {args.text}, seqlen {args.seqlen})")
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .sparsity import sparsity_report
-
     if not os.path.isdir(args.path):
         raise UsageError(f"{args.path!r} is not a folder.")
     plots_dir = (args.plots or args.path) if args.plots is not None else None
     if plots_dir is not None and not os.path.isdir(plots_dir):
         raise UsageError(f"--plots {plots_dir!r} is not a folder.")
-    report = sparsity_report(args.path)
+    from safetensors import SafetensorError
+
+    from .sparsity import sparsity_report
+
+    try:
+        report = sparsity_report(args.path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UsageError(f"cannot read the weights in {args.path!r} ({_first_line(err)}); the checkpoint is "
+                         "truncated or corrupted.") from err
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -169,14 +425,22 @@ def _report(args: argparse.Namespace) -> int:
             print(f"  {pattern}: {'every pruned module follows it' if ok else 'not followed'}")
     if plots_dir is not None:
         from .plots import PlotUnavailable, render_plots
+        from .report import REPORT_NAME
 
         try:
             written = render_plots(args.path, plots_dir)
         except PlotUnavailable as err:
             raise UsageError(str(err)) from err
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+            raise UsageError(f"{os.path.join(args.path, REPORT_NAME)} is not valid JSON ({_first_line(err)}); the "
+                             "file is truncated or corrupted.") from err
         for name in written.values():
             print(f"wrote {os.path.join(plots_dir, name)}", file=sys.stderr if args.json else sys.stdout)
     return 0
+
+
+# Exceptions that mean the input was wrong (exit 2); anything else is a failure of the run (exit 1).
+_USER_ERRORS = (UsageError, ValueError, NotImplementedError, OSError)
 
 
 def main(argv: typing.Sequence[str] | None = None, prog: str = "optimum-si") -> int:
@@ -189,15 +453,23 @@ def main(argv: typing.Sequence[str] | None = None, prog: str = "optimum-si") -> 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return {"prune": _prune, "eval": _eval, "report": _report}[args.command](args)
-    except (UsageError, ValueError, NotImplementedError, FileNotFoundError, FileExistsError) as err:
-        print(f"{prog} {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:
+    except KeyboardInterrupt:
+        print(f"{prog} {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the one place that turns every failure into one line
         from .hub import HubPushError
 
-        if not isinstance(err, HubPushError):
-            raise
-        print(f"{prog} {args.command}: error: {err}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc()
+        message = str(err) if isinstance(err, (UsageError, HubPushError)) else _first_line(err)
+        if isinstance(err, ValueError) and args.command == "prune":
+            message = _cli_message(message)
+        if isinstance(err, _USER_ERRORS) and not isinstance(err, HubPushError):
+            print(f"{prog} {args.command}: error: {message}", file=sys.stderr)
+            return 2
+        kind = "" if isinstance(err, HubPushError) else f"{type(err).__name__}: "
+        hint = "" if args.verbose else " (run with -v for the traceback)"
+        print(f"{prog} {args.command}: error: {kind}{message}{hint}", file=sys.stderr)
         return 1
 
 

@@ -61,7 +61,7 @@ def test_user_mistakes_exit_2_with_one_line(dense_dir, tmp_path, capsys, argv, m
 
 def test_missing_model_exits_2(tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path / "missing"), "--text", __file__]) == 2
-    assert "cannot load" in capsys.readouterr().err
+    assert "no such folder, and not a Hub repo id" in capsys.readouterr().err
 
 
 def _optimum_cli() -> list[str]:

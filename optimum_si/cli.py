@@ -287,6 +287,9 @@ def _check_prune_args(args: argparse.Namespace) -> SIConfig:
         _check_text_file(args.dataset, "--dataset")
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise UsageError(f"--output {args.output!r} is a file; give a folder to write the checkpoint to.")
+    if os.path.isdir(args.model) and os.path.realpath(args.output) == os.path.realpath(args.model):
+        raise UsageError(f"--output {args.output!r} is the --model folder: writing there would replace the dense "
+                         "checkpoint; choose another folder.")
     if not _SHARD_SIZE.match(args.max_shard_size.strip()):
         raise UsageError(f"--max-shard-size {args.max_shard_size!r} is not a size; use e.g. 5GB, 500MB or 2GiB.")
     if args.stream and args.trust_remote_code:
@@ -414,6 +417,8 @@ def _report(args: argparse.Namespace) -> int:
 
     try:
         report = sparsity_report(args.path)
+    except FileNotFoundError as err:
+        raise UsageError(f"{args.path!r} holds no safetensors weights; give a checkpoint folder.") from err
     except (SafetensorError, OSError, ValueError) as err:
         raise UsageError(f"cannot read the weights in {args.path!r} ({_first_line(err)}); the checkpoint is "
                          "truncated or corrupted.") from err

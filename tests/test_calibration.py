@@ -102,3 +102,10 @@ def test_windows_larger_than_memory_are_refused_before_drawing(monkeypatch):
     monkeypatch.setattr(calibration, "_available_memory", lambda: 1 << 20)
     with pytest.raises(ValueError, match="more than the 0.0 GiB of memory available; lower num_samples or seqlen"):
         build_calibration_ids([TEXT], CharTokenizer(), 10**6, 16, 0, vocab_size=128, max_context=64)
+
+
+def test_many_short_windows_are_one_gather():
+    stream = torch.arange(50)
+    windows = draw_windows(stream, 20000, 3, seed=1)
+    assert windows.shape == (20000, 3) and windows.is_contiguous()
+    assert torch.equal(windows[:, 1] - windows[:, 0], torch.ones(20000, dtype=torch.long))

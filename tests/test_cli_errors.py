@@ -63,13 +63,17 @@ def blocked_model_loading(monkeypatch):
         (["--method", "magnitude", "--dtype", "float33"], ["argument --dtype: invalid choice"]),
         (["--method", "obs"], ["argument --method: invalid choice", "magnitude"]),
         (["--method", "magnitude", "--trust-remote-code", "--stream"], ["--stream", "--trust-remote-code"]),
+        (["--method", "magnitude", "--output", "{model}"], ["is the --model folder"]),
     ],
 )
 def test_prune_argument_errors_come_before_loading(dense_dir, tmp_path, capsys, blocked_model_loading, argv,
                                                    fragments):
     path, _ = dense_dir
     argv = ["--model", str(path), *argv] if "--model" not in argv else argv
-    _one_line_error(capsys, _main(["prune", "--output", str(tmp_path / "out"), *argv]), *fragments)
+    argv = [str(path) if a == "{model}" else a for a in argv]
+    if "--output" not in argv:
+        argv = ["--output", str(tmp_path / "out"), *argv]
+    _one_line_error(capsys, _main(["prune", *argv]), *fragments)
     assert not (tmp_path / "out").exists()
 
 
@@ -184,6 +188,8 @@ def test_truncated_checkpoint_and_report_files(dense_dir, tmp_path, capsys):
     weights = out / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:200])
     _one_line_error(capsys, main(["report", str(out)]), "truncated or corrupted")
+    weights.unlink()
+    _one_line_error(capsys, main(["report", str(out)]), "holds no safetensors weights")
 
 
 def _remote_code_folder(tmp_path, with_weights=False):

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 __all__ = ["output_lock", "FolderLockedError"]
 
 
-class FolderLockedError(RuntimeError):
-    """Another optimum-si run is writing the same output folder."""
+class FolderLockedError(OSError):
+    """Another optimum-si run is writing the same output folder (an OSError, like any other unwritable folder)."""
 
 
 def _paths(save_dir: str) -> tuple[str, str]:

@@ -176,12 +176,34 @@ def _fail_in_block(monkeypatch, block, error):
     monkeypatch.setattr(BlockEngine, "_prune_group", failing)
 
 
-@pytest.mark.parametrize("error", [RuntimeError("CUDA out of memory"), KeyboardInterrupt()])
+def _full_disk_writing_block(monkeypatch, block):
+    import errno
+
+    import safetensors.torch
+
+    original = safetensors.torch.save_file
+
+    def save_file(tensors, path, *args, **kwargs):
+        if any(f".layers.{block}." in key for key in tensors):
+            original(tensors, path, *args, **kwargs)  # a part file cut short, then the disk is full
+            with open(path, "r+b") as handle:
+                handle.truncate(100)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+
+
+@pytest.mark.parametrize("error", [RuntimeError("CUDA out of memory"), KeyboardInterrupt(), "full disk"])
 def test_fault_inside_a_block_records_nothing_for_it_and_the_rerun_prunes_it(source, tmp_path, monkeypatch, error):
     reference = tmp_path / "reference"
     _pruner().prune(str(source), save_dir=reference, dataset=token_ids())
     out = tmp_path / "out"
-    _fail_in_block(monkeypatch, 1, error)
+    if error == "full disk":
+        _full_disk_writing_block(monkeypatch, 1)
+        error = OSError()
+    else:
+        _fail_in_block(monkeypatch, 1, error)
     with pytest.raises(type(error)):
         _pruner().prune(str(source), save_dir=out, dataset=token_ids())
     progress = json.loads((_partial(out) / PROGRESS_NAME).read_text())

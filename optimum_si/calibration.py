@@ -37,7 +37,12 @@ def _dataset_texts(dataset: Any) -> list[str]:
                 "`dataset[\"<column>\"]` (a list of strings) instead."
             )
         column = string_columns[0]
-    return list(dataset[column])
+    texts = list(dataset[column])
+    bad = next((i for i, text in enumerate(texts) if not isinstance(text, str)), None)
+    if bad is not None:
+        raise ValueError(f"Row {bad} of the dataset's {column!r} column is {type(texts[bad]).__name__}, not text; "
+                         "drop or fill the empty rows first.")
+    return texts
 
 
 def read_text_file(path: str | os.PathLike, what: str = "") -> str:
@@ -77,10 +82,14 @@ def token_stream(dataset: Any, tokenizer: Any) -> torch.Tensor:
         texts = list(dataset)
     elif isinstance(dataset, Sequence) and dataset and all(isinstance(t, dict) for t in dataset):
         pieces = []
-        for item in dataset:
+        for number, item in enumerate(dataset):
             if "input_ids" not in item:
                 raise ValueError("Tokenised calibration samples must be dicts with an 'input_ids' entry.")
-            ids = torch.as_tensor(item["input_ids"])
+            try:
+                ids = torch.as_tensor(item["input_ids"])
+            except (TypeError, ValueError, RuntimeError):
+                raise ValueError(f"input_ids of calibration sample {number} is not a list or tensor of integer token "
+                                 f"ids: {str(item['input_ids'])[:60]!r}.") from None
             if ids.dtype.is_floating_point or ids.dtype == torch.bool:
                 raise ValueError(f"input_ids must be integer token ids, got dtype {ids.dtype}.")
             pieces.append(ids.reshape(-1).long())

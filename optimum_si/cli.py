@@ -37,7 +37,7 @@ __all__ = ["main", "build_parser"]
 logger = logging.getLogger(__name__)
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
-_SHARD_SIZE = re.compile(r"^\d+(\.\d+)?\s*([KMGT]i?B|B)?$", re.IGNORECASE)
+_SHARD_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?$", re.IGNORECASE)
 # Hub repo ids are 'name' or 'owner/name'; anything else that does not exist locally was meant as a folder.
 _PATH_HINTS = ("./", "../", "/", "~", ".\\", "..\\")
 
@@ -285,12 +285,15 @@ def _check_prune_args(args: argparse.Namespace) -> SIConfig:
             raise UsageError(f"{needs} needs calibration text: pass --dataset FILE (UTF-8 text).")
     if args.dataset:
         _check_text_file(args.dataset, "--dataset")
+    if not args.output.strip():
+        raise UsageError("--output is empty; give a folder to write the checkpoint to.")
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise UsageError(f"--output {args.output!r} is a file; give a folder to write the checkpoint to.")
     if os.path.isdir(args.model) and os.path.realpath(args.output) == os.path.realpath(args.model):
         raise UsageError(f"--output {args.output!r} is the --model folder: writing there would replace the dense "
                          "checkpoint; choose another folder.")
-    if not _SHARD_SIZE.match(args.max_shard_size.strip()):
+    size = _SHARD_SIZE.match(args.max_shard_size.strip())
+    if size is None or float(size.group(1)) <= 0:
         raise UsageError(f"--max-shard-size {args.max_shard_size!r} is not a size; use e.g. 5GB, 500MB or 2GiB.")
     if args.stream and args.trust_remote_code:
         raise UsageError("--stream builds only architectures that transformers ships, so it cannot run a model's own "

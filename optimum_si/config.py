@@ -169,8 +169,9 @@ class SIConfig:
                 f"calibration tokens, more than any machine can hold (limit {MAX_CALIBRATION_TOKENS:.3g}); typical "
                 "recipes use 128 x 2048."
             )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}.")
+        # torch generators take seeds in [-2^63, 2^64); a larger one would fail mid-run, after weights changed.
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not -(2**63) <= self.seed < 2**64:
+            raise ValueError(f"seed must be an integer in [-2**63, 2**64), got {self.seed!r}.")
         if not isinstance(self.dampening_frac, (int, float)) or not 0.0 < self.dampening_frac < 1.0:
             raise ValueError(f"dampening_frac must be in (0, 1), got {self.dampening_frac!r} (SparseGPT uses 0.01).")
         self.dampening_frac = float(self.dampening_frac)

@@ -40,11 +40,18 @@ def perplexity(
 
         check_device_available(device)
     if isinstance(tokenizer_or_ids, torch.Tensor):
+        if tokenizer_or_ids.dtype.is_floating_point or tokenizer_or_ids.dtype.is_complex or \
+                tokenizer_or_ids.dtype == torch.bool:
+            raise ValueError(f"Token ids must be an integer tensor, got dtype {tokenizer_or_ids.dtype}.")
         ids = tokenizer_or_ids.reshape(-1).long()
     else:
         if text is None:
             raise ValueError("Pass the evaluation text, or a tensor of token ids instead of a tokenizer.")
         ids = torch.as_tensor(tokenizer_or_ids(text, verbose=False)["input_ids"], dtype=torch.long).reshape(-1)
+    vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if ids.numel() and (int(ids.min()) < 0 or (isinstance(vocab_size, int) and int(ids.max()) >= vocab_size)):
+        raise ValueError(f"Token ids must lie in [0, {vocab_size}) for this model; got values in "
+                         f"[{int(ids.min())}, {int(ids.max())}] (a tokenizer of another model?).")
     windows = ids.numel() // seqlen
     if max_windows is not None:
         windows = min(windows, max_windows)

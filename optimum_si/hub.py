@@ -90,6 +90,8 @@ def push_to_hub(
             f"`SIPruner.save(model, save_dir)` or `optimum-si prune --output DIR`, and push that folder."
         )
     check_repo_id(repo_id)
+    if endpoint is not None and (not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://"))):
+        raise ValueError(f"endpoint must be an http(s) URL such as 'https://huggingface.co' or None, got {endpoint!r}.")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}.")
 

@@ -109,3 +109,11 @@ def test_many_short_windows_are_one_gather():
     windows = draw_windows(stream, 20000, 3, seed=1)
     assert windows.shape == (20000, 3) and windows.is_contiguous()
     assert torch.equal(windows[:, 1] - windows[:, 0], torch.ones(20000, dtype=torch.long))
+
+
+def test_bad_tokenised_samples_and_dataset_rows_are_named():
+    with pytest.raises(ValueError, match="input_ids of calibration sample 1 is not a list"):
+        build([{"input_ids": [1, 2, 3]}, {"input_ids": "abc"}], tokenizer=None)
+    datasets = pytest.importorskip("datasets")
+    with pytest.raises(ValueError, match="Row 1 of the dataset's 'text' column is NoneType"):
+        build(datasets.Dataset.from_dict({"text": [TEXT, None]}))

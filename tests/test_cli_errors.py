@@ -64,6 +64,13 @@ def blocked_model_loading(monkeypatch):
         (["--method", "obs"], ["argument --method: invalid choice", "magnitude"]),
         (["--method", "magnitude", "--trust-remote-code", "--stream"], ["--stream", "--trust-remote-code"]),
         (["--method", "magnitude", "--output", "{model}"], ["is the --model folder"]),
+        (["--method", "magnitude", "--output", ""], ["--output is empty"]),
+        (["--method", "magnitude", "--max-shard-size", "0MB"], ["--max-shard-size '0MB' is not a size"]),
+        (["--method", "magnitude", "--seed", str(2**70)], ["--seed must be an integer in"]),
+        (["--method", "magnitude", "--sparsity", "nan"], ["--sparsity must be in (0, 1)"]),
+        (["--method", "magnitude", "--num-samples", "many"], ["argument --num-samples: invalid int value"]),
+        (["--method", "magnitude", "--induction-groups", "attn_in", "bogus"], ["--induction-groups has unknown"]),
+        (["--model", ""], ["no such folder, and not a Hub repo id"]),
     ],
 )
 def test_prune_argument_errors_come_before_loading(dense_dir, tmp_path, capsys, blocked_model_loading, argv,

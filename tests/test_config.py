@@ -109,3 +109,9 @@ def test_future_format_names_the_writer_and_the_upgrade():
 def test_absurd_calibration_sizes_are_refused_at_once(num_samples, seqlen):
     with pytest.raises(ValueError, match="calibration tokens, more than any machine can hold"):
         SIConfig(num_samples=num_samples, seqlen=seqlen)
+
+
+@pytest.mark.parametrize("seed", [2**64, -(2**63) - 1, 1.5])
+def test_seed_outside_torch_range_is_refused(seed):
+    with pytest.raises(ValueError, match="seed must be an integer in"):
+        SIConfig(seed=seed)

@@ -49,3 +49,11 @@ def test_perplexity_of_a_broken_model_is_an_error_not_nan():
         model.lm_head.weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="NaN or inf"):
         perplexity(model, token_ids(1, 64).reshape(-1), seqlen=16)
+
+
+def test_perplexity_refuses_ids_the_model_cannot_read():
+    model = tiny_model("llama")
+    with pytest.raises(ValueError, match="integer tensor"):
+        perplexity(model, torch.rand(64), seqlen=16)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 128\)"):
+        perplexity(model, torch.full((64,), 500), seqlen=16)

@@ -310,3 +310,9 @@ def test_repo_id_of_the_wrong_type_is_a_clear_error(checkpoint, repo_id):
 def test_timeout_must_be_positive(checkpoint, timeout):
     with pytest.raises(ValueError, match="timeout must be a positive number"):
         push_to_hub(checkpoint, REPO, timeout=timeout)
+
+
+@pytest.mark.parametrize("endpoint", [123, "127.0.0.1:9", "ftp://hub"])
+def test_endpoint_must_be_an_http_url(checkpoint, endpoint):
+    with pytest.raises(ValueError, match="endpoint must be an http"):
+        push_to_hub(checkpoint, REPO, endpoint=endpoint)

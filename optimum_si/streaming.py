@@ -46,7 +46,9 @@ _COPIED_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tok
 # Run options that cannot change the pruned weights: they must not block a resume.
 _RESULT_NEUTRAL = ("meta", "show_progress", "device", "activation_storage", "activation_dir")
 _PART = re.compile(r"part-\d{5}\.safetensors")
-_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
+_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
+           "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
+           "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 _DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "LICENSE*", "USE_POLICY.md", "NOTICE"]
 
 
@@ -129,11 +131,11 @@ class CheckpointIndex:
         return _DTYPES.get(self.dtypes[key])
 
     def main_dtype(self) -> torch.dtype:
-        """The floating dtype that holds most of the weights: the one blocks are computed in."""
+        """The floating dtype that holds most of the weights: the one blocks are computed in (never an 8-bit one)."""
         counts: dict[torch.dtype, int] = {}
         for key, shape in self.shapes.items():
             dtype = self.torch_dtype(key)
-            if dtype is not None:
+            if dtype is not None and dtype.is_floating_point and dtype.itemsize >= 2:
                 counts[dtype] = counts.get(dtype, 0) + int(torch.Size(shape).numel())
         return max(counts, key=lambda d: (counts[d], d.itemsize)) if counts else torch.float32
 
@@ -309,7 +311,8 @@ class StreamingSource:
         original = self.index.read(key)
         if torch.equal(original.to(tensor.dtype), tensor.detach().cpu()):
             return original
-        return tensor.detach().cpu().to(dtype) + 0.0  # a cast can round a tiny value to -0.0
+        stored = tensor.detach().cpu().to(dtype)
+        return stored + 0.0 if dtype.is_floating_point else stored  # a cast can round a tiny value to -0.0
 
     def release(self, index: int, block: nn.Module) -> None:
         _to_meta(block)
@@ -364,7 +367,7 @@ def read_progress(folder: str, num_blocks: int) -> dict[str, Any] | None:
 
 def _check_progress(progress: dict[str, Any], num_blocks: int) -> None:
     if not isinstance(progress["fingerprint"], dict):
-        raise ValueError("written by an earlier optimum-si version")
+        raise ValueError("it has no run fingerprint")
     finished = progress["finished_blocks"]
     if not isinstance(finished, int) or not 0 <= finished <= num_blocks:
         raise ValueError(f"finished_blocks={finished!r} for a model of {num_blocks} blocks")
@@ -374,7 +377,8 @@ def _check_progress(progress: dict[str, Any], num_blocks: int) -> None:
         if not all(isinstance(k, str) for k in shard["keys"]) or not isinstance(shard["bytes"], int):
             raise ValueError(f"bad entry for {shard['file']}")
     for name, layer in progress["layers"].items():
-        if set(layer) - {"name", "numel", "zeros", "error"} or not isinstance(layer["numel"], int):
+        if set(layer) - {"name", "numel", "zeros", "error"} or not isinstance(layer["name"], str) \
+                or not isinstance(layer["numel"] + layer["zeros"], int):
             raise ValueError(f"bad layer record for {name}")
 
 

@@ -73,7 +73,7 @@ def test_from_pretrained_errors(tmp_path):
     (tmp_path / CONFIG_NAME).write_text("{not json")
     with pytest.raises(ValueError, match="corrupted"):
         SIConfig.from_pretrained(tmp_path)
-    with pytest.raises(OSError, match="not a local folder"):
+    with pytest.raises(OSError, match="not a local folder and downloading it from the Hub at http"):
         SIConfig.from_pretrained(str(tmp_path / "missing-repo-name"))
 
 

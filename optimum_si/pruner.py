@@ -12,7 +12,7 @@ from torch import nn
 
 from .activations import resolve_storage
 from .architectures import spec_for
-from .calibration import build_calibration_ids
+from .calibration import build_calibration
 from .config import SIConfig
 from .devices import check_runtime
 from .engine import BlockEngine, InMemoryBlocks, capture_block_inputs, find_decoder_blocks, select_linears
@@ -115,10 +115,10 @@ class SIPruner:
             offload_execution_device(blocks[0]) or next(blocks[0].parameters()).device)
 
         needs_data = cfg.method != "magnitude" or cfg.induction
-        ids = None
+        ids, calibration = None, None
         if needs_data:
             model_config = getattr(model, "config", None)
-            ids = build_calibration_ids(
+            ids, calibration = build_calibration(
                 dataset, tokenizer, cfg.num_samples, cfg.seqlen, cfg.seed,
                 vocab_size=getattr(model_config, "vocab_size", None),
                 max_context=getattr(model_config, "max_position_embeddings", None),
@@ -127,6 +127,7 @@ class SIPruner:
         self._calibration_ids = ids
 
         report = PruneReport(method=cfg.method, mask_structure=cfg.mask_structure, target_sparsity=cfg.sparsity)
+        report.calibration = calibration
         undo = UndoLog()
         spec = spec_for(getattr(getattr(model, "config", None), "model_type", None))
         engine = BlockEngine(cfg, report, undo, sequential_groups=spec.sequential_groups if spec else None,
@@ -191,11 +192,11 @@ class SIPruner:
         target = folders.resolve(save_dir)
         folders.check_target(target, folder)
         device = torch.device(cfg.device) if cfg.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        ids = None
+        ids, calibration = None, None
         if cfg.method != "magnitude" or cfg.induction:
-            ids = build_calibration_ids(dataset, tokenizer, cfg.num_samples, cfg.seqlen, cfg.seed,
-                                        vocab_size=getattr(model_config, "vocab_size", None),
-                                        max_context=getattr(model_config, "max_position_embeddings", None))
+            ids, calibration = build_calibration(dataset, tokenizer, cfg.num_samples, cfg.seqlen, cfg.seed,
+                                                 vocab_size=getattr(model_config, "vocab_size", None),
+                                                 max_context=getattr(model_config, "max_position_embeddings", None))
         fingerprint = st.run_fingerprint(cfg, ids, index)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with output_lock(target):
@@ -229,6 +230,7 @@ class SIPruner:
             finished = progress["finished_blocks"] if progress else 0
             writer = st.ShardWriter(partial, max_shard_size, done=progress["shards"] if progress else None)
             report = PruneReport(method=cfg.method, mask_structure=cfg.mask_structure, target_sparsity=cfg.sparsity)
+            report.calibration = calibration
             if progress:
                 report.layers = {k: LayerRecord(**v) for k, v in progress["layers"].items()}
             planned = [[f"{block_path}.{i}.{name}" for name in linears] for i, linears in enumerate(plan)]
@@ -307,7 +309,13 @@ class SIPruner:
         capture_names = [name for name, _param in skeleton.named_parameters()
                          if not name.startswith(f"{block_path}.") and name in index.shapes
                          and name.startswith(capture_prefix)]
-        finished_index = st.CheckpointIndex(partial, files=[s["file"] for s in writer.shards]) if finished else None
+        finished_index = None
+        if finished:
+            try:
+                finished_index = st.CheckpointIndex(partial, files=[s["file"] for s in writer.shards])
+            except (OSError, ValueError) as err:
+                raise ValueError(f"The unfinished run in {partial} is damaged ({err}); pass overwrite=True to start "
+                                 "over.") from err
         source_blocks = st.StreamingSource(blocks, block_path, index, device, writer, on_block_written,
                                            finished_index=finished_index, finished=finished)
         spec = spec_for(model_config.model_type)

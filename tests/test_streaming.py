@@ -394,7 +394,7 @@ def test_killed_while_renaming_the_shards_then_a_rerun_completes(source, tmp_pat
     assert {k: v.tolist() for k, v in _all_tensors(out).items()} == {k: v.tolist() for k, v in _all_tensors(reference).items()}
 
 
-@pytest.mark.parametrize("damage", ["truncated progress", "missing part"])
+@pytest.mark.parametrize("damage", ["truncated progress", "missing part", "truncated part"])
 def test_corrupt_progress_is_a_clear_error_and_overwrite_starts_clean(source, tmp_path, monkeypatch, damage):
     reference = tmp_path / "reference"
     _pruner().prune(str(source), save_dir=reference, dataset=token_ids())
@@ -404,11 +404,14 @@ def test_corrupt_progress_is_a_clear_error_and_overwrite_starts_clean(source, tm
         _pruner().prune(str(source), save_dir=out, dataset=token_ids())
     monkeypatch.undo()
     progress = _partial(out) / PROGRESS_NAME
+    part = _partial(out) / json.loads(progress.read_text())["shards"][0]["file"]
     if damage == "truncated progress":
         progress.write_text(progress.read_text()[:50])
+    elif damage == "missing part":
+        os.remove(part)
     else:
-        os.remove(_partial(out) / json.loads(progress.read_text())["shards"][0]["file"])
-    with pytest.raises(ValueError, match="progress file .* is corrupted .*; pass overwrite=True to start over"):
+        part.write_bytes(part.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"(corrupted|damaged) .*; pass overwrite=True to start over"):
         _pruner().prune(str(source), save_dir=out, dataset=token_ids())
     _pruner().prune(str(source), save_dir=out, dataset=token_ids(), overwrite=True)
     assert {k: v.tolist() for k, v in _all_tensors(out).items()} == {k: v.tolist() for k, v in _all_tensors(reference).items()}

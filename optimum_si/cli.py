@@ -467,9 +467,10 @@ def main(argv: typing.Sequence[str] | None = None, prog: str = "optimum-si") -> 
     except Exception as err:  # noqa: BLE001 - the one place that turns every failure into one line
         from .hub import HubPushError
 
-        if args.verbose:
+        if args.verbose and not isinstance(err, UsageError):  # a usage error's line says all there is
             traceback.print_exc()
-        message = str(err) if isinstance(err, (UsageError, HubPushError)) else _first_line(err)
+        # Messages of our own are whole sentences (newlines folded); others are cut to their first line.
+        message = " ".join(str(err).split()) if isinstance(err, (UsageError, HubPushError)) else _first_line(err)
         if isinstance(err, ValueError) and args.command == "prune":
             message = _cli_message(message)
         if isinstance(err, _USER_ERRORS) and not isinstance(err, HubPushError):

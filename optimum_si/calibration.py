@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["build_calibration_ids", "draw_windows", "token_stream"]
+__all__ = ["build_calibration", "build_calibration_ids", "draw_windows", "token_stream"]
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +166,17 @@ def build_calibration_ids(
     dataset: Any, tokenizer: Any, num_samples: int, seqlen: int, seed: int, vocab_size: int | None, max_context: int | None
 ) -> torch.Tensor:
     """Validated `[n, seqlen]` LongTensor of calibration token ids."""
+    return build_calibration(dataset, tokenizer, num_samples, seqlen, seed, vocab_size, max_context)[0]
+
+
+def build_calibration(
+    dataset: Any, tokenizer: Any, num_samples: int, seqlen: int, seed: int, vocab_size: int | None, max_context: int | None
+) -> tuple[torch.Tensor, dict[str, Any] | None]:
+    """`build_calibration_ids`, plus where the text came from when `dataset` is a named set ("c4", "wikitext2",
+    "pileval"), a Hub dataset id, a local dataset folder or a `calibration_sets.TextSet` (None otherwise)."""
+    from .calibration_sets import calibration_ids, is_text_set_reference
+
+    provenance = None
     if dataset is None:
         raise ValueError("This method needs calibration data: pass prune(model, tokenizer=..., dataset=...).")
     if isinstance(dataset, torch.Tensor):
@@ -184,11 +195,14 @@ def build_calibration_ids(
                 f"seqlen={seqlen} is longer than the model's context ({max_context} positions); lower SIConfig(seqlen=...)."
             )
         _check_windows_fit(num_samples, seqlen)
-        ids = draw_windows(token_stream(dataset, tokenizer), num_samples, seqlen, seed)
+        if is_text_set_reference(dataset):
+            ids, provenance = calibration_ids(dataset, tokenizer, num_samples, seqlen, seed)
+        else:
+            ids = draw_windows(token_stream(dataset, tokenizer), num_samples, seqlen, seed)
     if max_context is not None and ids.shape[1] > max_context:
         raise ValueError(
             f"Calibration windows of {ids.shape[1]} tokens are longer than the model's context ({max_context} positions)."
         )
     if ids.numel() and (int(ids.min()) < 0 or (vocab_size is not None and int(ids.max()) >= vocab_size)):
         raise ValueError(f"Calibration token ids must lie in [0, {vocab_size}); got values in [{int(ids.min())}, {int(ids.max())}].")
-    return ids
+    return ids, provenance

@@ -47,6 +47,25 @@ class PruneReport:
     num_samples: int = 0
     seqlen: int = 0
     perplexity: dict[str, float] = field(default_factory=dict)
+    # Where named / Hub calibration text came from (optimum_si.calibration_sets); None for data passed directly.
+    calibration: dict[str, Any] | None = None
+    # Per model ("pruned", and "dense" when measured): perplexity on named sets {"wikitext2": 9.9, ...} and
+    # lm-evaluation-harness scores {"boolq": {"acc": 0.7, ...}, ...}; filled by `add_results`.
+    dataset_perplexity: dict[str, dict[str, float]] = field(default_factory=dict)
+    zero_shot: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    evaluation_seqlen: int | None = None
+
+    def add_results(self, results: dict[str, Any], model: str = "pruned") -> None:
+        """Record `{"perplexity": {set: value}, "zero_shot": {task: {metric: value}}, "seqlen": n}` for `model`."""
+        unknown = set(results) - {"perplexity", "zero_shot", "seqlen"}
+        if unknown:
+            raise ValueError(f"Unknown result keys {sorted(unknown)}; use 'perplexity', 'zero_shot' and 'seqlen'.")
+        if results.get("perplexity"):
+            self.dataset_perplexity.setdefault(model, {}).update(results["perplexity"])
+        if results.get("zero_shot"):
+            self.zero_shot.setdefault(model, {}).update(results["zero_shot"])
+        if results.get("seqlen"):
+            self.evaluation_seqlen = int(results["seqlen"])
 
     @property
     def sparsity(self) -> float:

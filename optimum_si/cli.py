@@ -175,6 +175,7 @@ def _cli_message(err: BaseException | str) -> str:
         text = re.sub(rf"SIConfig\({field.name}=[^)]*\)", flag, text)
         text = re.sub(rf"(?<![\w.-]){field.name}=", f"{flag} ", text)
         text = re.sub(rf"^{field.name}(?=\W)", flag, text)
+        text = text.replace(f"`{field.name}`", flag)
     return text
 
 

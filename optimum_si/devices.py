@@ -53,7 +53,7 @@ def check_device_available(device: Any, name: str = "device") -> None:
     is_available = getattr(backend, "is_available", None)
     label = _ACCELERATOR_NAMES.get(kind, kind)
     if is_available is None or not is_available():
-        raise ValueError(f"{name}={device!r}: there is no {label} device here; leave {name} unset or use 'cpu'.")
+        raise ValueError(f"{name}={device!r}: there is no {label} device here; leave `{name}` unset or use 'cpu'.")
     count = getattr(backend, "device_count", None)
     if index and count is not None and int(index) >= count():
         raise ValueError(

@@ -127,7 +127,7 @@ def test_device_without_accelerator_is_one_line(dense_dir, tmp_path, capsys, mon
     path, _ = dense_dir
     code = main(["prune", "--model", str(path), "--output", str(tmp_path / "out"), "--method", "magnitude",
                  "--device", "cuda"])
-    _one_line_error(capsys, code, "--device 'cuda'", "no CUDA device here", "leave device unset or use 'cpu'")
+    _one_line_error(capsys, code, "--device 'cuda'", "no CUDA device here", "leave --device unset or use 'cpu'")
 
 
 @pytest.mark.parametrize("seqlen", ["1", "0", "-3", "two"])

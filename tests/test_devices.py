@@ -54,7 +54,7 @@ def test_missing_accelerator_is_refused_before_touching_weights(monkeypatch, dev
         monkeypatch.setattr(torch.xpu, "is_available", lambda: False)
     model = tiny_model("llama")
     before = snapshot(model)
-    with pytest.raises(ValueError, match=f"no {label}.* device here; leave device unset or use 'cpu'"):
+    with pytest.raises(ValueError, match=f"no {label}.* device here; leave `device` unset or use 'cpu'"):
         SIPruner(method="wanda", device=device, num_samples=2, seqlen=16, show_progress=False).prune(
             model, dataset=token_ids(2, 16))
     assert_unchanged(model, before)

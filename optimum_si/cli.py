@@ -331,13 +331,14 @@ def _check_runtime(config: SIConfig) -> None:
 # ------------------------------------------------------------------------------------------ commands
 def _load_model(path: str, dtype: str, trust_remote_code: bool):
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype == "auto" else getattr(torch, dtype),
                                                      trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, ImportError) as err:
+    except (OSError, ValueError, ImportError, SafetensorError) as err:
         raise UsageError(f"cannot load --model {path!r}: {_first_line(err)}{_remote_code_hint(err)}") from err
     return model, tokenizer
 

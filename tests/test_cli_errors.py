@@ -195,6 +195,10 @@ def test_truncated_checkpoint_and_report_files(dense_dir, tmp_path, capsys):
     weights = out / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:200])
     _one_line_error(capsys, main(["report", str(out)]), "truncated or corrupted")
+    text = tmp_path / "t.txt"
+    text.write_text("abc " * 100)
+    _one_line_error(capsys, main(["eval", "--model", str(out), "--text", str(text), "--seqlen", "8"]),
+                    "cannot load --model", "deserializing")
     weights.unlink()
     _one_line_error(capsys, main(["report", str(out)]), "holds no safetensors weights")
 

@@ -475,7 +475,9 @@ def main(argv: typing.Sequence[str] | None = None, prog: str = "optimum-si") -> 
         message = " ".join(str(err).split()) if isinstance(err, (UsageError, HubPushError)) else _first_line(err)
         if isinstance(err, ValueError) and args.command == "prune":
             message = _cli_message(message)
-        if isinstance(err, _USER_ERRORS) and not isinstance(err, HubPushError):
+        from safetensors import SafetensorError  # a corrupted weight file is the user's to fix, like any bad file
+
+        if isinstance(err, (*_USER_ERRORS, SafetensorError)) and not isinstance(err, HubPushError):
             print(f"{prog} {args.command}: error: {message}", file=sys.stderr)
             return 2
         kind = "" if isinstance(err, HubPushError) else f"{type(err).__name__}: "

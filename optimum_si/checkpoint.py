@@ -33,15 +33,21 @@ _FORBIDDEN_CONFIG_KEYS = ("quantization_config", "sparsity_config", "compression
 
 def recipe_dict(config: SIConfig, model_config: Any, report: PruneReport | None, base_model: str | None = None) -> dict[str, Any]:
     """`si_config.json` content: the recipe plus, under `meta`, versions, base model and achieved sparsity."""
+    from .model_card import resolve_base_model
+
     data = config.to_dict()
+    # A local path means nothing to readers of a published recipe: only Hub ids (or a Hub cache snapshot's) go in.
+    repo_id, snapshot_revision = resolve_base_model(base_model or getattr(model_config, "_name_or_path", None))
     data["meta"].update(
         {
-            "base_model": base_model or getattr(model_config, "_name_or_path", None) or None,
-            "base_revision": getattr(model_config, "_commit_hash", None),
+            "base_model": repo_id,
+            "base_revision": getattr(model_config, "_commit_hash", None) or snapshot_revision,
         }
     )
     if report is not None:
         data["meta"]["achieved_sparsity"] = report.sparsity
+        if report.calibration:
+            data["meta"]["calibration"] = report.calibration
     return data
 
 
@@ -98,6 +104,7 @@ def save_pruned_model(
     card: bool = True,
     card_info: dict[str, Any] | None = None,
     plots: bool = True,
+    base_model: str | None = None,
 ) -> str:
     save_dir = os.fspath(save_dir)
     model_config = getattr(model, "config", None)
@@ -122,7 +129,8 @@ def save_pruned_model(
             model.save_pretrained(staging, max_shard_size=max_shard_size, state_dict=state_dict)
             if tokenizer is not None:
                 tokenizer.save_pretrained(staging)
-            write_sidecars(staging, config, report, model_config, card=card, card_info=card_info, plots=plots)
+            write_sidecars(staging, config, report, model_config, base_model=base_model, card=card, card_info=card_info,
+                           plots=plots)
             folders.write_manifest(staging)
             folders.publish(staging, target, existing)
         finally:

@@ -413,10 +413,17 @@ class SIPruner:
     # ------------------------------------------------------------------------------------------ save
     def save(self, model: nn.Module, save_dir: str | os.PathLike, tokenizer: Any = None, max_shard_size: str | int = "5GB",
              perplexity: dict[str, float] | None = None, push_to_hub: bool = False, repo_id: str | None = None,
-             card_info: dict[str, Any] | None = None, plots: bool = True, **push_kwargs: Any) -> str:
+             card_info: dict[str, Any] | None = None, plots: bool = True, base_model: str | None = None,
+             results: dict[str, Any] | None = None, dense_results: dict[str, Any] | None = None,
+             **push_kwargs: Any) -> str:
         """Write the pruned model (safetensors), `si_config.json`, `si_report.json`, the tokenizer and a model card;
         with `push_to_hub=True`, then upload the folder to `repo_id` (see `push_to_hub`). `card_info` adds fields to
         the model card (e.g. `calibration="..."`, `license="apache-2.0"`, `model_name=...`).
+
+        `base_model="org/name"` names the source on the Hub when the model was loaded from a local folder (a Hub cache
+        snapshot is recognised by itself; other local paths are never written). `results` / `dense_results` are the
+        pruned / dense model's `{"perplexity": {"wikitext2": ...}, "zero_shot": {...}, "seqlen": n}` (see
+        `optimum_si.evaluation`): they go into `si_report.json` and the card's table and model-index metadata.
 
         With matplotlib installed (the `plots` extra) and `plots=True`, the folder also gets `sparsity_per_layer.png`
         and, after Sparsity Induction, `importance_histograms.png`, linked from the card; without it they are skipped
@@ -427,9 +434,14 @@ class SIPruner:
             raise ValueError("save(..., push_to_hub=True) needs repo_id='owner/name'.")
         if self.report is not None and perplexity:
             self.report.perplexity.update(perplexity)
+        for kind, given in (("pruned", results), ("dense", dense_results)):
+            if given and self.report is not None:
+                self.report.add_results(given, kind)
+        if repo_id:  # the card's loading snippet names the repo instead of "this folder"
+            card_info = {"repo_id": repo_id, **(card_info or {})}
         path = save_pruned_model(
             model, save_dir, self.config, self.report, tokenizer if tokenizer is not None else self._tokenizer,
-            max_shard_size=max_shard_size, card_info=card_info, plots=plots,
+            max_shard_size=max_shard_size, card_info=card_info, plots=plots, base_model=base_model,
         )
         if push_to_hub:
             self.push_to_hub(path, repo_id, **push_kwargs)

@@ -57,3 +57,76 @@ def test_perplexity_refuses_ids_the_model_cannot_read():
         perplexity(model, torch.rand(64), seqlen=16)
     with pytest.raises(ValueError, match=r"must lie in \[0, 128\)"):
         perplexity(model, torch.full((64,), 500), seqlen=16)
+
+
+def char_tokenizer():
+    """A real (fast) tokenizer with one token per lower-case letter or space, ids below the tiny models' vocab."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {chr(ord("a") + i): i for i in range(26)} | {" ": 26, "[UNK]": 27, "</s>": 28}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", eos_token="</s>")
+
+
+TINY_TASK = """task: si_tiny_choice
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: choices
+doc_to_target: answer
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+
+
+def test_zero_shot_runs_lm_eval_on_the_in_memory_model(tmp_path):
+    pytest.importorskip("lm_eval")
+    import json
+
+    from optimum_si.evaluation import zero_shot
+
+    items = [{"question": "is the sky blue", "choices": [" yes", " no"], "answer": 0},
+             {"question": "is fire cold", "choices": [" yes", " no"], "answer": 1},
+             {"question": "pick a colour", "choices": [" red", " green", " blue"], "answer": 2}]
+    (tmp_path / "items.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
+    (tmp_path / "si_tiny_choice.yaml").write_text(TINY_TASK.format(data=tmp_path / "items.jsonl"))
+    model, tokenizer = tiny_model("llama"), char_tokenizer()
+
+    scores = zero_shot(model, tokenizer, tasks=["si_tiny_choice"], include_path=str(tmp_path))
+
+    assert set(scores) == {"si_tiny_choice"} and "acc" in scores["si_tiny_choice"]
+    # The accuracy lm-eval computed is the share of items whose answer has the highest total log-likelihood.
+    expected = []
+    with torch.no_grad():
+        for item in items:
+            context = tokenizer(item["question"])["input_ids"]
+            totals = []
+            for choice in item["choices"]:
+                ids = torch.tensor([context + tokenizer(choice)["input_ids"]])
+                logprobs = model(ids).logits[0, :-1].log_softmax(-1)
+                continuation = ids[0, len(context):]
+                totals.append(logprobs[len(context) - 1:].gather(-1, continuation[:, None]).sum().item())
+            expected.append(float(max(range(len(totals)), key=totals.__getitem__) == item["answer"]))
+    assert scores["si_tiny_choice"]["acc"] == pytest.approx(sum(expected) / len(expected))
+    assert not model.training
+
+
+def test_zero_shot_task_names_and_presets():
+    from optimum_si.evaluation import TASK_PRESETS, _task_names
+
+    # (An unknown name is refused by zero_shot only after indexing lm-eval's ~15k task files: not tested here.)
+    assert _task_names("wanda7") == ["boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge",
+                                     "openbookqa"] == list(TASK_PRESETS["wanda7"])
+    assert _task_names(["rte", "wanda7"])[:2] == ["rte", "boolq"]
+    with pytest.raises(ValueError, match="No tasks given"):
+        _task_names([])

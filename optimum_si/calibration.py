@@ -97,8 +97,8 @@ def token_stream(dataset: Any, tokenizer: Any) -> torch.Tensor:
     elif isinstance(dataset, Sequence) and not isinstance(dataset, (bytes, bytearray)):
         kinds = sorted({type(item).__name__ for item in dataset})
         raise ValueError(
-            f"A calibration {type(dataset).__name__} must hold only strings or only {{'input_ids': ...}} dicts; this one "
-            f"holds {', '.join(kinds)}."
+            f"A calibration {type(dataset).__name__} must hold only strings or only {{'input_ids': ...}} dicts; "
+            f"this one holds {', '.join(kinds)}."
         )
     else:
         raise ValueError(

@@ -121,14 +121,17 @@ def build_parser(prog: str = "optimum-si") -> argparse.ArgumentParser:
 
     prune = commands.add_parser("prune", help="prune a causal LM and save the checkpoint", formatter_class=formatter)
     _add_verbose(prune, top=False)
-    prune.add_argument("--model", required=True, metavar="DIR_OR_REPO", help="local folder or Hub repo id (owner/name) of the dense model")
-    prune.add_argument("--dataset", metavar="FILE", help="calibration text file (UTF-8); needed by wanda, sparsegpt and --induction")
+    prune.add_argument("--model", required=True, metavar="DIR_OR_REPO",
+                       help="local folder or Hub repo id (owner/name) of the dense model")
+    prune.add_argument("--dataset", metavar="FILE",
+                       help="calibration text file (UTF-8); needed by wanda, sparsegpt and --induction")
     prune.add_argument("--output", required=True, metavar="DIR", help="folder to write the pruned checkpoint to")
-    prune.add_argument("--recipe", metavar="FILE_OR_DIR", help="an si_config.json file, or a folder holding one, to start from (flags "
-                                        "override it)")
+    prune.add_argument("--recipe", metavar="FILE_OR_DIR",
+                       help="an si_config.json file, or a folder holding one, to start from (flags override it)")
     prune.add_argument("--dtype", default="auto", choices=_DTYPES,
                        help="dtype to load the model in ('auto': the checkpoint's)")
-    prune.add_argument("--max-shard-size", default="5GB", metavar="SIZE", help="largest safetensors shard to write, e.g. 5GB or 500MB")
+    prune.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
+                       help="largest safetensors shard to write, e.g. 5GB or 500MB")
     prune.add_argument("--stream", action="store_true",
                        help="stream the checkpoint block by block from its safetensors (for models larger than RAM)")
     prune.add_argument("--overwrite", action="store_true", help="with --stream: replace a finished or different run")
@@ -140,7 +143,8 @@ def build_parser(prog: str = "optimum-si") -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="perplexity of a model on a text file", formatter_class=formatter)
     _add_verbose(evaluate, top=False)
-    evaluate.add_argument("--model", required=True, metavar="DIR_OR_REPO", help="local folder or Hub repo id of the model")
+    evaluate.add_argument("--model", required=True, metavar="DIR_OR_REPO",
+                          help="local folder or Hub repo id of the model")
     evaluate.add_argument("--text", required=True, metavar="FILE", help="evaluation text file (UTF-8)")
     evaluate.add_argument("--seqlen", type=_positive_int(2), default=2048, help="tokens per evaluation window")
     evaluate.add_argument("--max-windows", type=_positive_int(1), default=None,
@@ -190,7 +194,8 @@ def _config_from_args(args: argparse.Namespace) -> SIConfig:
     if os.path.isdir(path):
         path = os.path.join(path, CONFIG_NAME)
         if not os.path.isfile(path):
-            raise UsageError(f"--recipe {args.recipe!r} is a folder without {CONFIG_NAME}; give the recipe file itself.")
+            raise UsageError(f"--recipe {args.recipe!r} is a folder without {CONFIG_NAME}; give the recipe file "
+                             "itself.")
     elif not os.path.isfile(path):
         if _looks_like_path(path) or path.endswith(".json") or not _is_repo_id(path):
             raise UsageError(f"--recipe {args.recipe!r}: no such file or folder.")

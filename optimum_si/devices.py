@@ -23,7 +23,7 @@ _ACCELERATOR_NAMES = {"cuda": "CUDA", "mps": "MPS (Apple GPU)", "xpu": "XPU (Int
 
 
 def validate_device(device: Any, name: str = "device") -> str | None:
-    """The device as a normalised string ('cuda:0', 'cpu', ...), or None; ValueError for 'meta' and unknown spellings."""
+    """The device as a normalised string ('cuda:0', 'cpu', ...) or None; ValueError for 'meta' and unknown names."""
     if device is None:
         return None
     text = str(device).strip().lower() if not isinstance(device, bool) else ""

@@ -131,11 +131,12 @@ def test_device_without_accelerator_is_one_line(dense_dir, tmp_path, capsys, mon
     _one_line_error(capsys, code, "--device 'cuda'", "no CUDA device here", "leave --device unset or use 'cpu'")
 
 
-@pytest.mark.parametrize("seqlen", ["1", "0", "-3", "two"])
-def test_eval_seqlen_below_two_is_refused(dense_dir, capsys, seqlen):
+@pytest.mark.parametrize("flag, value, minimum", [("--seqlen", "1", 2), ("--seqlen", "0", 2), ("--seqlen", "-3", 2),
+                                                  ("--seqlen", "two", 2), ("--max-windows", "0", 1)])
+def test_eval_window_flags_below_their_minimum_are_refused(dense_dir, capsys, flag, value, minimum):
     path, text = dense_dir
-    _one_line_error(capsys, _main(["eval", "--model", str(path), "--text", str(text), "--seqlen", seqlen]),
-                    "--seqlen", ">= 2")
+    _one_line_error(capsys, _main(["eval", "--model", str(path), "--text", str(text), flag, value]),
+                    flag, f">= {minimum}")
 
 
 def test_eval_text_errors(dense_dir, tmp_path, capsys, blocked_model_loading):
@@ -287,14 +288,17 @@ def test_argument_errors_do_not_import_torch(tmp_path):
         "codes = [main(['prune', '--model', './no-such-model', '--output', 'o']),\n"
         "         main(['prune', '--model', sys.argv[1], '--output', 'o', '--method', 'wanda']),\n"
         "         main(['prune', '--model', sys.argv[1], '--output', 'o', '--device', 'meta']),\n"
-        "         main(['prune', '--model', sys.argv[1], '--output', 'o', '--recipe', 'nope.json'])]\n"
+        "         main(['prune', '--model', sys.argv[1], '--output', 'o', '--recipe', 'nope.json']),\n"
+        "         main(['eval', '--model', './no-such-model', '--text', 'x.txt']),\n"
+        "         main(['eval', '--model', sys.argv[1], '--text', 'missing.txt']),\n"
+        "         main(['report', './no-such-folder'])]\n"
         "heavy = [m for m in ('torch', 'transformers', 'accelerate') if m in sys.modules]\n"
         "print(codes, heavy)\n"
-        "sys.exit(0 if codes == [2, 2, 2, 2] and not heavy else 1)\n"
+        "sys.exit(0 if codes == [2] * 7 and not heavy else 1)\n"
     )
     (tmp_path / "config.json").write_text("{}")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=os.path.dirname(os.path.dirname(__file__)),
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert len(done.stderr.strip().splitlines()) == 4
+    assert len(done.stderr.strip().splitlines()) == 7

@@ -36,6 +36,7 @@ CHOICES = {
     "induction_target": ("local", "global"),
     "induction_statistics": ("auto", "pruned", "dense"),
     "induction_unsupported": ("error", "skip"),
+    "induction_optimizer": ("adam", "damped-adam"),
 }
 # More calibration tokens than this (2^31: terabytes of activations for any LLM) is a typo, not a recipe; refusing it
 # up front keeps a run from hanging while it draws the windows.
@@ -132,6 +133,18 @@ class SIConfig:
     induction_groups: list[str] | None = _help(
         "Scaling groups of the equivalent transform (attn_in, attn_out, mlp_in, mlp_out, qk); default: all that the "
         "architecture table defines.", default=None)
+    induction_optimizer: str = _help(
+        "Optimiser of the learned scales: 'adam', or 'damped-adam' (steps in proportion to the gradient evidence "
+        "for weakly exercised channels, so they stay near 1; see optimum_si/optim.py).", default="adam")
+    induction_validation_fraction: float = _help(
+        "Fraction of the calibration windows held out from training: the keep/revert verdict of each block compares "
+        "the block loss with and without the learned scales on them (0: judge on training windows).", default=0.0)
+    induction_max_scale: float | None = _help(
+        "Bound b on every learned scale, kept in [1/b, b] (None: unbounded); a bound keeps induction a small "
+        "correction of the base pruner.", default=None)
+    induction_min_gain: float = _help(
+        "Relative loss reduction a block's induction must reach on the judged windows to be kept (0: any reduction).",
+        default=0.0)
     induction_unsupported: str = _help(
         "What to do when the architecture has no scaling-group mapping: 'error', or 'skip' to prune without SI.",
         default="error")
@@ -201,6 +214,17 @@ class SIConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive number, got {value!r}.")
+        fraction = self.induction_validation_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 0.5:
+            raise ValueError(f"induction_validation_fraction must be a number in [0, 0.5], got {fraction!r}.")
+        self.induction_validation_fraction = float(fraction)
+        bound = self.induction_max_scale
+        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float))
+                                  or not math.isfinite(bound) or bound <= 1.0):
+            raise ValueError(f"induction_max_scale must be a number > 1 or None, got {bound!r}.")
+        gain = self.induction_min_gain
+        if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not 0.0 <= gain < 1.0:
+            raise ValueError(f"induction_min_gain must be a number in [0, 1), got {gain!r}.")
         weight = self.induction_spectral_weight
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
             raise ValueError(f"induction_spectral_weight must be a number >= 0, got {weight!r}.")

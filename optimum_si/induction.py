@@ -27,10 +27,12 @@ from torch import nn
 from .config import SIConfig
 from .losses import SpectralNorm, block_mse
 from .masks import select_mask
+from .optim import DampedAdam
 from .stats import InputStats, InputStatsCollector
 from .weights import UndoLog, write_parameter
 
-__all__ = ["ScaledLinear", "BlockInducer", "data_driven_scale", "importance_histogram", "HISTOGRAM_EDGES"]
+__all__ = ["ScaledLinear", "BlockInducer", "data_driven_scale", "importance_histogram", "validation_windows",
+           "HISTOGRAM_EDGES"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,9 +133,21 @@ class InductionRecord:
     steps: int
     mask_changes: int
     importance_histogram: dict[str, list] | None = None
+    # Block loss on the held-out calibration windows (never trained on), without and with the learned scales.
+    validation_loss_base: float | None = None
+    validation_loss_induced: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def validation_windows(count: int, fraction: float) -> list[int]:
+    """Indices of the `fraction` of `count` calibration windows held out from training, evenly spread so that no
+    stretch of the calibration text is over-represented (at least one window is left for training)."""
+    held = min(int(round(count * fraction)), count - 1)
+    if held <= 0:
+        return []
+    return sorted({int(i * count / held) for i in range(held)})
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -176,7 +190,12 @@ class BlockInducer:
             for name, linear in linears.items()
         }
         self._linears, self._block, self._kwargs = linears, block, kwargs_by_batch
-        self._probe = list(range(0, len(hidden), max(1, len(hidden) // _LOSS_PROBE_WINDOWS)))[:_LOSS_PROBE_WINDOWS]
+        held_out = validation_windows(len(hidden), cfg.induction_validation_fraction)
+        # The verdict is judged on held-out windows when there are any, else on a fixed subset of the training ones.
+        self._probe = held_out or list(range(0, len(hidden), max(1, len(hidden) // _LOSS_PROBE_WINDOWS)))[
+            :_LOSS_PROBE_WINDOWS]
+        self._validated = bool(held_out)
+        training = [i for i in range(len(hidden)) if i not in set(held_out)]
         self._probe_targets = [targets[i] for i in self._probe]
         self._hidden = hidden
         histogram_before = importance_histogram(wrappers.values())
@@ -193,10 +212,14 @@ class BlockInducer:
         try:
             record.loss_before = self._probe_loss([self._forward(hidden[i]) for i in self._probe])
             if params:
-                optimiser = torch.optim.Adam(params, lr=cfg.induction_lr)
+                if cfg.induction_optimizer == "damped-adam":
+                    optimiser = DampedAdam(params, lr=cfg.induction_lr)
+                else:
+                    optimiser = torch.optim.Adam(params, lr=cfg.induction_lr)
                 spectral_scale = None
+                bound = math.log(cfg.induction_max_scale) if cfg.induction_max_scale else None
                 for _epoch in range(cfg.induction_epochs):
-                    order = torch.randperm(len(hidden), generator=generator).tolist()
+                    order = [training[i] for i in torch.randperm(len(training), generator=generator).tolist()]
                     for index in order:
                         with torch.enable_grad():
                             loss = block_mse(self._forward(hidden[index], grad=True), targets[index])
@@ -211,6 +234,10 @@ class BlockInducer:
                             optimiser.zero_grad(set_to_none=True)
                             loss.backward()
                         optimiser.step()
+                        if bound is not None:
+                            with torch.no_grad():
+                                for p in params:
+                                    p.clamp_(-bound, bound)
                         steps += 1
                         if steps % cfg.induction_refresh_interval == 0:
                             t0 = time.perf_counter()
@@ -252,7 +279,10 @@ class BlockInducer:
         if outputs is None:
             outputs = {i: self._forward(self._hidden[i]) for i in self._probe}
         record.loss_after = self._probe_loss([outputs[i] for i in self._probe])
-        record.kept = math.isfinite(record.loss_after) and record.loss_after < record.loss_before
+        required = record.loss_before * (1.0 - self.config.induction_min_gain)
+        record.kept = math.isfinite(record.loss_after) and record.loss_after < required
+        if self._validated:
+            record.validation_loss_base, record.validation_loss_induced = record.loss_before, record.loss_after
         if not record.kept:
             logger.info("Induction did not lower the block loss (%.4g -> %.4g); reverting to the base-pruned weights.",
                         record.loss_before, record.loss_after)

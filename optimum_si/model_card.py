@@ -85,7 +85,8 @@ def _results_table(report: PruneReport | None) -> list[dict[str, Any]]:
                      "pruned": report.dataset_perplexity.get("pruned", {}).get(name)})
     tasks = dict.fromkeys([*report.zero_shot.get("dense", {}), *report.zero_shot.get("pruned", {})])
     for task in tasks:
-        dense, pruned = report.zero_shot.get("dense", {}).get(task, {}), report.zero_shot.get("pruned", {}).get(task, {})
+        dense = report.zero_shot.get("dense", {}).get(task, {})
+        pruned = report.zero_shot.get("pruned", {}).get(task, {})
         for metric in (m for m in dict.fromkeys([*dense, *pruned]) if not m.endswith("_stderr")):
             rows.append({"label": f"{task} {metric}", "dense": dense.get(metric), "pruned": pruned.get(metric)})
     return rows
@@ -133,6 +134,7 @@ def build_model_card(model_config: Any, config: SIConfig, report: PruneReport | 
         extra.setdefault("pruned_layers", len(report.layers))
         extra.setdefault("achieved_sparsity", report.sparsity)
         extra.setdefault("perplexity", dict(report.perplexity))
+        extra.setdefault("induction_summary", report.induction_summary())
     return ModelCard.from_template(
         card_data,
         template_path=TEMPLATE_PATH,

@@ -73,8 +73,27 @@ class PruneReport:
         numel = sum(r.numel for r in self.layers.values())
         return sum(r.zeros for r in self.layers.values()) / numel if numel else 0.0
 
+    def induction_summary(self) -> dict[str, Any] | None:
+        """Sparsity Induction at a glance: blocks kept, and the block losses on the held-out calibration windows
+        (never trained on) without and with the learned scales, per block and summed; None without induction."""
+        records = [(b.index, b.induction) for b in self.blocks if b.induction and "kept" in b.induction]
+        if not records:
+            return None
+        per_block = [{"block": index, "kept": info["kept"], "base": info.get("validation_loss_base"),
+                      "induced": info.get("validation_loss_induced")} for index, info in records]
+        validated = [b for b in per_block if b["base"] is not None and b["induced"] is not None]
+        summary: dict[str, Any] = {"blocks": len(records), "blocks_kept": sum(1 for b in per_block if b["kept"]),
+                                   "validated": bool(validated)}
+        if validated:
+            summary["validation_loss_base"] = sum(b["base"] for b in validated)
+            # What ships: the induced weights where a block kept them, the base pruner's where it reverted.
+            summary["validation_loss_induced"] = sum(b["induced"] if b["kept"] else b["base"] for b in validated)
+            summary["per_block"] = validated
+        return summary
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data["induction_summary"] = self.induction_summary()
         data["layers"] = {name: {**asdict(r), "sparsity": r.sparsity} for name, r in self.layers.items()}
         data["sparsity"] = self.sparsity
         return data

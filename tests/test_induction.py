@@ -185,3 +185,50 @@ def test_statistics_from_the_teacher_pass():
     assert torch.equal(pruned_stats.state_dict()[first], dense_stats.state_dict()[first])
     last = "model.layers.1.mlp.down_proj.weight"
     assert not torch.equal(pruned_stats.state_dict()[last], dense_stats.state_dict()[last])
+
+
+def test_validation_windows_are_spread_and_leave_training_windows():
+    from optimum_si.induction import validation_windows
+
+    assert validation_windows(32, 0.25) == [0, 4, 8, 12, 16, 20, 24, 28]
+    assert validation_windows(8, 0.0) == []
+    assert validation_windows(1, 0.5) == []  # one window: nothing can be held out
+    assert validation_windows(3, 0.9) == [0, 1]  # never every window
+
+
+def test_held_out_windows_are_never_trained_on_and_judge_the_verdict(monkeypatch):
+    from optimum_si import induction
+
+    seen = []
+    forward = induction.BlockInducer._forward
+
+    def spy(self, x, grad=False):
+        if grad:
+            seen.append(x.data_ptr())
+        return forward(self, x, grad)
+
+    monkeypatch.setattr(induction.BlockInducer, "_forward", spy)
+    model = tiny_model("llama")
+    pruner = _si(induction_validation_fraction=0.25)
+    pruner.prune(model, dataset=token_ids())
+    for record in pruner.report.blocks:
+        info = record.induction
+        assert info["steps"] == 6  # 8 windows, 2 held out
+        assert info["validation_loss_base"] == info["loss_before"]
+        assert info["validation_loss_induced"] == info["loss_after"]
+    assert len(seen) == 6 * len(pruner.report.blocks)
+
+
+def test_scale_bound_and_minimum_gain():
+    model = tiny_model("llama")
+    dense = {k: v.clone() for k, v in model.state_dict().items()}
+    pruner = _si(induction_max_scale=1.05, induction_lr=0.5, induction_refresh="none")
+    pruner.prune(model, dataset=token_ids())
+    for name, weight in model.state_dict().items():
+        if name.endswith("proj.weight") and "layers" in name:
+            kept = weight != 0
+            ratio = (weight[kept] / dense[name][kept]).abs()
+            assert ratio.max() <= 1.05 ** 2 * (1 + 1e-5) and ratio.min() >= 1.05 ** -2 * (1 - 1e-5)
+    strict = _si(induction_min_gain=0.999)
+    strict.prune(tiny_model("llama"), dataset=token_ids())
+    assert not any(b.induction["kept"] for b in strict.report.blocks)

@@ -94,7 +94,7 @@ def test_dataset_errors_name_the_flag_and_file(dense_dir, tmp_path, capsys, bloc
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     _one_line_error(capsys, main([*base, "--dataset", str(empty)]), "--dataset", "is empty")
-    _one_line_error(capsys, main([*base, "--dataset", str(tmp_path)]), "--dataset", "is not a file")
+    _one_line_error(capsys, main([*base, "--dataset", str(tmp_path / "missing.txt")]), "--dataset", "is not a file")
 
 
 def test_stream_errors(dense_dir, tmp_path, capsys, monkeypatch):

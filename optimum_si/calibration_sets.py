@@ -24,9 +24,10 @@ import os
 import random
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["TextSet", "NAMED_SETS", "text_set", "is_text_set_reference", "calibration_ids", "evaluation_ids"]
 
@@ -117,7 +118,7 @@ def _load_texts(source: TextSet) -> tuple[list[str], str | None]:
     try:
         import datasets
     except ImportError:
-        raise ImportError("Loading a named or Hub dataset needs the `datasets` package: pip install datasets.") from None
+        raise ImportError('Named and Hub datasets need `datasets`: pip install "optimum-si[eval]".') from None
     local = os.path.isdir(source.path)
     if local and (os.path.isfile(os.path.join(source.path, "dataset_info.json"))
                   or os.path.isfile(os.path.join(source.path, "dataset_dict.json"))):
@@ -133,7 +134,8 @@ def _load_texts(source: TextSet) -> tuple[list[str], str | None]:
                                          revision=None if local else source.revision)
         except (FileNotFoundError, ValueError, ConnectionError, OSError) as err:
             raise ValueError(
-                f"Could not load the dataset {source.path!r} (config {source.config!r}, split {source.split!r}): {err}. "
+                f"Could not load the dataset {source.path!r} (config {source.config!r}, split {source.split!r}): "
+                f"{err}. "
                 "Check the name, split and config; without network, set HF_HUB_OFFLINE=1 and have it in the datasets "
                 "cache, or pass a local folder or text file."
             ) from err
@@ -191,11 +193,15 @@ def provenance(source: TextSet, commit: str | None, windows: int, seqlen: int, s
 
 
 def _encode(tokenizer: Any, text: str) -> torch.Tensor:
+    import torch  # here, not at the top: the CLI checks references before loading torch
+
     return torch.as_tensor(tokenizer(text, verbose=False)["input_ids"], dtype=torch.long).reshape(-1)
 
 
 def _document_windows(texts: list[str], tokenizer: Any, num_samples: int, seqlen: int, seed: int) -> torch.Tensor:
     """One window per seeded random document that is longer than `seqlen`, at a seeded random offset in it."""
+    import torch
+
     rng = random.Random(seed)
     windows, misses = [], 0
     while len(windows) < num_samples:
@@ -213,6 +219,8 @@ def _document_windows(texts: list[str], tokenizer: Any, num_samples: int, seqlen
 
 def _shuffled_windows(texts: list[str], tokenizer: Any, num_samples: int, seqlen: int, seed: int) -> torch.Tensor:
     """Documents in a seeded random order, concatenated until there are enough tokens, cut into consecutive windows."""
+    import torch
+
     order = list(range(len(texts)))
     random.Random(seed).shuffle(order)
     pieces, total = [], 0
@@ -253,6 +261,8 @@ def calibration_ids(reference: str | TextSet, tokenizer: Any, num_samples: int, 
 def evaluation_ids(reference: str | TextSet, tokenizer: Any, seqlen: int) -> tuple[torch.Tensor, dict[str, Any]]:
     """The evaluation token stream of a text set (its texts joined as in the literature, cut to its window limit), and
     its provenance; the windows themselves are cut by `optimum_si.evaluation.perplexity`."""
+    import torch
+
     if tokenizer is None or isinstance(tokenizer, torch.Tensor):
         raise ValueError("Perplexity on a named or Hub dataset needs a tokenizer, not token ids.")
     source = text_set(reference, purpose="evaluation")

@@ -123,8 +123,10 @@ def build_parser(prog: str = "optimum-si") -> argparse.ArgumentParser:
     _add_verbose(prune, top=False)
     prune.add_argument("--model", required=True, metavar="DIR_OR_REPO",
                        help="local folder or Hub repo id (owner/name) of the dense model")
-    prune.add_argument("--dataset", metavar="FILE",
-                       help="calibration text file (UTF-8); needed by wanda, sparsegpt and --induction")
+    prune.add_argument("--dataset", metavar="FILE_OR_SET",
+                       help="calibration text file (UTF-8), a named set (c4, wikitext2, pileval), a Hub dataset id "
+                            "(owner/name, split train) or a local dataset folder; needed by wanda, sparsegpt and "
+                            "--induction")
     prune.add_argument("--output", required=True, metavar="DIR", help="folder to write the pruned checkpoint to")
     prune.add_argument("--recipe", metavar="FILE_OR_DIR",
                        help="an si_config.json file, or a folder holding one, to start from (flags override it)")
@@ -139,13 +141,26 @@ def build_parser(prog: str = "optimum-si") -> argparse.ArgumentParser:
     prune.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo as private")
     prune.add_argument("--trust-remote-code", action="store_true",
                        help="run the Python code a model folder or repo ships (only for sources you trust)")
+    prune.add_argument("--base-model", metavar="REPO_ID",
+                       help="Hub repo id of the dense model, for the recipe and the card when --model is a local "
+                            "folder (a Hugging Face cache snapshot is recognised by itself)")
     _add_config_flags(prune)
 
-    evaluate = commands.add_parser("eval", help="perplexity of a model on a text file", formatter_class=formatter)
+    evaluate = commands.add_parser("eval", help="perplexity on a text file or named set; zero-shot task scores",
+                                   formatter_class=formatter)
     _add_verbose(evaluate, top=False)
     evaluate.add_argument("--model", required=True, metavar="DIR_OR_REPO",
                           help="local folder or Hub repo id of the model")
-    evaluate.add_argument("--text", required=True, metavar="FILE", help="evaluation text file (UTF-8)")
+    evaluate.add_argument("--text", metavar="FILE", help="evaluation text file (UTF-8)")
+    evaluate.add_argument("--dataset", metavar="SET",
+                          help="perplexity on a named set (wikitext2: test split; c4: validation) or a Hub dataset id "
+                               "(its test split)")
+    evaluate.add_argument("--tasks", nargs="+", metavar="TASK",
+                          help="zero-shot tasks of lm-evaluation-harness, or the preset wanda7 (needs the eval extra)")
+    evaluate.add_argument("--num-fewshot", type=_positive_int(0), default=0, help="with --tasks: examples per prompt")
+    evaluate.add_argument("--limit", type=_positive_int(1), default=None,
+                          help="with --tasks: at most this many documents per task (quick checks only)")
+    evaluate.add_argument("--include-path", metavar="DIR", help="with --tasks: a folder of your own task YAML files")
     evaluate.add_argument("--seqlen", type=_positive_int(2), default=2048, help="tokens per evaluation window")
     evaluate.add_argument("--max-windows", type=_positive_int(1), default=None,
                           help="evaluate at most this many windows (default: all)")
@@ -290,7 +305,12 @@ def _check_prune_args(args: argparse.Namespace) -> SIConfig:
             needs = "--induction" if config.method == "magnitude" else f"--method {config.method}"
             raise UsageError(f"{needs} needs calibration text: pass --dataset FILE (UTF-8 text).")
     if args.dataset:
-        _check_text_file(args.dataset, "--dataset")
+        from .calibration_sets import is_text_set_reference
+
+        if not is_text_set_reference(args.dataset):
+            _check_text_file(args.dataset, "--dataset")
+    if args.base_model and args.stream:
+        raise UsageError("--base-model applies without --stream (a streamed Hub --model names itself); drop one.")
     if not args.output.strip():
         raise UsageError("--output is empty; give a folder to write the checkpoint to.")
     if os.path.exists(args.output) and not os.path.isdir(args.output):
@@ -390,7 +410,8 @@ def _prune(args: argparse.Namespace) -> int:
     else:
         model, tokenizer = _load_model(args.model, args.dtype, args.trust_remote_code)
         pruner.prune(model, tokenizer=tokenizer, dataset=args.dataset)
-        pruner.save(model, args.output, tokenizer=tokenizer, max_shard_size=args.max_shard_size)
+        pruner.save(model, args.output, tokenizer=tokenizer, max_shard_size=args.max_shard_size,
+                    base_model=args.base_model)
     print(f"{pruner.report.summary()}; saved to {args.output}")
     if args.push_to_hub:
         url = pruner.push_to_hub(args.output, args.push_to_hub, private=args.private or None)
@@ -400,18 +421,52 @@ def _prune(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     _check_model_source(args.model)
-    _check_text_file(args.text, "--text")
+    if not (args.text or args.dataset or args.tasks):
+        raise UsageError("Nothing to evaluate: pass --text FILE, --dataset SET (e.g. wikitext2) or --tasks (e.g. "
+                         "wanda7).")
+    if args.text:
+        _check_text_file(args.text, "--text")
+    if args.dataset:
+        from .calibration_sets import is_text_set_reference
+
+        if not is_text_set_reference(args.dataset):
+            raise UsageError(f"--dataset {args.dataset!r} is neither a named set (wikitext2, c4) nor a Hub dataset id "
+                             "(owner/name); for a text file use --text.")
+    if args.tasks:
+        import importlib.util
+
+        if importlib.util.find_spec("lm_eval") is None:
+            raise UsageError('--tasks needs lm-evaluation-harness: pip install "optimum-si[eval]".')
     from .calibration import read_text_file
     from .evaluation import perplexity
 
     model, tokenizer = _load_model(args.model, args.dtype, args.trust_remote_code)
-    text = read_text_file(args.text, "--text ")
-    try:
-        value = perplexity(model, tokenizer, text, seqlen=args.seqlen, max_windows=args.max_windows,
-                           show_progress=True)
-    except ValueError as err:
-        raise UsageError(_cli_message(err).replace("seqlen=", "--seqlen ")) from None
-    print(f"perplexity {value:.4f} ({args.model}, {args.text}, seqlen {args.seqlen})")
+    sources = []
+    if args.text:
+        sources.append((args.text, read_text_file(args.text, "--text ")))
+    if args.dataset:
+        from .calibration_sets import NAMED_SETS, text_set
+
+        named = args.dataset if args.dataset in NAMED_SETS else text_set(args.dataset, "evaluation")
+        sources.append((args.dataset, named))
+    for label, text in sources:
+        try:
+            value = perplexity(model, tokenizer, text, seqlen=args.seqlen, max_windows=args.max_windows,
+                               show_progress=True)
+        except ValueError as err:
+            raise UsageError(_cli_message(err).replace("seqlen=", "--seqlen ")) from None
+        print(f"perplexity {value:.4f} ({args.model}, {label}, seqlen {args.seqlen})")
+    if args.tasks:
+        from .evaluation import zero_shot
+
+        try:
+            scores = zero_shot(model, tokenizer, tasks=args.tasks, num_fewshot=args.num_fewshot, limit=args.limit,
+                               include_path=args.include_path)
+        except ValueError as err:
+            raise UsageError(_cli_message(err)) from None
+        for task, metrics in scores.items():
+            shown = ", ".join(f"{name} {value:.4f}" for name, value in metrics.items() if not name.endswith("_stderr"))
+            print(f"{task}: {shown}")
     return 0
 
 

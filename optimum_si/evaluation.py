@@ -157,9 +157,10 @@ def _task_names(tasks: str | list[str] | tuple[str, ...]) -> list[str]:
 
 
 def _metrics(values: dict[str, Any]) -> dict[str, float]:
-    """lm-eval's `{"acc,none": 0.5, "alias": ...}` as `{"acc": 0.5}` (the filter suffix dropped; numbers only)."""
+    """lm-eval's `{"acc,none": 0.5, "alias": ..., "sample_len": 3}` as `{"acc": 0.5}`: metrics carry a filter suffix
+    (",none"), bookkeeping entries do not; the suffix is dropped, and non-numbers ("N/A" standard errors) too."""
     metrics = {}
     for key, value in values.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if "," in key and isinstance(value, (int, float)) and not isinstance(value, bool):
             metrics[key.split(",")[0]] = float(value)
     return metrics

@@ -130,9 +130,9 @@ def _handler(requests: list):
                 return self._send(200, json.dumps(body).encode(), headers={"Content-Type": "application/json"})
             tree = re.match(r"^/api/datasets/([^/]+/[^/]+)/tree/([^/]+)/?(.*)$", path)
             if tree and tree[1] in REPOS:
-                return self._send(200, json.dumps(self._tree(REPOS[tree[1]], tree[3].strip("/"),
-                                                             parse_qs(url.query).get("recursive") == ["true"])).encode(),
-                                  headers={"Content-Type": "application/json"})
+                recursive = parse_qs(url.query).get("recursive") == ["true"]
+                listing = self._tree(REPOS[tree[1]], tree[3].strip("/"), recursive)
+                return self._send(200, json.dumps(listing).encode(), headers={"Content-Type": "application/json"})
             resolve = re.match(r"^/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path)
             if resolve and resolve[3] in REPOS.get(resolve[1], {}):
                 data = REPOS[resolve[1]][resolve[3]]

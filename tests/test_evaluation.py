@@ -105,6 +105,7 @@ def test_zero_shot_runs_lm_eval_on_the_in_memory_model(tmp_path):
     scores = zero_shot(model, tokenizer, tasks=["si_tiny_choice"], include_path=str(tmp_path))
 
     assert set(scores) == {"si_tiny_choice"} and "acc" in scores["si_tiny_choice"]
+    assert set(scores["si_tiny_choice"]) <= {"acc", "acc_stderr"}  # no bookkeeping entries (sample_len, alias)
     # The accuracy lm-eval computed is the share of items whose answer has the highest total log-likelihood.
     expected = []
     with torch.no_grad():

@@ -71,6 +71,7 @@ C4_OTHER_SHARD = ["ZZZZ other shard " * 20] * 10
 C4_VALIDATION = [f"validation document {i}. " * 3 for i in range(1200)]
 WIKI_TRAIN = [" = Heading = ", "", " wiki train text about things . " * 4, " more train text . " * 6]
 WIKI_TEST = [" = Test = ", "", " wiki test text for perplexity . " * 8, " second test paragraph . " * 8]
+PILE = [f"  pile document {i} with some words  " for i in range(30)]
 CUSTOM = {"content": [f"custom text number {i} " * 5 for i in range(8)], "id": list(range(8))}
 
 REPOS = {
@@ -90,6 +91,10 @@ REPOS = {
         "wikitext-103-raw-v1/train-00000-of-00001.parquet": _parquet({"text": C4_OTHER_SHARD}),
         "wikitext-2-raw-v1/train-00000-of-00001.parquet": _parquet({"text": WIKI_TRAIN}),
         "wikitext-2-raw-v1/test-00000-of-00001.parquet": _parquet({"text": WIKI_TEST}),
+    },
+    "mit-han-lab/pile-val-backup": {
+        "README.md": b"---\nlicense: mit\n---\n# pile val\n",
+        "data/validation-00000-of-00001.parquet": _parquet({"text": PILE}),
     },
     "alice/custom-texts": {
         "README.md": b"---\nlicense: mit\n---\n# custom\n",
@@ -227,6 +232,16 @@ def test_wikitext2_calibration_is_the_train_split_joined(fake_hub):
     ids, record = calibration_ids("wikitext2", CharTokenizer(), num_samples=4, seqlen=32, seed=0)
     assert torch.equal(ids, draw_windows(encode(" ".join(WIKI_TRAIN)), 4, 32, 0))
     assert (record["name"], record["config"], record["split"]) == ("wikitext2", "wikitext-2-raw-v1", "train")
+
+
+def test_pileval_concatenates_shuffled_documents(fake_hub):
+    ids, record = calibration_ids("pileval", CharTokenizer(), num_samples=3, seqlen=50, seed=5)
+    order = list(range(len(PILE)))
+    random.Random(5).shuffle(order)
+    stream = torch.cat([encode(PILE[i].strip()) for i in order])
+    assert torch.equal(ids, stream[:150].reshape(3, 50))
+    assert (record["repo"], record["split"], record["sampling"]) == ("mit-han-lab/pile-val-backup", "validation",
+                                                                     "shuffled")
 
 
 def test_any_hub_dataset_with_split_and_column(fake_hub):

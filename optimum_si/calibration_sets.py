@@ -90,7 +90,9 @@ def is_text_set_reference(value: Any) -> bool:
     value = os.fspath(value)
     if value in NAMED_SETS or os.path.isdir(value):
         return True
-    return bool(_HUB_ID.match(value)) and not os.path.exists(value)
+    # "notes/calib.txt" that does not exist is a mistyped file, not a Hub id: keep the file error for it.
+    text_file = os.path.splitext(value)[1].lower() in (".txt", ".text", ".md")
+    return bool(_HUB_ID.match(value)) and not text_file and not os.path.exists(value)
 
 
 def text_set(reference: str | TextSet, purpose: str = "calibration", **overrides: Any) -> TextSet:
@@ -133,11 +135,11 @@ def _load_texts(source: TextSet) -> tuple[list[str], str | None]:
             data = datasets.load_dataset(source.path, source.config, data_files=data_files, split=source.split,
                                          revision=None if local else source.revision)
         except (FileNotFoundError, ValueError, ConnectionError, OSError) as err:
+            fix = ("HF_HUB_OFFLINE is set and it is not in the datasets cache: load it once with network"
+                   if datasets.config.HF_HUB_OFFLINE else "Check the name, split and config (and the network)")
             raise ValueError(
                 f"Could not load the dataset {source.path!r} (config {source.config!r}, split {source.split!r}): "
-                f"{err}. "
-                "Check the name, split and config; without network, set HF_HUB_OFFLINE=1 and have it in the datasets "
-                "cache, or pass a local folder or text file."
+                f"{err}. {fix}, or pass a local folder or text file."
             ) from err
     if source.max_documents is not None:
         data = data.select(range(min(source.max_documents, len(data))))

@@ -293,6 +293,7 @@ def test_references_and_errors(tmp_path):
     assert is_text_set_reference("c4") and is_text_set_reference("owner/name") and is_text_set_reference(str(tmp_path))
     assert not is_text_set_reference(str(text)) and not is_text_set_reference("/no/such/file.txt")
     assert not is_text_set_reference("calib.txt") and not is_text_set_reference(["owner/name"])
+    assert not is_text_set_reference("notes/calib.txt")  # a missing file keeps the file error
     with pytest.raises(ValueError, match="'pileval' has no evaluation split"):
         evaluation_ids("pileval", CharTokenizer(), 16)
     with pytest.raises(ValueError, match="a tokenizer is needed"):
@@ -331,3 +332,10 @@ def test_prune_records_the_calibration_set_in_recipe_report_and_card(fake_hub, t
     card = (out / "README.md").read_text()
     assert "`alice/custom-texts`, split train, revision main (commit c0ffee000000)" in card
     assert "- alice/custom-texts" in card.split("---")[1]  # card metadata: datasets
+
+
+def test_offline_without_a_cache_is_one_clear_error():
+    # conftest sets HF_HUB_OFFLINE=1: nothing is fetched, and the message says how to get the data.
+    message = "Could not load the dataset 'alice/custom-texts'.*HF_HUB_OFFLINE is set.*load it once with network"
+    with pytest.raises(ValueError, match=message):
+        calibration_ids("alice/custom-texts", CharTokenizer(), 2, 16, 0)

@@ -121,7 +121,7 @@ def _load_texts(source: TextSet) -> tuple[list[str], str | None]:
         import datasets
     except ImportError:
         raise ImportError('Named and Hub datasets need `datasets`: pip install "optimum-si[eval]".') from None
-    local = os.path.isdir(source.path)
+    local, commit = os.path.isdir(source.path), None
     if local and (os.path.isfile(os.path.join(source.path, "dataset_info.json"))
                   or os.path.isfile(os.path.join(source.path, "dataset_dict.json"))):
         data = datasets.load_from_disk(source.path)  # a folder written by `save_to_disk`
@@ -131,9 +131,11 @@ def _load_texts(source: TextSet) -> tuple[list[str], str | None]:
             data = data[source.split]
     else:
         data_files = {source.split: source.data_files} if source.data_files else None
+        # Resolved first and loaded at, so the recorded commit is the one read even if the branch moves meanwhile.
+        commit = _commit_of(source)
         try:
             data = datasets.load_dataset(source.path, source.config, data_files=data_files, split=source.split,
-                                         revision=None if local else source.revision)
+                                         revision=None if local else (commit or source.revision))
         except (FileNotFoundError, ValueError, ConnectionError, OSError) as err:
             fix = ("HF_HUB_OFFLINE is set and it is not in the datasets cache: load it once with network"
                    if datasets.config.HF_HUB_OFFLINE else "Check the name, split and config (and the network)")
@@ -143,7 +145,7 @@ def _load_texts(source: TextSet) -> tuple[list[str], str | None]:
             ) from err
     if source.max_documents is not None:
         data = data.select(range(min(source.max_documents, len(data))))
-    return _column(data, source), _commit_of(source)
+    return _column(data, source), commit
 
 
 def _column(data: Any, source: TextSet) -> list[str]:
@@ -173,7 +175,7 @@ def _commit_of(source: TextSet) -> str | None:
         return None
 
 
-def provenance(source: TextSet, commit: str | None, windows: int, seqlen: int, seed: int | None) -> dict[str, Any]:
+def _provenance(source: TextSet, commit: str | None, windows: int, seqlen: int, seed: int | None) -> dict[str, Any]:
     """What the recipe, the report and the card record; a local folder is recorded by its name, never its path."""
     local = os.path.isdir(source.path)
     record = {
@@ -257,7 +259,7 @@ def calibration_ids(reference: str | TextSet, tokenizer: Any, num_samples: int, 
     else:
         ids = draw_windows(_encode(tokenizer, source.joiner.join(texts)), num_samples, seqlen, seed)
     logger.info("Calibration: %d windows of %d tokens from %s (%s).", num_samples, seqlen, source.path, source.split)
-    return ids, provenance(source, commit, ids.shape[0], seqlen, seed)
+    return ids, _provenance(source, commit, ids.shape[0], seqlen, seed)
 
 
 def evaluation_ids(reference: str | TextSet, tokenizer: Any, seqlen: int) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -272,4 +274,4 @@ def evaluation_ids(reference: str | TextSet, tokenizer: Any, seqlen: int) -> tup
     ids = _encode(tokenizer, source.joiner.join(texts))
     if source.max_windows is not None:
         ids = ids[:source.max_windows * seqlen]
-    return ids, provenance(source, commit, ids.numel() // seqlen, seqlen, None)
+    return ids, _provenance(source, commit, ids.numel() // seqlen, seqlen, None)

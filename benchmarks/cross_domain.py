@@ -150,11 +150,21 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=40)
     parser.add_argument("--name", default="cross_domain", help="results file stem under benchmarks/results/")
     parser.add_argument("--dense", action="store_true", help="also evaluate the dense model")
+    parser.add_argument("--merge", nargs="+", metavar="NAME",
+                        help="merge these results files (stems, e.g. from runs in parallel) into --name and exit")
     parser.add_argument("--one", nargs=4, metavar=("METHOD", "PATTERN", "CALIBRATION", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     extra = json.loads(args.json_extra)
     if args.one:
         print(json.dumps(run_one(*args.one, extra, args.eval_windows)))
+        return
+
+    if args.merge:
+        merged: dict[tuple, dict] = {}
+        for stem in args.merge:
+            with open(os.path.join(RESULTS_DIR, f"{stem}.json"), encoding="utf-8") as handle:
+                merged.update({_key(r): r for r in json.load(handle)})
+        _write(args.name, list(merged.values()))
         return
 
     jobs = [("dense", "-", "-", "none")] if args.dense else []
@@ -179,10 +189,14 @@ def main() -> None:
         print(f"{job[0]:9s} {job[1]:4s} calib={job[2]:6s} {job[3]:12s} "
               + " ".join(f"{d}={v:8.2f}" for d, v in record["ppl"].items())
               + f" prune={record.get('prune_s', 0):6.1f}s", flush=True)
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(records, handle, indent=2)
-        with open(os.path.join(RESULTS_DIR, f"{args.name}.md"), "w", encoding="utf-8") as handle:
-            handle.write(markdown(records))
+        _write(args.name, records)
+
+
+def _write(name: str, records: list[dict]) -> None:
+    with open(os.path.join(RESULTS_DIR, f"{name}.json"), "w", encoding="utf-8") as handle:
+        json.dump(records, handle, indent=2)
+    with open(os.path.join(RESULTS_DIR, f"{name}.md"), "w", encoding="utf-8") as handle:
+        handle.write(markdown(records))
 
 
 if __name__ == "__main__":

@@ -46,6 +46,8 @@ def run_one(method: str, pattern: str, calibration: str, variant: str, extra: di
                           num_samples=protocol.CALIB_SAMPLES, seqlen=protocol.CALIB_SEQLEN, seed=protocol.SEED,
                           show_progress=False, **(extra if induction else {}))
         calib = protocol.domain_calibration_ids(tokenizer, calibration) if calibration != "-" else None
+        if induction:  # the resolved SI options, so a 'default' record stays readable after the defaults change
+            record["si_options"] = {k: v for k, v in config.to_dict().items() if k.startswith("induction_")}
         pruner = SIPruner(config)
         pruner.prune(model, tokenizer=tokenizer, dataset=calib)
         record.update(prune_s=pruner.report.total_seconds, sparsity=pruner.report.sparsity)
@@ -149,6 +151,7 @@ def main() -> None:
     parser.add_argument("--no-base", action="store_true", help="skip the base-method runs (already in the results)")
     parser.add_argument("--eval-windows", type=int, default=40)
     parser.add_argument("--name", default="cross_domain", help="results file stem under benchmarks/results/")
+    parser.add_argument("--rerun", action="store_true", help="rerun SI runs already in the results file")
     parser.add_argument("--dense", action="store_true", help="also evaluate the dense model")
     parser.add_argument("--merge", nargs="+", metavar="NAME",
                         help="merge these results files (stems, e.g. from runs in parallel) into --name and exit")
@@ -182,8 +185,8 @@ def main() -> None:
         with open(path, encoding="utf-8") as handle:
             records = json.load(handle)
     for job in jobs:
-        if job[3] == "none" and any(_key(r) == job for r in records):
-            continue  # base runs do not change with the SI variant
+        if any(_key(r) == job for r in records) and (job[3] == "none" or not args.rerun):
+            continue  # finished earlier (a rerun resumes); base runs do not change with the SI variant
         record = _subprocess_record(*job, extra if job[3] != "none" else {}, args.eval_windows)
         records = [r for r in records if _key(r) != job] + [record]
         print(f"{job[0]:9s} {job[1]:4s} calib={job[2]:6s} {job[3]:12s} "

@@ -120,7 +120,8 @@ class SIConfig:
     induction_refresh_interval: int = _help("Training steps between two mask refreshes.", default=8)
     induction_target: str = _help(
         "Reconstruction target: 'local' (the dense block on the pruned model's inputs) or 'global' (the dense model's "
-        "own block outputs, kept as a second activation stream).", default="global")
+        "own block outputs, kept as a second activation stream; fits the calibration text more closely and generalises "
+        "worse, see docs/si-design.md).", default="local")
     induction_statistics: str = _help(
         "With the global target, where the base pruner's statistics come from: 'pruned' (the pruned model's inputs, "
         "one extra partial pass per block, as plain Wanda/SparseGPT), 'dense' (collected during the teacher pass "
@@ -135,7 +136,8 @@ class SIConfig:
         "architecture table defines.", default=None)
     induction_optimizer: str = _help(
         "Optimiser of the learned scales: 'adam', or 'damped-adam' (steps in proportion to the gradient evidence "
-        "for weakly exercised channels, so they stay near 1; see optimum_si/optim.py).", default="adam")
+        "for weakly exercised channels, so they stay near 1; see optimum_si/optim.py and docs/si-design.md).",
+        default="damped-adam")
     induction_validation_fraction: float = _help(
         "Fraction of the calibration windows held out from training: the keep/revert verdict of each block compares "
         "the block loss with and without the learned scales on them (0: judge on training windows).", default=0.0)

@@ -174,11 +174,11 @@ def test_importance_histograms_cover_every_pruned_weight():
 
 
 def test_statistics_from_the_teacher_pass():
-    """induction_statistics='dense' (what 'auto' picks for Wanda) takes the statistics from the teacher pass: block 0
+    """With the global target, induction_statistics='dense' (what 'auto' picks for Wanda) takes the statistics from the teacher pass: block 0
     sees the same inputs either way, later blocks differ (dense vs pruned stream)."""
     pruned_stats, dense_stats = tiny_model("llama"), tiny_model("llama")
-    _si(induction_statistics="pruned").prune(pruned_stats, dataset=token_ids())
-    pruner = _si(induction_statistics="auto")  # "dense" for Wanda
+    _si(induction_target="global", induction_statistics="pruned").prune(pruned_stats, dataset=token_ids())
+    pruner = _si(induction_target="global", induction_statistics="auto")  # "dense" for Wanda
     pruner.prune(dense_stats, dataset=token_ids())
     assert pruner.report.sparsity == 0.5
     first = "model.layers.0.self_attn.q_proj.weight"

@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 # Seconds to wait for each reply of the Hub (connecting, each read, each write). huggingface_hub's shared HTTP client
 # has no timeout for uploads, so without one a stalled endpoint blocks the push forever.
 DEFAULT_TIMEOUT = 60.0
+# Bookkeeping that optimum-si keeps in or beside a checkpoint folder (manifest, progress, lock and owner files, the
+# staging/partial/old siblings) and leftovers of interrupted writes: never part of what is published.
+IGNORE_PATTERNS = ["*.optimum-si-*", "*.optimum-si.lock", "*.optimum-si.owner", "*.tmp"]
 
 
 class HubPushError(RuntimeError):
@@ -56,6 +59,28 @@ def _session_timeout(timeout: float | None) -> Iterator[None]:
         client.timeout = previous
 
 
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """Hold the folder's write lock during the upload, so that no optimum-si run replaces the checkpoint half-way
+    through it (the Hub would get a mix of two checkpoints). A folder whose parent is read-only cannot be written by
+    a run either: it is pushed without the lock."""
+    from .locking import FolderLockedError, output_lock
+
+    lock, locked = output_lock(folder), False
+    try:
+        lock.__enter__()
+        locked = True
+    except FolderLockedError as err:
+        raise HubPushError(f"Could not push {folder}: {err}") from None
+    except OSError:
+        pass
+    try:
+        yield
+    finally:
+        if locked:
+            lock.__exit__(None, None, None)
+
+
 def push_to_hub(
     save_dir: str | os.PathLike,
     repo_id: str,
@@ -67,7 +92,8 @@ def push_to_hub(
     endpoint: str | None = None,
     timeout: float | None = DEFAULT_TIMEOUT,
 ) -> str:
-    """Create `repo_id` if needed (`exist_ok`) and upload every file of the checkpoint in `save_dir`.
+    """Create `repo_id` if needed (`exist_ok`) and upload every file of the checkpoint in `save_dir` (but optimum-si's
+    own bookkeeping files, see `IGNORE_PATTERNS`).
 
     `endpoint` defaults to huggingface_hub's (https://huggingface.co, or `HF_ENDPOINT` as read when huggingface_hub
     was imported). `timeout` is the number of seconds to wait for each reply of the Hub (None: wait forever; the
@@ -100,7 +126,7 @@ def push_to_hub(
     api = HfApi(endpoint=endpoint, library_name="optimum-si", library_version=__version__)
     step = f"create the repo {repo_id}"
     try:
-        with _session_timeout(timeout):
+        with _folder_lock(folder), _session_timeout(timeout):
             api.create_repo(repo_id, private=private, exist_ok=True, token=token)
             step = f"upload {folder} to {repo_id}"
             info = api.upload_folder(
@@ -109,6 +135,7 @@ def push_to_hub(
                 commit_message=commit_message or "Upload optimum-si checkpoint",
                 create_pr=create_pr,
                 token=token,
+                ignore_patterns=IGNORE_PATTERNS,
             )
         if not getattr(info, "commit_url", None):
             raise ValueError(f"no commit URL in the reply ({info!r})")

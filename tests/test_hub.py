@@ -267,7 +267,9 @@ def test_pruner_save_with_push_uploads_the_real_checkpoint(fake_hub, tmp_path):
     out = tmp_path / "pruned"
     pruner.save(model, out, push_to_hub=True, repo_id=REPO, token=TOKEN, endpoint=fake_hub.url)
     (commit,) = fake_hub.commits
-    assert commit["files"] == _snapshot(out)
+    on_disk = _snapshot(out)
+    assert ".optimum-si-manifest.json" in on_disk  # optimum-si's own bookkeeping stays local
+    assert commit["files"] == {k: v for k, v in on_disk.items() if k != ".optimum-si-manifest.json"}
     assert {"model.safetensors", "si_config.json", "si_report.json", "README.md"} <= set(commit["files"])
     with pytest.raises(ValueError, match="repo_id"):
         pruner.save(model, out, push_to_hub=True)
@@ -316,3 +318,23 @@ def test_timeout_must_be_positive(checkpoint, timeout):
 def test_endpoint_must_be_an_http_url(checkpoint, endpoint):
     with pytest.raises(ValueError, match="endpoint must be an http"):
         push_to_hub(checkpoint, REPO, endpoint=endpoint)
+
+
+def test_bookkeeping_files_are_not_published(fake_hub, checkpoint, upload_path):
+    before = _snapshot(checkpoint)
+    (checkpoint / ".optimum-si-manifest.json").write_text('{"files": [], "fingerprint": null}')
+    (checkpoint / ".optimum-si-progress.json").write_text("{}")
+    (checkpoint / "model.safetensors.tmp").write_bytes(b"half")
+    push_to_hub(checkpoint, REPO, token=TOKEN, endpoint=fake_hub.url)
+    assert fake_hub.commits[0]["files"] == before
+
+
+def test_push_refuses_a_folder_that_a_run_is_writing(fake_hub, checkpoint):
+    from optimum_si.locking import output_lock
+
+    with output_lock(checkpoint):
+        with pytest.raises(HubPushError, match="being written by another optimum-si run"):
+            push_to_hub(checkpoint, REPO, token=TOKEN, endpoint=fake_hub.url)
+    assert fake_hub.commits == []
+    push_to_hub(checkpoint, REPO, token=TOKEN, endpoint=fake_hub.url)  # the lock is free again
+    assert len(fake_hub.commits) == 1

@@ -67,12 +67,13 @@ def resolve_source(source: str | os.PathLike, revision: str | None = None, token
     path = os.fspath(source)
     if os.path.isdir(path):
         return path
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
 
     try:
         return snapshot_download(path, revision=revision, token=token, allow_patterns=_DOWNLOAD_PATTERNS)
     except Exception as err:  # many hub error types; one clear message
-        raise OSError(f"{path!r} is not a local folder and could not be downloaded from the Hub ({type(err).__name__}: {err}).") from err
+        raise OSError(f"{path!r} is not a local folder and could not be downloaded from the Hub at "
+                      f"{constants.ENDPOINT} ({type(err).__name__}: {err}).") from err
 
 
 class CheckpointIndex:

@@ -150,6 +150,15 @@ def test_not_enough_disk(source, tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_source_that_cannot_be_downloaded_names_the_endpoint(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(OSError, match=r"could not be downloaded from the Hub at http://127\.0\.0\.1:9"):
+        _pruner("magnitude").prune("someone/no-such-model", save_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_streaming_needs_save_dir(source):
     with pytest.raises(ValueError, match="save_dir"):
         _pruner("magnitude").prune(str(source))

@@ -355,13 +355,27 @@ def measure(checkpoint: str, save_dir: str, samples: int, seqlen: int, device: s
 
 
 # ------------------------------------------------------------------------------------------------ driver
+def remove_output(save_dir: Path) -> None:
+    """Delete a run's output folder and what optimum-si keeps beside it: the unfinished run's hidden partial folder
+    (`.<name>.optimum-si-partial`), staging and old folders of an interrupted swap, and the lock and owner files."""
+    from optimum_si.folders import sibling
+
+    target = os.path.realpath(save_dir)
+    for folder in (target, *(sibling(target, kind) for kind in ("partial", "staging", "old"))):
+        if os.path.isdir(folder):
+            shutil.rmtree(folder)
+    for kind in ("lock", "owner"):
+        path = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.optimum-si.{kind}")
+        if os.path.exists(path):
+            os.remove(path)
+
+
 def run_case(shape: str, depth: int, samples: int, seqlen: int, cache_dir=None, device: str | None = None,
              batch_size: int = 1, keep_output: bool = False, interval: float = 0.02, log=print) -> dict:
     """Build (or reuse) the checkpoint and measure one run in a child process; the output is deleted unless kept."""
     checkpoint = build_checkpoint(shape, depth, cache_dir, log=log)
     save_dir = bench_dir(cache_dir) / "_runs" / f"{shape}-L{depth}"
-    if save_dir.exists():
-        shutil.rmtree(save_dir)
+    remove_output(save_dir)  # a failed earlier run would otherwise be resumed, and measured as a partial run
     command = [sys.executable, "-m", "benchmarks.streaming_memory", "--one", os.fspath(checkpoint), os.fspath(save_dir),
                "--samples", str(samples), "--seqlen", str(seqlen), "--batch-size", str(batch_size),
                "--interval", str(interval)] + (["--device", device] if device else [])
@@ -373,8 +387,8 @@ def run_case(shape: str, depth: int, samples: int, seqlen: int, cache_dir=None, 
             raise RuntimeError(f"{shape} L{depth} failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
         record = json.loads(out.stdout.strip().splitlines()[-1])
     finally:
-        if not keep_output and save_dir.exists():
-            shutil.rmtree(save_dir)
+        if not keep_output:
+            remove_output(save_dir)
     record.update(shape=shape, checkpoint_bytes=checkpoint_bytes(checkpoint))
     if keep_output:
         record["output_dir"] = os.fspath(save_dir)

@@ -105,9 +105,16 @@ def test_run_case_deletes_the_output_and_reports_child_failures(tmp_path, monkey
     assert record["depth"] == 1 and record["shape"] == SHAPE and record["checkpoint_bytes"] > 0
     assert not (tmp_path / "bench-checkpoints" / "_runs" / f"{SHAPE}-L1").exists()
 
-    monkeypatch.setattr(sm.subprocess, "run", lambda command, **kw: subprocess.CompletedProcess(command, 1, "", "boom"))
+    def failing_child(command, **kwargs):  # a run that dies half-way leaves its hidden partial folder and lock
+        runs = tmp_path / "bench-checkpoints" / "_runs"
+        (runs / f".{SHAPE}-L1.optimum-si-partial").mkdir()
+        (runs / f".{SHAPE}-L1.optimum-si.lock").write_text("")
+        return subprocess.CompletedProcess(command, 1, "", "boom")
+
+    monkeypatch.setattr(sm.subprocess, "run", failing_child)
     with pytest.raises(RuntimeError, match="boom"):
         sm.run_case(SHAPE, 1, 2, 16, tmp_path, log=lambda *_: None)
+    assert os.listdir(tmp_path / "bench-checkpoints" / "_runs") == []  # the next run starts clean, not resumed
 
 
 def _record(shape, depth, rss_mb, checkpoint_gb):

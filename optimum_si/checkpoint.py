@@ -22,7 +22,7 @@ from .config import CONFIG_NAME, SIConfig
 from .locking import output_lock
 from .offload import is_offloaded, offloaded_state_dict
 from .plots import PLOT_FILES
-from .report import REPORT_NAME, PruneReport
+from .report import PruneReport
 
 __all__ = ["save_pruned_model", "write_sidecars", "write_plots", "recipe_dict"]
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
 from .config import SIConfig, version_stamp
 from .report import PruneReport
 

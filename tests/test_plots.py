@@ -7,8 +7,7 @@ import sys
 
 import pytest
 
-from optimum_si import SIPruner
-from optimum_si import plots
+from optimum_si import SIPruner, plots
 from optimum_si.cli import main
 from optimum_si.plots import (
     HISTOGRAM_PLOT,

@@ -1,7 +1,6 @@
 import logging
 
 import pytest
-
 import torch
 
 from optimum_si.masks import follows_nm

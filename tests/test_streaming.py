@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from optimum_si import SIPruner
 from optimum_si.streaming import INDEX_NAME, PROGRESS_NAME
 
-from .conftest import tiny_config, tiny_model, token_ids
+from .conftest import tiny_model, token_ids
 
 
 def _all_tensors(folder):

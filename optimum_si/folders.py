@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["MANIFEST_NAME", "Existing", "resolve", "sibling", "inside", "check_target", "recover", "describe",
-           "write_manifest", "read_manifest", "check_clashes", "publish"]
+           "write_manifest", "read_manifest", "check_clashes", "publish", "sync_file", "sync_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,29 @@ _LEGACY_NAMES = {"config.json", "generation_config.json", "si_config.json", "si_
                  "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja",
                  "added_tokens.json"}
 _LEGACY_PATTERN = re.compile(r"(model-\d{5}-of-\d{5}|part-\d{5})\.safetensors(\.tmp)?")
+
+
+def sync_file(path: str) -> None:
+    """Flush `path`'s data to the disk, so that a power loss after a later rename cannot leave it renamed but empty."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_dir(folder: str) -> None:
+    """Make the renames and new names in `folder` durable (a no-op where the filesystem cannot sync a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def resolve(save_dir: str | os.PathLike) -> str:
@@ -119,29 +142,47 @@ def describe(target: str) -> Existing:
     names = set(os.listdir(target))
     manifest = read_manifest(target)
     if manifest is not None:
-        own = ({os.path.normpath(n) for n in manifest["files"]} & names) | {MANIFEST_NAME}
+        # A progress file next to a manifest is a stale one of the run that wrote it (never the user's).
+        own = ({os.path.normpath(n) for n in manifest["files"]} & names) | {MANIFEST_NAME} \
+            | ({".optimum-si-progress.json"} & names)
         return Existing(own, sorted(names - own), True, manifest.get("fingerprint"))
     if not names & {"si_config.json", ".optimum-si-progress.json"}:
         return Existing(foreign=sorted(names))  # not written by optimum-si: every file is the user's
     # Written by an optimum-si without manifests: its files are the ones a checkpoint is made of.
-    own = {n for n in names if n in _LEGACY_NAMES or _LEGACY_PATTERN.fullmatch(n)}
+    from .plots import PLOT_FILES
+
+    own = {n for n in names if n in _LEGACY_NAMES or n in PLOT_FILES or _LEGACY_PATTERN.fullmatch(n)}
     complete = "si_config.json" in names and ".optimum-si-progress.json" not in names
     return Existing(own, sorted(names - own), complete)
 
 
 def write_manifest(folder: str, fingerprint: dict[str, Any] | None = None) -> None:
     """List the checkpoint's files (every file of `folder` but the progress file and leftovers of interrupted
-    writes, which are removed), written last: a folder with a manifest is a finished checkpoint."""
+    writes, which are removed), written last: a folder with a manifest is a finished checkpoint. Every file it lists
+    is on the disk before the manifest is (fsync), so a power loss cannot leave a manifest naming empty files."""
     files = []
     for name in sorted(os.listdir(folder)):
         if name.endswith(".tmp"):
             os.remove(os.path.join(folder, name))
         elif name not in (MANIFEST_NAME, ".optimum-si-progress.json"):
             files.append(name)
+    for name in files:
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            for root, _dirs, names in os.walk(path):
+                for each in names:
+                    if not os.path.islink(os.path.join(root, each)):
+                        sync_file(os.path.join(root, each))
+                sync_dir(root)
+        elif not os.path.islink(path):
+            sync_file(path)
     path = os.path.join(folder, MANIFEST_NAME)
     with open(path + ".tmp", "w", encoding="utf-8") as handle:
         json.dump({"files": files, "fingerprint": fingerprint}, handle, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(path + ".tmp", path)
+    sync_dir(folder)
 
 
 def check_clashes(target: str, existing: Existing, names) -> None:
@@ -178,8 +219,10 @@ def publish(staging: str, target: str, existing: Existing) -> None:
     check_clashes(target, existing, (read_manifest(staging) or {"files": []})["files"])
     for name in existing.foreign:
         _link(os.path.join(target, name), os.path.join(staging, name))
+    sync_dir(staging)
     old = sibling(target, "old")
     if os.path.lexists(target):
         os.rename(target, old)
     os.rename(staging, target)
+    sync_dir(os.path.dirname(target))  # the new checkpoint's name is on the disk before the old one is deleted
     shutil.rmtree(old, ignore_errors=True)

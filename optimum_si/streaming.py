@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .config import SIConfig
-from .folders import inside
+from .folders import inside, sync_dir, sync_file
 
 __all__ = ["StreamingSource", "ShardWriter", "open_checkpoint", "run_fingerprint", "fingerprint_differences",
            "read_progress", "write_progress", "output_names", "is_complete", "PROGRESS_NAME"]
@@ -230,6 +230,7 @@ class ShardWriter:
         name = f"part-{len(self.shards):05d}.safetensors"
         tmp = os.path.join(self.folder, name + ".tmp")
         save_file(self._pending, tmp, metadata={"format": "pt"})
+        sync_file(tmp)  # on the disk before the progress file can name it (write_progress syncs the folder)
         os.replace(tmp, os.path.join(self.folder, name))
         self.shards.append({"file": name, "keys": list(self._pending), "bytes": self._pending_bytes})
         self._pending, self._pending_bytes = {}, 0
@@ -387,7 +388,10 @@ def write_progress(folder: str, progress: dict[str, Any]) -> None:
     path = os.path.join(folder, PROGRESS_NAME)
     with open(path + ".tmp", "w", encoding="utf-8") as handle:
         json.dump(progress, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(path + ".tmp", path)
+    sync_dir(folder)  # the parts it names were renamed into place before: both renames are now durable
 
 
 def copy_side_files(source: str, save_dir: str) -> None:

@@ -58,3 +58,73 @@ def test_a_folder_holding_the_working_directory_or_a_file_is_refused(tmp_path, m
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match="current working directory"):
         folders.check_target(str(tmp_path))
+
+
+def _record_disk_events(monkeypatch):
+    """(what, real path) for every fsync, rename and folder deletion, in order."""
+    import shutil
+
+    events = []
+    real = {"fsync": os.fsync, "replace": os.replace, "rename": os.rename, "rmtree": shutil.rmtree}
+
+    def fsync(fd):
+        events.append(("sync", os.readlink(f"/proc/self/fd/{fd}")))
+        real["fsync"](fd)
+
+    def moved(kind):
+        def move(src, dst, *args, **kwargs):
+            events.append(("rename", os.path.realpath(dst)))
+            return real[kind](src, dst, *args, **kwargs)
+        return move
+
+    def rmtree(path, *args, **kwargs):
+        events.append(("delete", os.path.realpath(path)))
+        return real["rmtree"](path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", moved("replace"))
+    monkeypatch.setattr(os, "rename", moved("rename"))
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    return events
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to name synced files")
+def test_files_are_on_disk_before_the_manifest_and_the_swap_before_the_old_folder_goes(tmp_path, monkeypatch):
+    root = os.path.realpath(tmp_path)
+    _checkpoint(tmp_path / "out", "old")
+    staging = tmp_path / ".out.optimum-si-staging"
+    staging.mkdir()
+    (staging / "model.safetensors").write_text("new")
+    (staging / "tokenizer").mkdir()
+    (staging / "tokenizer" / "vocab.json").write_text("{}")
+    existing = folders.describe(str(tmp_path / "out"))
+    events = _record_disk_events(monkeypatch)
+    folders.write_manifest(str(staging))
+    folders.publish(str(staging), str(tmp_path / "out"), existing)
+
+    manifest_placed = events.index(("rename", os.path.join(root, ".out.optimum-si-staging", folders.MANIFEST_NAME)))
+    synced_before = {path for what, path in events[:manifest_placed] if what == "sync"}
+    for name in ("model.safetensors", "tokenizer/vocab.json", folders.MANIFEST_NAME + ".tmp"):
+        assert os.path.join(root, ".out.optimum-si-staging", name) in synced_before
+    swapped = events.index(("rename", os.path.join(root, "out")))
+    old_deleted = events.index(("delete", os.path.join(root, ".out.optimum-si-old")))
+    assert ("sync", root) in events[swapped:old_deleted]
+    assert (tmp_path / "out" / "model.safetensors").read_text() == "new"
+
+
+def test_a_stale_progress_file_next_to_a_manifest_is_never_taken_for_the_users(tmp_path):
+    _checkpoint(tmp_path / "out", "new")
+    (tmp_path / "out" / ".optimum-si-progress.json").write_text("{}")  # a power loss undid its removal
+    state = folders.describe(str(tmp_path / "out"))
+    assert state.complete and state.foreign == [] and ".optimum-si-progress.json" in state.own
+
+
+def test_a_checkpoint_without_manifest_owns_every_chart_optimum_si_draws(tmp_path):
+    from optimum_si.plots import PLOT_FILES
+
+    (tmp_path / "out").mkdir()
+    for name in ("si_config.json", "model.safetensors", *PLOT_FILES):
+        (tmp_path / "out" / name).write_text("x")
+    (tmp_path / "out" / "notes.png").write_text("user")
+    state = folders.describe(str(tmp_path / "out"))
+    assert set(PLOT_FILES) <= state.own and state.foreign == ["notes.png"]

@@ -475,3 +475,19 @@ def test_every_tensor_keeps_its_source_dtype(source, tmp_path, norms, weights):
     assert untouched and all(torch.equal(after[k], before[k]) for k in untouched)
     pruned = [k for k in before if "proj" in k]
     assert all(float((after[k] == 0).float().mean()) == 0.5 for k in pruned)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to name synced files")
+def test_every_part_is_on_disk_before_the_progress_file_names_it(source, tmp_path, monkeypatch):
+    from .test_folders import _record_disk_events
+
+    out = tmp_path / "out"
+    partial = os.path.realpath(_partial(out))
+    events = _record_disk_events(monkeypatch)
+    _pruner("magnitude").prune(str(source), save_dir=out)
+    progress_writes = [i for i, event in enumerate(events) if event == ("rename", os.path.join(partial, PROGRESS_NAME))]
+    assert len(progress_writes) == 3  # two blocks and the non-block tensors
+    for count, at in enumerate(progress_writes, start=1):
+        synced = {path for what, path in events[:at] if what == "sync"}
+        assert {os.path.join(partial, f"part-{i:05d}.safetensors.tmp") for i in range(count)} <= synced
+        assert ("sync", partial) in events[at:at + 2]  # the folder: both renames are durable

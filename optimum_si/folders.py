@@ -130,7 +130,7 @@ def read_manifest(folder: str) -> dict[str, Any] | None:
             manifest = json.load(handle)
         if not isinstance(manifest.get("files"), list) or not all(isinstance(n, str) for n in manifest["files"]):
             raise ValueError("no list of files")
-    except (ValueError, AttributeError, UnicodeDecodeError) as err:
+    except (ValueError, AttributeError, RecursionError) as err:  # JSON and UTF-8 errors are ValueErrors
         raise ValueError(f"{path} is corrupted ({err}); delete it (the folder's files then count as not written by "
                          "optimum-si and are kept) or choose another save_dir.") from err
     return manifest

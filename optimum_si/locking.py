@@ -32,7 +32,7 @@ def _holder(owner_path: str) -> str:
         with open(owner_path, encoding="utf-8") as handle:
             owner = json.load(handle)
         return f"pid {owner['pid']} on {owner['host']}, started {owner['started']}"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return "holder unknown"
 
 

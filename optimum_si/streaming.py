@@ -92,7 +92,7 @@ class CheckpointIndex:
                 with open(index_path, encoding="utf-8") as handle:
                     weight_map = json.load(handle)["weight_map"]
                 files = sorted(set(weight_map.values()))
-            except (ValueError, KeyError, TypeError, AttributeError) as err:
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
                 raise ValueError(f"{index_path} is corrupted ({err}); re-download the checkpoint.") from err
         elif os.path.isfile(os.path.join(folder, "model.safetensors")):
             files = ["model.safetensors"]
@@ -362,7 +362,7 @@ def read_progress(folder: str, num_blocks: int) -> dict[str, Any] | None:
         for i, shard in enumerate(progress["shards"], start=1):
             if not any(os.path.isfile(os.path.join(folder, name)) for name in (shard["file"], _final_name(i, count))):
                 raise ValueError(f"its part {shard['file']} is missing")
-    except (ValueError, TypeError, KeyError, AttributeError) as err:  # JSONDecodeError is a ValueError
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as err:  # JSONDecodeError: a ValueError
         raise ValueError(f"The progress file {path} is corrupted ({err}); pass overwrite=True to start over.") from err
     return progress
 

@@ -44,9 +44,11 @@ def test_describe_tells_own_files_from_the_users(tmp_path):
     state = folders.describe(str(tmp_path / "out"))
     assert state.complete and state.own == {"model.safetensors", folders.MANIFEST_NAME}
     assert state.foreign == ["adapter_model.safetensors"]
-    (tmp_path / "out" / folders.MANIFEST_NAME).write_text("{not json")
-    with pytest.raises(ValueError, match="is corrupted .* delete it"):
-        folders.describe(str(tmp_path / "out"))
+    for damage in ("{not json", "[" * 100_000 + "]" * 100_000, '{"files": "x"}', b"\xff\xfe"):
+        manifest = tmp_path / "out" / folders.MANIFEST_NAME
+        manifest.write_bytes(damage if isinstance(damage, bytes) else damage.encode())
+        with pytest.raises(ValueError, match="is corrupted .* delete it"):
+            folders.describe(str(tmp_path / "out"))
     (tmp_path / "out" / folders.MANIFEST_NAME).write_text(json.dumps({"files": ["model.safetensors"]}))
     assert folders.describe(str(tmp_path / "out")).foreign == ["adapter_model.safetensors"]
 

@@ -56,3 +56,12 @@ def test_the_lock_of_a_killed_run_does_not_block_the_next_one(tmp_path):
         holder.wait()
     pruner.save(model, out)  # the OS released the lock of the killed holder
     assert os.path.isfile(out / "si_config.json")
+
+
+def test_a_damaged_owner_file_only_hides_the_holders_name(tmp_path):
+    from optimum_si.locking import _holder
+
+    owner = tmp_path / "owner"
+    for damage in ("[" * 100_000 + "]" * 100_000, "{", "[]", '{"pid": 1}'):
+        owner.write_text(damage)
+        assert _holder(str(owner)) == "holder unknown"

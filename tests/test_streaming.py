@@ -403,7 +403,7 @@ def test_killed_while_renaming_the_shards_then_a_rerun_completes(source, tmp_pat
     assert {k: v.tolist() for k, v in _all_tensors(out).items()} == {k: v.tolist() for k, v in _all_tensors(reference).items()}
 
 
-@pytest.mark.parametrize("damage", ["truncated progress", "missing part", "truncated part"])
+@pytest.mark.parametrize("damage", ["truncated progress", "nested progress", "missing part", "truncated part"])
 def test_corrupt_progress_is_a_clear_error_and_overwrite_starts_clean(source, tmp_path, monkeypatch, damage):
     reference = tmp_path / "reference"
     _pruner().prune(str(source), save_dir=reference, dataset=token_ids())
@@ -416,6 +416,8 @@ def test_corrupt_progress_is_a_clear_error_and_overwrite_starts_clean(source, tm
     part = _partial(out) / json.loads(progress.read_text())["shards"][0]["file"]
     if damage == "truncated progress":
         progress.write_text(progress.read_text()[:50])
+    elif damage == "nested progress":
+        progress.write_text("[" * 100_000 + "]" * 100_000)
     elif damage == "missing part":
         os.remove(part)
     else:
@@ -435,6 +437,13 @@ def test_index_entries_outside_the_source_folder_are_refused(source, tmp_path, e
     index["weight_map"][key] = "../other/model.safetensors" if entry == "relative" else str(other / "model.safetensors")
     (source / INDEX_NAME).write_text(json.dumps(index))
     with pytest.raises(ValueError, match="not inside"):
+        _pruner("magnitude").prune(str(source), save_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_deeply_nested_index_is_a_clear_error(source, tmp_path):
+    (source / INDEX_NAME).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match=f"{INDEX_NAME} is corrupted"):
         _pruner("magnitude").prune(str(source), save_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

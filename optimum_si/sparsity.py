@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 from collections.abc import Iterator
 
@@ -19,6 +20,25 @@ _CHECKED_PATTERNS = ((2, 4), (4, 8))
 _DENSE_NAMES = ("embed", "lm_head", "wte", "wpe")
 
 
+def _weight_files(folder: str) -> list[str]:
+    """The checkpoint's own weight files: the shards its index names (each must lie inside the folder), or
+    `model.safetensors`; other `*.safetensors` files beside them (e.g. an adapter) are not part of the model. A folder
+    with neither: every `*.safetensors` file in it."""
+    from .folders import inside
+
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        try:
+            with open(index, encoding="utf-8") as handle:
+                names = sorted(set(json.load(handle)["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
+            raise ValueError(f"{index} is corrupted ({err}).") from err
+        return [inside(folder, name, index) for name in names]
+    if os.path.isfile(os.path.join(folder, "model.safetensors")):
+        return [os.path.join(folder, "model.safetensors")]
+    return sorted(glob.glob(os.path.join(folder, "*.safetensors")))
+
+
 def _tensors_of(model_or_dir) -> Iterator[tuple[str, torch.Tensor]]:
     if isinstance(model_or_dir, nn.Module):
         for name, module in model_or_dir.named_modules():
@@ -27,7 +47,7 @@ def _tensors_of(model_or_dir) -> Iterator[tuple[str, torch.Tensor]]:
         return
     from safetensors import safe_open
 
-    files = sorted(glob.glob(os.path.join(os.fspath(model_or_dir), "*.safetensors")))
+    files = _weight_files(os.fspath(model_or_dir))
     if not files:
         raise FileNotFoundError(f"No .safetensors files in {model_or_dir}.")
     for path in files:

@@ -27,3 +27,28 @@ def test_dense_model_has_no_pruned_modules():
 def test_folder_without_weights(tmp_path):
     with pytest.raises(FileNotFoundError, match="safetensors"):
         sparsity_report(tmp_path)
+
+
+@pytest.mark.parametrize("shard_size", ["5GB", "20KB"], ids=["single", "sharded"])
+def test_folder_report_counts_only_the_checkpoints_own_weights(tmp_path, shard_size):
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    model = tiny_model("llama")
+    pruner = SIPruner(method="magnitude", show_progress=False)
+    pruner.prune(model)
+    pruner.save(model, tmp_path, max_shard_size=shard_size)
+    before = sparsity_report(tmp_path)
+    # A dense adapter the user keeps in the same folder is not part of the checkpoint.
+    save_file({"base_model.model.layers.0.mlp.down_proj.lora_A.weight": torch.ones(4, 64)},
+              str(tmp_path / "adapter_model.safetensors"))
+    assert sparsity_report(tmp_path) == before
+    if shard_size == "20KB":
+        index = tmp_path / "model.safetensors.index.json"
+        data = json.loads(index.read_text())
+        data["weight_map"]["lm_head.weight"] = "../elsewhere.safetensors"
+        index.write_text(json.dumps(data))
+        with pytest.raises(ValueError, match="not inside"):
+            sparsity_report(tmp_path)

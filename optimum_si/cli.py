@@ -300,9 +300,9 @@ def _check_text_file(path: str, flag: str) -> None:
 def _check_prune_args(args: argparse.Namespace) -> SIConfig:
     config = _config_from_args(args)
     _check_model_source(args.model, stream=args.stream)
-    if config.method != "magnitude" or config.induction:
+    if config.needs_calibration:
         if not args.dataset:
-            needs = "--induction" if config.method == "magnitude" else f"--method {config.method}"
+            needs = f"--method {config.method}" if config.pruning_method.needs_data else "--induction"
             raise UsageError(f"{needs} needs calibration text: pass --dataset FILE (UTF-8 text).")
     if args.dataset:
         from .calibration_sets import is_text_set_reference

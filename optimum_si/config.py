@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "si_config.json"
 FORMAT_VERSION = 1
+# The built-in methods (and the CLI's choices); any method registered with `optimum_si.methods.register_method`
+# is valid in a recipe too.
 METHODS = ("magnitude", "wanda", "sparsegpt")
 _NM_PATTERN = re.compile(r"^(\d+):(\d+)$")
 # Keys written by `to_dict` next to the fields; they describe the file, not the recipe.
@@ -152,9 +154,11 @@ class SIConfig:
         default="error")
 
     def __post_init__(self) -> None:
-        if not isinstance(self.method, str) or self.method.lower() not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {self.method!r}.")
-        self.method = self.method.lower()
+        from .methods import get_method
+
+        if not isinstance(self.method, str):
+            raise ValueError(f"method must be a method name such as 'wanda', got {self.method!r}.")
+        self.method = get_method(self.method).name  # ValueError naming the registered methods
 
         self.mask_structure = self._normalise_structure(self.mask_structure)
         nm = self.n_m
@@ -275,6 +279,18 @@ class SIConfig:
         if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) and p for p in value):
             raise ValueError(f"{name} must be a list of non-empty fnmatch pattern strings, got {value!r}.")
         return list(value)
+
+    @property
+    def pruning_method(self):
+        """The registered `optimum_si.methods.PruningMethod` named by `method` (its traits drive the run)."""
+        from .methods import get_method
+
+        return get_method(self.method)
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether a run of this recipe needs calibration data (a data-driven method, or Sparsity Induction)."""
+        return self.pruning_method.needs_data or self.induction
 
     @property
     def n_m(self) -> tuple[int, int] | None:

@@ -24,11 +24,11 @@ from tqdm.auto import tqdm
 
 from .activations import ActivationStore
 from .architectures import BLOCK_PATTERNS, spec_for
+from .block_error import OutputErrorProbe
 from .config import SIConfig
 from .masks import select_mask
-from .metrics import magnitude_scores, wanda_scores
+from .methods import PruningMethod, get_method
 from .report import BlockRecord, LayerRecord, PruneReport
-from .sparsegpt import sparsegpt_prune
 from .stats import InputStats, InputStatsCollector, StopForward
 from .weights import UndoLog, write_parameter
 
@@ -258,6 +258,7 @@ class BlockEngine:
         self.sequential_groups = sequential_groups
         self.model_config = model_config
         self.prune = prune  # False: induction only (distribution level, dense function unchanged)
+        self.method: PruningMethod = get_method(config.method)
 
     def _groups(self, linears: dict[str, nn.Linear]) -> list[dict[str, nn.Linear]]:
         if not self.config.true_sequential or not self.sequential_groups:
@@ -303,6 +304,8 @@ class BlockEngine:
             record = BlockRecord(index=index, seconds=0.0)
             block = source.load(index)
             try:
+                # The dense block's outputs on a few windows, taken before any weight changes (optimum_si.block_error).
+                error_probe = OutputErrorProbe(block, inputs) if inputs is not None and self.prune else None
                 linears = linears_of(index, block)
                 inducer = None
                 if self.config.induction and inputs is not None:
@@ -324,6 +327,8 @@ class BlockEngine:
                     self._conclude_induction(index, inducer, f"{block_prefix}.{index}", linears, record, outputs)
                     if outputs is not None and not inducer.record.kept:
                         outputs = run_block(block, inputs)  # reverted weights: the next block must see their outputs
+                if error_probe is not None:
+                    record.output_error = error_probe.measure(block, outputs)
                 if outputs is not None:
                     _check_finite(outputs, f"the outputs of block {index}")
                     inputs.hidden = outputs
@@ -339,33 +344,15 @@ class BlockEngine:
                 record.propagate_seconds,
             )
 
-    def _solve_sparsegpt(self, group: dict[str, nn.Linear], stats: dict[str, InputStats]):
-        """SparseGPT for every Linear of `group`; those sharing an input (and so H^-1) are solved stacked by rows."""
-        cfg = self.config
-        solved = {}
-        for names in _stacked_by_input(group, stats):
-            weights = [group[n].weight for n in names]
-            result = sparsegpt_prune(
-                torch.cat(weights) if len(weights) > 1 else weights[0],
-                stats[names[0]].hessian_factor(cfg.dampening_frac), cfg.sparsity, cfg.n_m, cfg.block_size,
-                segments=[w.shape[0] for w in weights],
-            )
-            rows = [w.shape[0] for w in weights]
-            for name, new_weight, keep, loss in zip(
-                names, result.weight.split(rows), result.keep_mask.split(rows), result.segment_losses
-            ):
-                solved[name] = (new_weight, keep, loss)
-        return solved
-
     def _statistics_from_teacher(self) -> bool:
         """Whether SI takes the base pruner's statistics from the teacher pass (docs/si-design.md: measured equal
         for Wanda, whose metric only needs ||x_j||, at one partial pass less per block; SparseGPT's weight updates
         are meant for the inputs the pruned model really sees, and magnitude was not measured that way)."""
         choice = self.config.induction_statistics
-        return choice == "dense" or (choice == "auto" and self.config.method == "wanda")
+        return choice == "dense" or (choice == "auto" and self.method.si_statistics == "dense")
 
     def _needs_stats(self) -> bool:
-        return self.config.method != "magnitude"
+        return self.method.needs_data
 
     def _induce_and_prune(self, index: int, block: nn.Module, prefix: str, linears: dict[str, nn.Linear],
                           inputs: BlockInputs, record: BlockRecord):
@@ -391,7 +378,7 @@ class BlockEngine:
         # Wanda and SparseGPT masks are invariant to the equivalent scales (docs/si-design.md §1), except that
         # SparseGPT's per-block mask sees row scales and its damping is not scale-covariant: only magnitude, and
         # induce() (which hands the model to any later pruner), fold them.
-        if self.config.induction_init == "data" and (self.config.method == "magnitude" or not self.prune):
+        if self.config.induction_init == "data" and (self.method.fold_changes_mask or not self.prune):
             spreads, row_scales = fold_distribution_level(block, self.model_config, stats, linears, self.config,
                                                           self.undo)
         record.stats_seconds += t1 - t0
@@ -426,7 +413,7 @@ class BlockEngine:
         keep_outputs: bool = False,
     ):
         assert inputs is not None, "calibration inputs are required for data-driven methods"
-        with InputStatsCollector(group, with_hessian=self.config.method == "sparsegpt",
+        with InputStatsCollector(group, with_hessian=self.method.needs_hessian,
                                  stop_when_done=not keep_outputs) as collector:
             outputs = run_block(block, inputs, collector)
         for name in group:
@@ -459,12 +446,13 @@ class BlockEngine:
         induction.py)."""
         cfg = self.config
         keeps = {}
-        solved = self._solve_sparsegpt(group, stats) if cfg.method == "sparsegpt" else {}
-        for name, linear in group.items():
-            if cfg.method == "sparsegpt":
-                new_weight, keep, error = solved.pop(name)  # popped: each solved weight is freed once written
-            else:
-                new_weight, keep, error = self._mask_prune(name, linear.weight, stats, row_scales)
+        weights = {name: linear.weight for name, linear in group.items()}
+        if self.method.updates_weights:
+            results = self.method.solve(weights, stats, cfg)
+        else:
+            results = self._mask_prune(weights, stats, row_scales)
+        for name, new_weight, keep, error in results:  # lazily: one layer's temporaries at a time
+            linear = group[name]
             self.undo.record(linear, "weight")
             write_parameter(linear, "weight", new_weight)
             del new_weight  # a Linear's temporaries must not live on while the next (maybe larger) one is pruned
@@ -476,32 +464,22 @@ class BlockEngine:
             del keep
         return keeps
 
-    def _mask_prune(self, name: str, weight: torch.Tensor, stats: dict[str, InputStats],
+    def _mask_prune(self, weights: dict[str, torch.Tensor], stats: dict[str, InputStats],
                     row_scales: dict[str, torch.Tensor] | None):
-        """(pruned weight, keep mask, output error) of a mask-only method (magnitude, Wanda) for one Linear."""
+        """(name, pruned weight, keep mask, output error) of a mask-only method, one layer at a time."""
         cfg = self.config
-        if cfg.method == "wanda":
-            scores = wanda_scores(weight, stats[name].sq_norms)
-        else:
-            scores = magnitude_scores(weight)
+        for name, weight in weights.items():
+            scores = self.method.score(weight, stats.get(name))
             if row_scales and name in row_scales:
                 scores = scores * row_scales[name].to(scores.device).unsqueeze(1)
-        keep = select_mask(scores, cfg.sparsity, cfg.n_m, per_row=cfg.method == "wanda")
-        del scores
-        new_weight = torch.where(keep, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
-        error = None
-        if name in stats:  # sum over rows of ||x||^2-weighted squared removed weights (Wanda's output-error proxy)
-            removed = weight.float().square().masked_fill_(keep, 0.0)
-            error = float((removed @ stats[name].sq_norms.to(removed.device)).sum())
-        return new_weight, keep, error
-
-
-def _stacked_by_input(group: dict[str, nn.Linear], stats: dict[str, InputStats]) -> list[list[str]]:
-    """Names of Linears grouped by shared input statistics (q/k/v, gate/up), in order of first appearance."""
-    buckets: dict[int, list[str]] = {}
-    for name in group:
-        buckets.setdefault(id(stats[name]), []).append(name)
-    return list(buckets.values())
+            keep = select_mask(scores, cfg.sparsity, cfg.n_m, per_row=self.method.per_row)
+            del scores
+            new_weight = torch.where(keep, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
+            error = None
+            if name in stats:  # sum over rows of ||x||^2-weighted squared removed weights (Wanda's output-error proxy)
+                removed = weight.float().square().masked_fill_(keep, 0.0)
+                error = float((removed @ stats[name].sq_norms.to(removed.device)).sum())
+            yield name, new_weight, keep, error
 
 
 def _check_finite(tensors: list[torch.Tensor], what: str) -> None:

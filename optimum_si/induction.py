@@ -27,6 +27,8 @@ from torch import nn
 from .config import SIConfig
 from .losses import SpectralNorm, block_mse
 from .masks import select_mask
+from .methods import get_method
+from .metrics import wanda_scores
 from .optim import DampedAdam
 from .stats import InputStats, InputStatsCollector
 from .weights import UndoLog, write_parameter
@@ -49,11 +51,13 @@ def importance_histogram(wrappers, scaled: bool = False) -> list[int]:
     low, high, bins = HISTOGRAM_EDGES[0], HISTOGRAM_EDGES[-1], len(HISTOGRAM_EDGES) - 1
     counts = torch.zeros(bins, dtype=torch.float64)
     for wrapper in wrappers:
-        scores = wrapper.dense_weight.abs()
-        if scaled:
-            scores = wrapper.log_row.detach().exp().unsqueeze(1) * scores * wrapper.log_col.detach().exp().unsqueeze(0)
+        weight = wrapper.dense_weight
+        if scaled:  # |r * W * s| = r * |W| * s exactly (positive scales): the same bits as scaling the scores
+            weight = wrapper.log_row.detach().exp().unsqueeze(1) * weight * wrapper.log_col.detach().exp().unsqueeze(0)
         if wrapper.sq_norms is not None:
-            scores = scores * wrapper.sq_norms.to(scores.device).clamp_min(0).sqrt().unsqueeze(0)
+            scores = wanda_scores(weight, wrapper.sq_norms.to(weight.device))
+        else:
+            scores = weight.abs()
         logs = scores.clamp_min(1e-30).log10().clamp(low, high - 1e-6)
         counts += torch.histc(logs.float(), bins=bins, min=low, max=high).double().cpu()
     return [int(c) for c in counts.tolist()]
@@ -88,9 +92,10 @@ class ScaledLinear(nn.Module):
         device = linear.weight.device
         self.log_col = nn.Parameter(torch.zeros(self.in_features, device=device), requires_grad=config.induction_col_scales)
         self.log_row = nn.Parameter(torch.zeros(self.out_features, device=device), requires_grad=config.induction_row_scales)
-        # Mask-only methods may re-select the mask as the column scales move; SparseGPT's weights were updated
-        # for its own mask, so it keeps that mask.
-        self.refreshable = config.method != "sparsegpt" and config.induction_refresh != "none"
+        self.method = get_method(config.method)
+        # Mask-only methods may re-select the mask as the column scales move; a method that updated the kept weights
+        # (SparseGPT) did so for its own mask, so it keeps that mask.
+        self.refreshable = not self.method.updates_weights and config.induction_refresh != "none"
         self._masked = self._compute_masked()
 
     def _compute_masked(self) -> torch.Tensor:
@@ -100,17 +105,18 @@ class ScaledLinear(nn.Module):
         return self._masked
 
     def refresh_mask(self, sq_norms: torch.Tensor | None = None) -> None:
-        """Re-select the mask of the base metric for the layer with scaled inputs (eq. 11): |W| * ||x|| * s."""
+        """Re-select the mask of the base metric for the layer with scaled inputs (eq. 11): the method's score of
+        W * s (for Wanda |W| * s * ||x||); `sq_norms` replaces the cached input statistics (classical refresh)."""
         if not self.refreshable:
             return
         col = self.log_col.detach().exp()
-        scores = self.dense_weight.abs() * col.unsqueeze(0)
-        if self.config.method == "wanda":
-            norms = sq_norms if sq_norms is not None else self.sq_norms
-            scores = scores * norms.to(scores.device).clamp_min(0).sqrt().unsqueeze(0)
-        elif self.score_row_scale is not None:
+        norms = sq_norms if sq_norms is not None else self.sq_norms
+        stats = InputStats.of_sq_norms(norms) if norms is not None else None
+        # |W * s| = |W| * s exactly (s > 0), so every metric sees the scaled layer without a second formula here.
+        scores = self.method.score(self.dense_weight * col.unsqueeze(0), stats)
+        if self.score_row_scale is not None:
             scores = scores * self.score_row_scale.to(scores.device).unsqueeze(1)
-        self.keep = select_mask(scores, self.config.sparsity, self.config.n_m, per_row=self.config.method == "wanda")
+        self.keep = select_mask(scores, self.config.sparsity, self.config.n_m, per_row=self.method.per_row)
         self._masked = self._compute_masked()  # once per refresh, not once per forward
 
     def effective_weight(self) -> torch.Tensor:
@@ -136,6 +142,10 @@ class InductionRecord:
     # Block loss on the held-out calibration windows (never trained on), without and with the learned scales.
     validation_loss_base: float | None = None
     validation_loss_induced: float | None = None
+    # The same block losses as relative output errors sqrt(loss / mean(target^2)) on the judged windows: the base
+    # pruner's block alone, and with the learned scales (whether or not the block kept them).
+    relative_error_base: float | None = None
+    relative_error_induced: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -197,6 +207,7 @@ class BlockInducer:
         self._validated = bool(held_out)
         training = [i for i in range(len(hidden)) if i not in set(held_out)]
         self._probe_targets = [targets[i] for i in self._probe]
+        self._target_square = sum(float(y.float().square().mean()) for y in self._probe_targets) / len(self._probe)
         self._hidden = hidden
         histogram_before = importance_histogram(wrappers.values())
         for name, wrapper in wrappers.items():
@@ -211,6 +222,7 @@ class BlockInducer:
         record = InductionRecord(float("nan"), float("nan"), False, 0.0, 0.0, 0, 0)
         try:
             record.loss_before = self._probe_loss([self._forward(hidden[i]) for i in self._probe])
+            record.relative_error_base = self._relative(record.loss_before)
             if params:
                 if cfg.induction_optimizer == "damped-adam":
                     optimiser = DampedAdam(params, lr=cfg.induction_lr)
@@ -279,6 +291,7 @@ class BlockInducer:
         if outputs is None:
             outputs = {i: self._forward(self._hidden[i]) for i in self._probe}
         record.loss_after = self._probe_loss([outputs[i] for i in self._probe])
+        record.relative_error_induced = self._relative(record.loss_after)
         required = record.loss_before * (1.0 - self.config.induction_min_gain)
         record.kept = math.isfinite(record.loss_after) and record.loss_after < required
         if self._validated:
@@ -300,6 +313,12 @@ class BlockInducer:
     def _probe_loss(self, outputs: list[torch.Tensor]) -> float:
         return sum(float(block_mse(out, y)) for out, y in zip(outputs, self._probe_targets)) / len(outputs)
 
+    def _relative(self, loss: float) -> float | None:
+        """A probe loss (mean squared error) as a relative error against the probe targets' mean square."""
+        if not math.isfinite(loss) or self._target_square <= 0.0:
+            return None
+        return math.sqrt(loss / self._target_square)
+
     @torch.no_grad()
     def _refresh(self, block, wrappers: dict[str, ScaledLinear], hidden, kwargs_by_batch) -> int:
         """Refresh the masks of mask-only methods after a step; returns how many mask entries changed."""
@@ -307,7 +326,7 @@ class BlockInducer:
         if not refreshable:
             return 0
         before = {n: w.keep.clone() for n, w in refreshable.items()}
-        if self.config.induction_refresh == "classical" and self.config.method == "wanda":
+        if self.config.induction_refresh == "classical" and get_method(self.config.method).needs_data:
             # Re-collect ||x_j||^2 of every layer with forward passes (what eq. 11 avoids).
             with InputStatsCollector(refreshable, with_hessian=False, stop_when_done=False) as collector:
                 for x in hidden:

@@ -16,15 +16,12 @@ __all__ = ["build_model_card", "resolve_base_model", "TEMPLATE_PATH"]
 
 TEMPLATE_PATH = os.path.join(os.path.dirname(__file__), "templates", "model_card.md.jinja")
 
-_CITATIONS = {
-    "si": "Jiang et al., Sparsity Induction for Accurate Post-Training Pruning of Large Language Models, arXiv 2602.21652 (2026).",
-    "wanda": "Sun et al., A Simple and Effective Pruning Approach for Large Language Models (Wanda), arXiv 2306.11695 (ICLR 2024).",
-    "sparsegpt": "Frantar & Alistarh, SparseGPT: Massive Language Models Can Be Accurately Pruned in One-Shot, arXiv 2301.00774 (ICML 2023).",
-    "magnitude": "Zhu & Gupta, To prune, or not to prune: exploring the efficacy of pruning for model compression, arXiv 1710.01878.",
-}
+# The base method's citation comes from its registered `PruningMethod` (optimum_si.methods).
+_SI_CITATION = ("Jiang et al., Sparsity Induction for Accurate Post-Training Pruning of Large Language Models, "
+                "arXiv 2602.21652 (2026).")
 
 
-_PLOT_KINDS = ("sparsity", "importance")
+_PLOT_KINDS = ("output_error", "sparsity")
 
 # A file in the Hugging Face cache: .../models--org--name/snapshots/<commit>/...
 _CACHE_SNAPSHOT = re.compile(r"models--(?P<repo>[^/\\]+)[/\\]snapshots[/\\](?P<revision>[0-9a-f]{40})(?:[/\\]|$)")
@@ -107,7 +104,7 @@ def build_model_card(model_config: Any, config: SIConfig, report: PruneReport | 
                      plots: Mapping[str, str] | None = None, **extra: Any) -> ModelCard:
     """The card of a pruned checkpoint; `model_config` is the transformers config of the source model.
 
-    `plots` maps chart kinds (`"sparsity"`, `"importance"`) to image files next to the card (see
+    `plots` maps chart kinds (`"output_error"`, `"sparsity"`) to image files next to the card (see
     `optimum_si.plots.render_plots`); the card links exactly those, with relative links, so pass only files that
     exist. Without it the card has no images and is complete all the same."""
     base_model, _revision = resolve_base_model(base_model or getattr(model_config, "_name_or_path", None))
@@ -130,7 +127,8 @@ def build_model_card(model_config: Any, config: SIConfig, report: PruneReport | 
         model_name=model_name if eval_results else None,
         eval_results=eval_results or None,
     )
-    citations = [_CITATIONS[config.method]] + ([_CITATIONS["si"]] if config.induction else [])
+    method = config.pruning_method
+    citations = [c for c in [method.citation, _SI_CITATION if config.induction else ""] if c]
     if report is not None:
         extra.setdefault("pruned_layers", len(report.layers))
         extra.setdefault("achieved_sparsity", report.sparsity)
@@ -150,6 +148,7 @@ def build_model_card(model_config: Any, config: SIConfig, report: PruneReport | 
         report=report.to_dict() if report is not None else None,
         versions=version_stamp(),
         citations=citations,
+        method_rows=method.card_rows(config),
         plots={k: v for k, v in (plots or {}).items() if k in _PLOT_KINDS and v and not os.path.isabs(v)},
         **extra,
     )

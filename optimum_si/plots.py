@@ -1,9 +1,10 @@
-"""Charts of a prune run for the model card: per-layer sparsity and, after Sparsity Induction, importance histograms.
+"""Charts of a prune run for the model card: how far each block's output moved from the dense model, and the
+sparsity allocation when the pruned Linears got different sparsities.
 
-Needs matplotlib, an optional extra (`pip install optimum-si[plots]`). The data preparation (`sparsity_series`,
-`importance_histograms`) is pure Python over the report, so it is testable and usable without matplotlib; the drawing
-uses matplotlib's object API (`Figure` on an Agg canvas), so it changes no global state: no `pyplot`, no backend
-switch, no rcParams.
+Needs matplotlib, an optional extra (`pip install optimum-si[plots]`). The data preparation (`output_error_series`,
+`sparsity_series`) is pure Python over the report, so it is testable and usable without matplotlib; the drawing uses
+matplotlib's object API (`Figure` on an Agg canvas), so it changes no global state: no `pyplot`, no backend switch,
+no rcParams.
 
 The report can be a `PruneReport`, its `to_dict()` form, a saved `si_report.json` or the checkpoint folder that holds
 one, so a finished checkpoint can be re-rendered later (`optimum-si report out/ --plots`).
@@ -17,38 +18,39 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .report import REPORT_NAME, PruneReport
 
 __all__ = [
+    "OUTPUT_ERROR_PLOT",
     "SPARSITY_PLOT",
-    "HISTOGRAM_PLOT",
     "PLOT_FILES",
     "PlotUnavailable",
     "LayerPoint",
-    "Histogram",
-    "ImportanceHistograms",
+    "OutputErrors",
     "load_report",
     "module_type",
     "block_index",
     "sparsity_series",
-    "importance_histograms",
+    "allocation_differs",
+    "output_error_series",
     "draw_sparsity_per_layer",
-    "draw_importance_histograms",
+    "draw_output_error",
     "render_plots",
     "matplotlib_available",
 ]
 
 logger = logging.getLogger(__name__)
 
+OUTPUT_ERROR_PLOT = "output_error_per_block.png"
 SPARSITY_PLOT = "sparsity_per_layer.png"
-HISTOGRAM_PLOT = "importance_histograms.png"
-PLOT_FILES = (SPARSITY_PLOT, HISTOGRAM_PLOT)
-HISTOGRAM_KEY = "importance_histogram"
-# Per-block panels drawn under the aggregate histogram (first, middle and last block that has data).
-MAX_BLOCK_PANELS = 3
+# Drawn by earlier versions (importance histograms before/after SI): still listed so that a re-save removes it.
+_OLD_HISTOGRAM_PLOT = "importance_histograms.png"
+PLOT_FILES = (OUTPUT_ERROR_PLOT, SPARSITY_PLOT, _OLD_HISTOGRAM_PLOT)
+# A uniform target still gives slightly different achieved sparsities (whole weights per row or matrix).
+ALLOCATION_TOLERANCE = 0.005
 _DPI = 110
 _BLOCK_INDEX = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 
@@ -118,110 +120,55 @@ def sparsity_series(report: Any) -> dict[str, list[LayerPoint]]:
     return series
 
 
-@dataclass(frozen=True)
-class Histogram:
-    """Counts of weights per log10-importance bin, before and after Sparsity Induction."""
-
-    edges: tuple[float, ...]
-    before: tuple[float, ...]
-    after: tuple[float, ...]
-
-    @property
-    def bins(self) -> int:
-        return len(self.before)
-
-    @property
-    def total_before(self) -> float:
-        return float(sum(self.before))
-
-    @property
-    def total_after(self) -> float:
-        return float(sum(self.after))
+def allocation_differs(series: Mapping[str, list[LayerPoint]], tolerance: float = ALLOCATION_TOLERANCE) -> bool:
+    """Whether the pruned Linears got different sparsities (a non-uniform allocation such as OWL's), beyond the
+    rounding of a uniform target to whole weights per row or matrix."""
+    values = [p.sparsity for points in series.values() for p in points]
+    return bool(values) and max(values) - min(values) > tolerance
 
 
 @dataclass(frozen=True)
-class ImportanceHistograms:
-    """The aggregate over all blocks with data, and each such block's own histogram."""
+class OutputErrors:
+    """Relative output error per decoder block, ||pruned block(x) - dense block(x)|| / ||dense block(x)||.
 
-    aggregate: Histogram
-    blocks: dict[int, Histogram] = field(default_factory=dict)
+    `measured`: what the engine recorded for the blocks as saved (`blocks[i].output_error`). After Sparsity
+    Induction, `base` and `with_si` come from the induction records, on the windows its keep/revert verdict is
+    judged on: the base pruner's block alone, and the block as saved (induced where kept, the base pruner's where
+    reverted). Entries are None where a block has no figure."""
 
-    def panel_blocks(self, limit: int = MAX_BLOCK_PANELS) -> list[int]:
-        """Which blocks get their own panel: first, middle and last (all of them when there are few)."""
-        indices = sorted(self.blocks)
-        if len(indices) <= limit:
-            return indices
-        if limit <= 1:
-            return indices[:limit]
-        return sorted({indices[round(i * (len(indices) - 1) / (limit - 1))] for i in range(limit)})
+    blocks: tuple[int, ...]
+    measured: tuple[float | None, ...]
+    base: tuple[float | None, ...] | None = None
+    with_si: tuple[float | None, ...] | None = None
 
 
-def _parse_histogram(raw: Any) -> Histogram | None:
-    if not isinstance(raw, Mapping):
-        return None
+def _finite(value: Any) -> float | None:
     try:
-        edges = tuple(float(e) for e in raw["edges"])
-        before = tuple(float(c) for c in raw["before"])
-        after = tuple(float(c) for c in raw["after"])
-    except (KeyError, TypeError, ValueError):
+        number = float(value)
+    except (TypeError, ValueError):
         return None
-    if (not before or len(edges) != len(before) + 1 or len(after) != len(before)
-            or not all(math.isfinite(e) for e in edges) or any(b <= a for a, b in zip(edges, edges[1:]))
-            or any(c < 0 or not math.isfinite(c) for c in before + after)):
-        return None
-    return Histogram(edges, before, after)
+    return number if math.isfinite(number) and number >= 0 else None
 
 
-def _rebin(hist: Histogram, edges: tuple[float, ...]) -> tuple[list[float], list[float]]:
-    """Counts of `hist` on other bin edges, spreading each source bin uniformly over its width."""
-    before, after = [0.0] * (len(edges) - 1), [0.0] * (len(edges) - 1)
-    for lo, hi, cb, ca in zip(hist.edges, hist.edges[1:], hist.before, hist.after):
-        width = hi - lo
-        for j, (tlo, thi) in enumerate(zip(edges, edges[1:])):
-            overlap = min(hi, thi) - max(lo, tlo)
-            if overlap > 0:
-                before[j] += cb * overlap / width
-                after[j] += ca * overlap / width
-    return before, after
-
-
-def _aggregate(histograms: list[Histogram]) -> Histogram:
-    edges = histograms[0].edges
-    if all(h.edges == edges for h in histograms):
-        return Histogram(edges, tuple(map(sum, zip(*(h.before for h in histograms)))),
-                         tuple(map(sum, zip(*(h.after for h in histograms)))))
-    # Blocks binned on different ranges: one uniform grid over their union, as fine as the finest block.
-    lo, hi = min(h.edges[0] for h in histograms), max(h.edges[-1] for h in histograms)
-    bins = max(h.bins for h in histograms)
-    edges = tuple(lo + (hi - lo) * i / bins for i in range(bins + 1))
-    before, after = [0.0] * bins, [0.0] * bins
-    for h in histograms:
-        b, a = _rebin(h, edges)
-        before = [x + y for x, y in zip(before, b)]
-        after = [x + y for x, y in zip(after, a)]
-    return Histogram(edges, tuple(before), tuple(after))
-
-
-def importance_histograms(report: Any) -> ImportanceHistograms | None:
-    """The importance-score histograms recorded by Sparsity Induction (`blocks[i].induction["importance_histogram"]`:
-    log10 bin edges and per-bin counts before and after induction), or None when no block has one. Blocks without
-    the key, and malformed entries, are left out."""
+def output_error_series(report: Any) -> OutputErrors | None:
+    """The per-block relative output errors of a report, or None when no block recorded any."""
     data = load_report(report)
-    blocks: dict[int, Histogram] = {}
+    rows = []
     for position, block in enumerate(data.get("blocks") or []):
-        induction = block.get("induction") if isinstance(block, Mapping) else None
-        raw = induction.get(HISTOGRAM_KEY) if isinstance(induction, Mapping) else None
-        if raw is None:
+        if not isinstance(block, Mapping):
             continue
-        hist = _parse_histogram(raw)
-        if hist is None:
-            logger.warning("Block %s: malformed %s in the report; left out of the chart.", block.get("index"),
-                           HISTOGRAM_KEY)
-            continue
-        blocks[int(block.get("index", position))] = hist
-    if not blocks:
+        induction = block.get("induction") if isinstance(block.get("induction"), Mapping) else {}
+        base = _finite(induction.get("relative_error_base"))
+        induced = _finite(induction.get("relative_error_induced"))
+        with_si = (induced if induction.get("kept") else base) if base is not None and induced is not None else None
+        rows.append((int(block.get("index", position)), _finite(block.get("output_error")), base, with_si))
+    rows = [row for row in rows if any(value is not None for value in row[1:])]
+    if not rows:
         return None
-    return ImportanceHistograms(_aggregate([blocks[i] for i in sorted(blocks)]), blocks)
+    rows.sort(key=lambda row: row[0])
+    si = any(row[3] is not None for row in rows)
+    return OutputErrors(tuple(r[0] for r in rows), tuple(r[1] for r in rows),
+                        tuple(r[2] for r in rows) if si else None, tuple(r[3] for r in rows) if si else None)
 
 
 # ---- drawing (matplotlib, object API only) ------------------------------------------------------------------------
@@ -295,41 +242,44 @@ def draw_sparsity_per_layer(series: Mapping[str, list[LayerPoint]], path: str | 
     return _save(figure, Canvas, path)
 
 
-def _draw_histogram(ax: Any, hist: Histogram, title: str, legend: bool) -> None:
-    ax.stairs(hist.before, hist.edges, fill=True, alpha=0.35, color="tab:gray", label="before induction")
-    ax.stairs(hist.after, hist.edges, linewidth=1.4, color="tab:red", label="after induction")
-    ax.set_title(title, fontsize="medium")
-    ax.set_xlabel("log10 importance  |W| * ||x||")
-    ax.grid(True, alpha=0.3)
-    if legend:
-        ax.legend(fontsize="small", frameon=False)
+def _line(ax: Any, blocks: tuple[int, ...], values: tuple[float | None, ...] | None, **style: Any) -> list[float]:
+    points = [(b, v) for b, v in zip(blocks, values or ()) if v is not None]
+    if points:
+        ax.plot([b for b, _ in points], [v for _, v in points], marker="o", markersize=4, **style)
+    return [v for _, v in points]
 
 
-def draw_importance_histograms(data: ImportanceHistograms, path: str | os.PathLike, title: str | None = None) -> str:
-    """The aggregate histogram (all blocks) on top and a few per-block panels below."""
+def draw_output_error(data: OutputErrors, path: str | os.PathLike, method: str | None = None,
+                      title: str | None = None) -> str:
+    """The relative output error of each block against its block index: one line for a plain run; after Sparsity
+    Induction, the base pruner alone against the block with SI (as saved)."""
     Figure, Canvas, _ = _matplotlib()
     path = os.fspath(path)
-    panels = data.panel_blocks()
-    show_panels = len(data.blocks) > 1 and panels
-    figure = Figure(figsize=(10.0, 7.0 if show_panels else 4.2), layout="constrained")
-    grid = figure.add_gridspec(2 if show_panels else 1, max(len(panels), 1) if show_panels else 1,
-                               height_ratios=[1.4, 1] if show_panels else None)
-    top = figure.add_subplot(grid[0, :])
-    _draw_histogram(top, data.aggregate, f"All {len(data.blocks)} block(s)", legend=True)
-    top.set_ylabel("weights")
-    if show_panels:
-        for j, index in enumerate(panels):
-            ax = figure.add_subplot(grid[1, j])
-            _draw_histogram(ax, data.blocks[index], f"block {index}", legend=False)
-            if j == 0:
-                ax.set_ylabel("weights")
-    figure.suptitle(title or "Importance scores before and after Sparsity Induction")
+    figure = Figure(figsize=(min(max(6.5, 4.0 + 0.28 * len(data.blocks)), 16.0), 4.2), layout="constrained")
+    ax = figure.add_subplot()
+    label = method or "pruned"
+    if data.with_si is not None:
+        values = _line(ax, data.blocks, data.base, color="tab:gray", linewidth=1.2, label=f"{label} alone")
+        values += _line(ax, data.blocks, data.with_si, color="tab:red", linewidth=1.6, label=f"{label} + SI (saved)")
+    else:
+        values = _line(ax, data.blocks, data.measured, color="tab:blue", linewidth=1.4, label=label)
+    ax.set_ylim(0.0, max(values, default=1.0) * 1.12 or 1.0)
+    if len(data.blocks) <= 40:
+        ax.set_xticks(list(data.blocks))
+    ax.set_xlabel("decoder block")
+    ax.set_ylabel("||pruned - dense|| / ||dense||")
+    ax.set_title(title or "Relative output error of each block (same inputs for the dense and the pruned block)",
+                 fontsize="medium")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", frameon=False)
     return _save(figure, Canvas, path)
 
 
 def render_plots(report: Any, folder: str | os.PathLike, strict: bool = True) -> dict[str, str]:
-    """Write the charts a report supports into `folder`: `{"sparsity": SPARSITY_PLOT}` and, when Sparsity Induction
-    recorded histograms, `{"importance": HISTOGRAM_PLOT}` (file names, relative to `folder`).
+    """Write the charts a report supports into `folder`, as `{kind: file name}` (names relative to `folder`):
+    `"output_error"` (OUTPUT_ERROR_PLOT) when blocks recorded their relative output error, and `"sparsity"`
+    (SPARSITY_PLOT) only when the pruned Linears got different sparsities (for a uniform target that chart would be
+    a flat line).
 
     Raises `PlotUnavailable` without matplotlib. With `strict=False` a chart that fails to draw is logged and left
     out instead of raising; either way every name returned is a complete file (charts are written to a temporary
@@ -338,17 +288,19 @@ def render_plots(report: Any, folder: str | os.PathLike, strict: bool = True) ->
     _matplotlib()
     folder = os.fspath(folder)
     data = load_report(report)
+    heading = " ".join(str(data[k]) for k in ("method", "mask_structure") if data.get(k))
     charts = []
+    errors = output_error_series(data)
+    if errors is not None:
+        title = f"{heading}: relative output error of each block" if heading else None
+        charts.append(("output_error", OUTPUT_ERROR_PLOT, lambda path: draw_output_error(
+            errors, path, method=data.get("method"), title=title)))
     series = sparsity_series(data)
-    if series:
+    if allocation_differs(series):
         target = data.get("target_sparsity")
-        heading = " ".join(str(data[k]) for k in ("method", "mask_structure") if data.get(k))
-        title = f"{heading}: sparsity of each pruned Linear" if heading else None
+        title = f"{heading}: sparsity allocated to each pruned Linear" if heading else None
         charts.append(("sparsity", SPARSITY_PLOT, lambda path: draw_sparsity_per_layer(
             series, path, target=float(target) if target is not None else None, title=title)))
-    histograms = importance_histograms(data)
-    if histograms is not None:
-        charts.append(("importance", HISTOGRAM_PLOT, lambda path: draw_importance_histograms(histograms, path)))
     written: dict[str, str] = {}
     for key, name, draw in charts:
         try:

@@ -33,6 +33,9 @@ class BlockRecord:
     prune_seconds: float = 0.0
     propagate_seconds: float = 0.0
     induction: dict[str, Any] | None = None
+    # ||block_out_pruned - block_out_dense|| / ||block_out_dense|| on a few calibration windows, both blocks fed the
+    # same inputs (optimum_si.block_error); None for data-free runs.
+    output_error: float | None = None
 
 
 @dataclass
@@ -91,9 +94,28 @@ class PruneReport:
             summary["per_block"] = validated
         return summary
 
+    def output_error_summary(self) -> dict[str, Any] | None:
+        """The relative output error of the blocks as saved: mean over the blocks that have one, the worst block,
+        and, after Sparsity Induction, the mean of the base pruner alone and with SI on the induction's judged
+        windows (reverted blocks count with the base pruner's error); None when no block recorded one."""
+        errors = [(b.index, b.output_error) for b in self.blocks if b.output_error is not None]
+        if not errors:
+            return None
+        worst = max(errors, key=lambda item: item[1])
+        summary: dict[str, Any] = {"blocks": len(errors), "mean": sum(e for _, e in errors) / len(errors),
+                                   "max": worst[1], "max_block": worst[0]}
+        pairs = [(info["relative_error_base"], info["relative_error_induced"] if info.get("kept") else
+                  info["relative_error_base"]) for b in self.blocks if (info := b.induction)
+                 and info.get("relative_error_base") is not None and info.get("relative_error_induced") is not None]
+        if pairs:
+            summary["base_mean"] = sum(base for base, _ in pairs) / len(pairs)
+            summary["induced_mean"] = sum(induced for _, induced in pairs) / len(pairs)
+        return summary
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["induction_summary"] = self.induction_summary()
+        data["output_error_summary"] = self.output_error_summary()
         data["layers"] = {name: {**asdict(r), "sparsity": r.sparsity} for name, r in self.layers.items()}
         data["sparsity"] = self.sparsity
         return data

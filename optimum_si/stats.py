@@ -27,6 +27,13 @@ class InputStats:
         self.xtx = torch.zeros(in_features, in_features, dtype=STATS_DTYPE, device=device) if with_hessian else None
         self._hessian_factor: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    @classmethod
+    def of_sq_norms(cls, sq_norms: torch.Tensor, tokens: int = 0) -> InputStats:
+        """Statistics made of given per-channel sums of x^2 (no Hessian), e.g. re-collected or rescaled ones."""
+        stats = cls.__new__(cls)
+        stats.tokens, stats.sq_norms, stats.xtx, stats._hessian_factor = tokens, sq_norms, None, None
+        return stats
+
     def add(self, inputs: torch.Tensor) -> None:
         x = inputs.detach().reshape(-1, inputs.shape[-1]).to(STATS_DTYPE)
         self.tokens += x.shape[0]

@@ -16,7 +16,7 @@ import torch
 
 from optimum_si import SIPruner
 
-from .conftest import token_ids, tiny_model
+from .conftest import tiny_model, token_ids
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "pruned_weights.json")
 _SI = dict(induction=True, induction_epochs=1, induction_refresh_interval=2)

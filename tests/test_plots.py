@@ -10,10 +10,11 @@ import pytest
 from optimum_si import SIPruner, plots
 from optimum_si.cli import main
 from optimum_si.plots import (
-    HISTOGRAM_PLOT,
+    OUTPUT_ERROR_PLOT,
     SPARSITY_PLOT,
-    importance_histograms,
+    allocation_differs,
     load_report,
+    output_error_series,
     render_plots,
     sparsity_series,
 )
@@ -32,20 +33,11 @@ def _pruned(**kwargs):
     return model, pruner
 
 
-def _histogram(shift: float, bins: int = 20, lo: float = -4.0, hi: float = 1.0) -> dict:
-    edges = [lo + (hi - lo) * i / bins for i in range(bins + 1)]
-    centres = [(a + b) / 2 for a, b in zip(edges, edges[1:])]
-    before = [int(1000 * math.exp(-((c + 1.5) / 0.7) ** 2)) for c in centres]
-    after = [int(500 * math.exp(-((c + 3 + shift) / 0.3) ** 2) + 500 * math.exp(-((c + 0.5) / 0.4) ** 2))
-             for c in centres]
-    return {"edges": edges, "before": before, "after": after}
-
-
-def _add_histograms(report, blocks=None):
-    """What Sparsity Induction records per block (summed over the block's pruned Linears)."""
-    for record in report.blocks:
-        if blocks is None or record.index in blocks:
-            record.induction = {**(record.induction or {}), "importance_histogram": _histogram(0.1 * record.index)}
+def _vary_allocation(report):
+    """What a non-uniform allocation (OWL-style) looks like in the report: block 1 pruned harder than block 0."""
+    for name, record in report.layers.items():
+        if ".1." in name:
+            record.zeros = min(record.numel, int(record.numel * 0.7))
 
 
 def _assert_png(path):
@@ -107,39 +99,34 @@ def test_opt_names_and_missing_block_index():
     assert [(p.block, p.sparsity) for p in series["proj"]] == [(None, 0.25)]
 
 
-def test_importance_histograms_aggregate_and_per_block():
+def test_allocation_differs_only_beyond_rounding():
+    def series(values):
+        return {"fc1": [plots.LayerPoint(i, f"layers.{i}.fc1", v) for i, v in enumerate(values)]}
+
+    assert not allocation_differs(series([0.5, 0.5, 0.5]))
+    assert not allocation_differs(series([0.5, 0.5029, 0.4985]))  # a uniform target rounded to whole weights
+    assert allocation_differs(series([0.45, 0.5, 0.55]))
+    assert not allocation_differs({})
+
+
+def test_output_error_series_from_the_report():
     blocks = [
-        {"index": 0, "seconds": 1.0, "induction": {"importance_histogram": _histogram(0.0), "steps": 3}},
-        {"index": 1, "seconds": 1.0, "induction": {"steps": 3}},  # no histogram: left out
-        {"index": 2, "seconds": 1.0, "induction": None},
-        {"index": 3, "seconds": 1.0, "induction": {"importance_histogram": _histogram(0.2)}},
-        {"index": 4, "seconds": 1.0, "induction": {"importance_histogram": {"edges": [0, 1], "before": [1, 2],
-                                                                              "after": [1]}}},  # malformed
+        {"index": 1, "output_error": 0.2, "induction": {"kept": True, "relative_error_base": 0.3,
+                                                          "relative_error_induced": 0.25}},
+        {"index": 0, "output_error": 0.1, "induction": {"kept": False, "relative_error_base": 0.12,
+                                                          "relative_error_induced": 0.15}},
+        {"index": 2, "output_error": None, "induction": None},  # no figure at all: left out
+        {"index": 3, "output_error": "nan"},
     ]
-    data = importance_histograms({"layers": {}, "blocks": blocks})
-    assert sorted(data.blocks) == [0, 3]
-    h0, h3 = _histogram(0.0), _histogram(0.2)
-    assert list(data.aggregate.edges) == h0["edges"]
-    assert list(data.aggregate.before) == [a + b for a, b in zip(h0["before"], h3["before"])]
-    assert list(data.aggregate.after) == [a + b for a, b in zip(h0["after"], h3["after"])]
-    assert list(data.blocks[3].after) == h3["after"]
-    assert data.panel_blocks() == [0, 3]
-    assert importance_histograms({"layers": {}, "blocks": blocks[1:3]}) is None
-    assert importance_histograms({"layers": {}}) is None
-
-
-def test_histograms_on_different_bins_are_merged_on_one_grid():
-    blocks = [{"index": 0, "induction": {"importance_histogram": _histogram(0.0, bins=20, lo=-4, hi=1)}},
-              {"index": 1, "induction": {"importance_histogram": _histogram(0.0, bins=10, lo=-6, hi=0)}}]
-    data = importance_histograms({"layers": {}, "blocks": blocks})
-    assert data.aggregate.edges[0] == -6 and data.aggregate.edges[-1] == 1 and data.aggregate.bins == 20
-    total = sum(_histogram(0.0, 20, -4, 1)["before"]) + sum(_histogram(0.0, 10, -6, 0)["before"])
-    assert data.aggregate.total_before == pytest.approx(total)
-
-
-def test_panel_blocks_first_middle_last():
-    blocks = [{"index": i, "induction": {"importance_histogram": _histogram(0.0)}} for i in range(30)]
-    assert importance_histograms({"layers": {}, "blocks": blocks}).panel_blocks() == [0, 14, 29]
+    data = output_error_series({"layers": {}, "blocks": blocks})
+    assert data.blocks == (0, 1)
+    assert data.measured == (0.1, 0.2)
+    assert data.base == (0.12, 0.3)
+    assert data.with_si == (0.12, 0.25)  # a reverted block ships the base pruner's weights
+    plain = output_error_series({"layers": {}, "blocks": [{"index": 0, "output_error": 0.1}]})
+    assert plain.measured == (0.1,) and plain.base is None and plain.with_si is None
+    assert output_error_series({"layers": {}, "blocks": blocks[2:]}) is None
+    assert output_error_series({"layers": {}}) is None
 
 
 def test_load_report_errors(tmp_path):
@@ -153,48 +140,58 @@ def test_load_report_errors(tmp_path):
 # ---- drawing, save and card ------------------------------------------------------------------------------------
 
 
-def test_save_writes_both_charts_and_links_them(tmp_path):
+def test_uniform_run_gets_the_error_chart_and_no_flat_sparsity_line(tmp_path):
     model, pruner = _pruned(mask_structure="2:4")
-    _add_histograms(pruner.report)
     pruner.save(model, tmp_path)
-    _assert_png(tmp_path / SPARSITY_PLOT)
-    _assert_png(tmp_path / HISTOGRAM_PLOT)
+    _assert_png(tmp_path / OUTPUT_ERROR_PLOT)
+    assert not os.path.exists(tmp_path / SPARSITY_PLOT)
     card, links = _assert_complete_card(tmp_path)
-    assert links == {SPARSITY_PLOT, HISTOGRAM_PLOT}
-    assert "## Sparsity Induction" in card.text
-    # The saved report carries the histograms, so the charts can be drawn again from the folder alone.
-    assert importance_histograms(tmp_path) == importance_histograms(pruner.report)
+    assert links == {OUTPUT_ERROR_PLOT}
+    assert "## How far each block moved from the dense model" in card.text
+    summary = pruner.report.output_error_summary()
+    assert f"**{summary['mean']:.4f}** on average over 2" in card.text
+    # The saved report carries the figures, so the chart can be drawn again from the folder alone.
+    assert output_error_series(tmp_path) == output_error_series(pruner.report)
 
 
-def test_without_histograms_only_the_sparsity_chart(tmp_path):
+def test_differing_sparsities_add_the_allocation_chart(tmp_path):
     model, pruner = _pruned()
-    _add_histograms(pruner.report, blocks={1})  # blocks may lack the key
-    pruner.report.blocks[0].induction = None
-    pruner.save(model, tmp_path / "one")
-    assert os.path.isfile(tmp_path / "one" / HISTOGRAM_PLOT)
-    model, pruner = _pruned()
-    pruner.save(model, tmp_path / "none")
-    _assert_png(tmp_path / "none" / SPARSITY_PLOT)
-    assert not os.path.exists(tmp_path / "none" / HISTOGRAM_PLOT)
-    card, links = _assert_complete_card(tmp_path / "none")
-    assert links == {SPARSITY_PLOT} and "## Sparsity Induction" not in card.text
-
-
-def test_sparsity_induction_run_charts_follow_the_recorded_data(tmp_path):
-    """A real SI prune: the histogram chart is there exactly when the engine recorded histograms."""
-    model, pruner = _pruned(induction=True, num_samples=2, seqlen=16, induction_epochs=1)
+    _vary_allocation(pruner.report)
     pruner.save(model, tmp_path)
-    recorded = any((b.induction or {}).get("importance_histogram") for b in pruner.report.blocks)
-    assert os.path.isfile(tmp_path / HISTOGRAM_PLOT) == recorded
     _assert_png(tmp_path / SPARSITY_PLOT)
-    _assert_complete_card(tmp_path)
+    _, links = _assert_complete_card(tmp_path)
+    assert links == {OUTPUT_ERROR_PLOT, SPARSITY_PLOT}
+
+
+def test_sparsity_induction_chart_compares_base_and_si(tmp_path):
+    model, pruner = _pruned(induction=True, num_samples=4, seqlen=16, induction_epochs=1)
+    pruner.save(model, tmp_path)
+    data = output_error_series(tmp_path)
+    assert data.base is not None and all(v is not None and v > 0 for v in data.base + data.with_si)
+    _assert_png(tmp_path / OUTPUT_ERROR_PLOT)
+    card, links = _assert_complete_card(tmp_path)
+    assert links == {OUTPUT_ERROR_PLOT}
+    text = " ".join(card.text.split())
+    summary = pruner.report.output_error_summary()
+    assert f"{summary['base_mean']:.4f} with wanda alone and {summary['induced_mean']:.4f} with Sparsity Induction" \
+        in text
+
+
+def test_charts_of_an_earlier_version_are_removed_when_redrawn(tmp_path):
+    from optimum_si.checkpoint import write_plots
+
+    _, pruner = _pruned()
+    (tmp_path / "importance_histograms.png").write_bytes(PNG_MAGIC)  # what earlier versions drew
+    (tmp_path / SPARSITY_PLOT).write_bytes(PNG_MAGIC)  # a flat line for this uniform run: not drawn any more
+    assert write_plots(str(tmp_path), pruner.report) == {"output_error": OUTPUT_ERROR_PLOT}
+    assert sorted(os.listdir(tmp_path)) == [OUTPUT_ERROR_PLOT]
 
 
 def test_without_matplotlib_the_card_is_complete_and_old_charts_go(tmp_path, monkeypatch, caplog):
     model, pruner = _pruned()
-    _add_histograms(pruner.report)
+    _vary_allocation(pruner.report)
     pruner.save(model, tmp_path)
-    assert os.path.isfile(tmp_path / SPARSITY_PLOT) and os.path.isfile(tmp_path / HISTOGRAM_PLOT)
+    assert os.path.isfile(tmp_path / SPARSITY_PLOT) and os.path.isfile(tmp_path / OUTPUT_ERROR_PLOT)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
     assert not plots.matplotlib_available()
     with caplog.at_level(logging.INFO, logger="optimum_si.checkpoint"):
@@ -209,16 +206,16 @@ def test_without_matplotlib_the_card_is_complete_and_old_charts_go(tmp_path, mon
 
 def test_a_failing_chart_never_fails_the_save(tmp_path, monkeypatch, caplog):
     model, pruner = _pruned()
-    _add_histograms(pruner.report)
+    _vary_allocation(pruner.report)
 
     def broken(*args, **kwargs):
         raise RuntimeError("no fonts")
 
-    monkeypatch.setattr(plots, "draw_importance_histograms", broken)
+    monkeypatch.setattr(plots, "draw_output_error", broken)
     with caplog.at_level(logging.WARNING):
         pruner.save(model, tmp_path)
     assert "no fonts" in caplog.text
-    assert os.path.isfile(tmp_path / "si_config.json") and not os.path.exists(tmp_path / HISTOGRAM_PLOT)
+    assert os.path.isfile(tmp_path / "si_config.json") and not os.path.exists(tmp_path / OUTPUT_ERROR_PLOT)
     _, links = _assert_complete_card(tmp_path)
     assert links == {SPARSITY_PLOT}
 
@@ -232,22 +229,21 @@ def test_plots_false_and_drawing_leaves_global_state_alone(tmp_path):
     pruner.save(model, tmp_path / "off", plots=False)
     assert not [n for n in os.listdir(tmp_path / "off") if n.endswith(".png")]
     assert _card_images(tmp_path / "off") == set()
-    _add_histograms(pruner.report)
-    assert render_plots(pruner.report, tmp_path) == {"sparsity": SPARSITY_PLOT, "importance": HISTOGRAM_PLOT}
+    _vary_allocation(pruner.report)
+    assert render_plots(pruner.report, tmp_path) == {"output_error": OUTPUT_ERROR_PLOT, "sparsity": SPARSITY_PLOT}
     assert matplotlib.get_backend() == backend and dict(matplotlib.rcParams) == params
     assert ("matplotlib.pyplot" in sys.modules) == had_pyplot
 
 
 def test_cli_report_redraws_from_si_report_json(tmp_path, capsys):
     model, pruner = _pruned()
-    _add_histograms(pruner.report)
     pruner.save(model, tmp_path / "ckpt", plots=False)
     out = tmp_path / "charts"
     out.mkdir()
     assert main(["report", str(tmp_path / "ckpt"), "--plots", str(out)]) == 0
-    assert f"wrote {out / SPARSITY_PLOT}" in capsys.readouterr().out
-    _assert_png(out / SPARSITY_PLOT)
-    _assert_png(out / HISTOGRAM_PLOT)
+    assert f"wrote {out / OUTPUT_ERROR_PLOT}" in capsys.readouterr().out
+    _assert_png(out / OUTPUT_ERROR_PLOT)
+    assert not os.path.exists(out / SPARSITY_PLOT)
     assert main(["report", str(tmp_path / "ckpt"), "--plots", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert "is not a folder" in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,79 @@
+"""`PruningMethod`: what the engine, Sparsity Induction, the CLI and the model card need to know about a base pruner.
+
+A method is an object with declared traits and one of two verbs:
+
+- `score(weight, stats)`: importance of every weight (higher = kept), for *mask-only* methods. The engine selects
+  the mask (exact count, per row or per matrix, or N:M) and zeroes the rest; Sparsity Induction re-scores with the
+  same function while its scales move (eq. 11), so a metric is written once.
+- `solve(weights, stats, config)`: the pruned weights themselves, for methods that update the kept weights
+  (SparseGPT's OBS updates); `updates_weights = True`.
+
+Traits are class attributes, read by the engine instead of comparing method names. Nothing here imports torch:
+the command line validates a recipe (and so looks methods up) before torch is loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..config import SIConfig
+    from ..stats import InputStats
+
+__all__ = ["PruningMethod", "Solved"]
+
+# (name inside the group, pruned weight, keep mask, output-error estimate or None)
+Solved = tuple[str, "torch.Tensor", "torch.Tensor", "float | None"]
+
+
+class PruningMethod:
+    """Base class of the registered pruning methods (see `optimum_si.methods.register_method`).
+
+    Traits (class attributes):
+        name: the `SIConfig(method=...)` value (lower case).
+        needs_data: calibration activations are needed (False only for data-free scores such as magnitude).
+        needs_hessian: the statistics must include X X^T (SparseGPT); otherwise only per-channel sum of x^2.
+        per_row: unstructured masks cut each output row separately (Wanda) instead of the whole matrix (magnitude).
+        updates_weights: the method rewrites kept weights (implements `solve`), instead of only masking (`score`).
+        fold_changes_mask: the distribution-level equivalent scaling of Sparsity Induction changes this method's
+            mask, so SI folds it before pruning (magnitude); Wanda's mask is invariant to it and SparseGPT's
+            mask/damping are not covariant with it (docs/si-design.md §1), so they prune the unfolded weights.
+        si_statistics: with SI's global target and induction_statistics="auto", where the statistics come from:
+            "dense" (the teacher pass, no extra forward; measured equal for Wanda) or "pruned" (the pruned model's
+            own inputs, as the plain method sees them).
+        citation: the reference printed in the model card.
+    """
+
+    name: ClassVar[str] = ""
+    needs_data: ClassVar[bool] = True
+    needs_hessian: ClassVar[bool] = False
+    per_row: ClassVar[bool] = True
+    updates_weights: ClassVar[bool] = False
+    fold_changes_mask: ClassVar[bool] = False
+    si_statistics: ClassVar[str] = "pruned"
+    citation: ClassVar[str] = ""
+
+    # ------------------------------------------------------------------ mask-only methods
+    def score(self, weight: torch.Tensor, stats: InputStats | None) -> torch.Tensor:
+        """Importance of each weight of `weight` [out, in] (fp32, same shape; higher = kept). `stats` holds the
+        calibration statistics of the layer's input (None for data-free methods)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither score() nor solve().")
+
+    # ------------------------------------------------------------------ weight-updating methods
+    def solve(self, weights: dict[str, torch.Tensor], stats: dict[str, InputStats],
+              config: SIConfig) -> Iterator[Solved]:
+        """Pruned weights of a group of layers (`weights` by name, `stats` their input statistics), yielded one
+        layer at a time so each can be written and freed before the next is made. Only for `updates_weights`."""
+        raise NotImplementedError(f"{type(self).__name__} declares updates_weights but does not implement solve().")
+
+    # ------------------------------------------------------------------ the model card
+    def card_rows(self, config: SIConfig) -> list[tuple[str, str]]:
+        """(label, value) rows of the method's own settings for the card's recipe table."""
+        return []
+
+    def __repr__(self) -> str:
+        return f"<pruning method {self.name!r}>"
+

@@ -114,8 +114,9 @@ class SIPruner:
         device = torch.device(cfg.device) if cfg.device else (
             offload_execution_device(blocks[0]) or next(blocks[0].parameters()).device)
 
+        needs_data = cfg.method != "magnitude" or cfg.induction
         ids, calibration = None, None
-        if cfg.needs_calibration:
+        if needs_data:
             model_config = getattr(model, "config", None)
             ids, calibration = build_calibration(
                 dataset, tokenizer, cfg.num_samples, cfg.seqlen, cfg.seed,
@@ -192,7 +193,7 @@ class SIPruner:
         folders.check_target(target, folder)
         device = torch.device(cfg.device) if cfg.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         ids, calibration = None, None
-        if cfg.needs_calibration:
+        if cfg.method != "magnitude" or cfg.induction:
             ids, calibration = build_calibration(dataset, tokenizer, cfg.num_samples, cfg.seqlen, cfg.seed,
                                                  vocab_size=getattr(model_config, "vocab_size", None),
                                                  max_context=getattr(model_config, "max_position_embeddings", None))
@@ -204,6 +205,7 @@ class SIPruner:
             if existing.own and not overwrite:
                 if existing.complete and existing.fingerprint == fingerprint:
                     logger.info("%s is already complete for this run; nothing to do.", save_dir)
+                    self.report = _saved_report(target)
                     return save_dir
                 raise FileExistsError(
                     f"{save_dir} holds a pruned checkpoint (or an unfinished run) that differs from this run in "
@@ -215,6 +217,7 @@ class SIPruner:
             progress, discard = self._partial_run(partial, save_dir, fingerprint, len(blocks), overwrite)
             if progress is None and not discard and os.path.isdir(partial):  # finished, killed before the swap
                 folders.publish(partial, target, existing)
+                self.report = _saved_report(target)
                 return save_dir
             free = shutil.disk_usage(os.path.dirname(target)).free + (_folder_bytes(partial) if discard else 0)
             if progress is None and free < index.total_bytes * 1.05:
@@ -476,6 +479,29 @@ def _check_pruned(report: PruneReport, names: list[str], what: str) -> None:
             f"{', ...' if len(missing) > 1 else ''}), so it was not recorded as finished; rerun with overwrite=True, "
             "and report a bug if it happens again."
         )
+
+
+def _saved_report(folder: str) -> PruneReport | None:
+    """The report of the finished checkpoint in `folder` (for a rerun that had nothing left to do), or None."""
+    import dataclasses
+    import json
+
+    from .report import REPORT_NAME, BlockRecord
+
+    def known(cls: type, entry: dict[str, Any]) -> dict[str, Any]:
+        return {f.name: entry[f.name] for f in dataclasses.fields(cls) if f.name in entry}
+
+    path = os.path.join(folder, REPORT_NAME)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        report = PruneReport(**{k: v for k, v in known(PruneReport, data).items() if k not in ("layers", "blocks")})
+        report.layers = {name: LayerRecord(**known(LayerRecord, entry)) for name, entry in data["layers"].items()}
+        report.blocks = [BlockRecord(**known(BlockRecord, entry)) for entry in data.get("blocks") or []]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as err:
+        logger.warning("Could not read %s (%s: %s); SIPruner.report is left empty.", path, type(err).__name__, err)
+        return None
+    return report
 
 
 def _folder_bytes(folder: str) -> int:

@@ -107,6 +107,33 @@ def test_complete_folder_with_another_recipe_needs_overwrite(source, tmp_path):
     assert json.loads((out / "si_config.json").read_text())["mask_structure"] == "2:4"
 
 
+def test_a_rerun_with_nothing_left_to_do_still_reports_the_run(source, tmp_path, monkeypatch, capsys):
+    from optimum_si import folders
+    from optimum_si.cli import main
+
+    out = tmp_path / "out"
+    first = _pruner()
+    first.prune(str(source), save_dir=tmp_path / "reference", dataset=token_ids())
+    real_publish = folders.publish
+
+    def killed_before_the_swap(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(folders, "publish", killed_before_the_swap)
+    with pytest.raises(KeyboardInterrupt):
+        _pruner().prune(str(source), save_dir=out, dataset=token_ids())
+    monkeypatch.setattr(folders, "publish", real_publish)
+    for _ in ("finished before the swap: only swapped in", "complete: nothing to do"):
+        again = _pruner()
+        again.prune(str(source), save_dir=out, dataset=token_ids())
+        assert again.report.sparsity == first.report.sparsity == 0.5
+        assert again.report.layers == first.report.layers and len(again.report.blocks) == 2
+    args = ["prune", "--model", str(source), "--output", str(tmp_path / "cli"), "--method", "magnitude", "--stream",
+            "--no-show-progress"]
+    assert main(args) == 0 and main(args) == 0  # the same command twice: the second has nothing to do
+    assert "achieved sparsity 0.5000" in capsys.readouterr().out.splitlines()[-1]
+
+
 def _break(source, how):
     index = json.loads((source / INDEX_NAME).read_text())
     shard = source / sorted(set(index["weight_map"].values()))[0]

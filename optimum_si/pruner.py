@@ -114,9 +114,8 @@ class SIPruner:
         device = torch.device(cfg.device) if cfg.device else (
             offload_execution_device(blocks[0]) or next(blocks[0].parameters()).device)
 
-        needs_data = cfg.method != "magnitude" or cfg.induction
         ids, calibration = None, None
-        if needs_data:
+        if cfg.needs_calibration:
             model_config = getattr(model, "config", None)
             ids, calibration = build_calibration(
                 dataset, tokenizer, cfg.num_samples, cfg.seqlen, cfg.seed,
@@ -193,7 +192,7 @@ class SIPruner:
         folders.check_target(target, folder)
         device = torch.device(cfg.device) if cfg.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         ids, calibration = None, None
-        if cfg.method != "magnitude" or cfg.induction:
+        if cfg.needs_calibration:
             ids, calibration = build_calibration(dataset, tokenizer, cfg.num_samples, cfg.seqlen, cfg.seed,
                                                  vocab_size=getattr(model_config, "vocab_size", None),
                                                  max_context=getattr(model_config, "max_position_embeddings", None))

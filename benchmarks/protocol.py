@@ -1,4 +1,4 @@
-"""The SmolLM2-135M benchmark protocol of ../shared/docs/environment.md §5.1, shared by every benchmark script.
+"""The SmolLM2-135M benchmark protocol, shared by every benchmark script.
 
 Calibration: the first 4,000,000 characters of the cleaned Python 3.11 docs, tokenised once, 32 windows of 512
 tokens at `random.Random(0).randint(0, T - 513)` starts. Evaluation: the cleaned Jargon File tokenised once, the

@@ -92,7 +92,8 @@ def markdown(records: list[dict]) -> str:
     lines.append(
         f"SmolLM2-135M-Instruct (fp32), calibration {first.get('samples')} x {first.get('seqlen')} Python-docs tokens "
         f"(seed {first.get('seed')}), evaluation {first.get('eval')} Jargon tokens; torch {first.get('torch')}, "
-        f"{first.get('threads')} threads, one process per row. Reference: ../shared/docs/environment.md §5.2."
+        f"{first.get('threads')} threads, one process per row. Reference: runs of the reference implementations on the "
+        "same protocol (`benchmarks/protocol.py`, `REFERENCE_PPL`)."
     )
     return "\n".join(lines) + "\n"
 

@@ -18,6 +18,10 @@ from tqdm.auto import tqdm
 
 __all__ = ["perplexity", "zero_shot", "TASK_PRESETS"]
 
+# perplexity() shows a progress bar by default from this many batches on (a few seconds each on a CPU for 2048-token
+# windows of a small model; minutes in all).
+PROGRESS_MIN_BATCHES = 8
+
 # The seven zero-shot tasks of the Wanda paper (Table 2), as lm-evaluation-harness names them.
 TASK_PRESETS = {"wanda7": ("boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")}
 
@@ -31,9 +35,12 @@ def perplexity(
     max_windows: int | None = None,
     batch_size: int = 1,
     device: str | torch.device | None = None,
-    show_progress: bool = False,
+    show_progress: bool | None = None,
 ) -> float:
     """Perplexity of `model` on `text` (tokenised once with the tokenizer) or on a 1-D/2-D tensor of token ids.
+
+    `show_progress`: a tqdm bar over the batches; by default (None) only for long runs, of `PROGRESS_MIN_BATCHES` or
+    more batches.
 
     `text` may also name a set of `optimum_si.calibration_sets.NAMED_SETS` ("wikitext2", "c4") or be a
     `calibration_sets.TextSet` (any Hub dataset or local folder, e.g. `text_set("owner/name", "evaluation",
@@ -77,7 +84,10 @@ def perplexity(
     total_nll = 0.0
     try:
         starts = list(range(0, windows, batch_size))
-        for first in tqdm(starts, desc="Perplexity", disable=not show_progress):
+        if show_progress is None:
+            show_progress = len(starts) >= PROGRESS_MIN_BATCHES
+        for first in tqdm(starts, desc="Perplexity", unit="window" if batch_size == 1 else "batch",
+                          disable=not show_progress):
             count = min(batch_size, windows - first)
             batch = ids[first * seqlen:(first + count) * seqlen].reshape(count, seqlen).to(device)
             logits = model(input_ids=batch, use_cache=False).logits.float()

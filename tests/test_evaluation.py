@@ -131,3 +131,10 @@ def test_zero_shot_task_names_and_presets():
     assert _task_names(["rte", "wanda7"])[:2] == ["rte", "boolq"]
     with pytest.raises(ValueError, match="No tasks given"):
         _task_names([])
+
+
+@pytest.mark.parametrize("windows, show, bar", [(7, None, False), (8, None, True), (8, False, False), (2, True, True)])
+def test_progress_bar_by_default_only_on_long_runs(capsys, windows, show, bar):
+    model = tiny_model("llama")
+    perplexity(model, token_ids(1, 16 * windows).reshape(-1), seqlen=16, show_progress=show)
+    assert ("Perplexity" in capsys.readouterr().err) == bar

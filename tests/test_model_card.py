@@ -96,3 +96,14 @@ def test_pruned_only_results_show_a_dash_for_dense(tmp_path):
     pruner.save(model, tmp_path / "out", plots=False, results={"perplexity": {"c4": 20.0}})
     _meta, text, _card = _saved(tmp_path / "out")
     assert "| c4 perplexity | – | 20.0000 |" in text
+
+
+def test_weights_source_is_stated_only_when_given(tmp_path):
+    model, pruner = _pruned("alice/tiny-llama")
+    pruner.save(model, tmp_path / "plain", plots=False)
+    assert "Source weights" not in _saved(tmp_path / "plain")[1]
+    pruner.save(model, tmp_path / "gguf", plots=False,
+                card_info={"weights_source": "dequantised from a Q4_1 GGUF, not the Hub's weights."})
+    _, text, card = _saved(tmp_path / "gguf")
+    assert "**Source weights:** dequantised from a Q4_1 GGUF, not the Hub's weights." in text
+    assert card.data.base_model == "alice/tiny-llama"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import weakref
 from typing import Any
 
 import torch
@@ -50,6 +51,7 @@ class SIPruner:
             raise TypeError(f"SIPruner expects an SIConfig (or keyword arguments), got {type(config).__name__}.")
         self.config = config
         self.report: PruneReport | None = None
+        self._report_model: weakref.ref[nn.Module] | None = None  # the in-memory model `report` describes
         self._tokenizer = None
         self._calibration_ids: torch.Tensor | None = None
 
@@ -89,11 +91,13 @@ class SIPruner:
             raise TypeError(f"induce() expects a torch.nn.Module, got {type(model).__name__}.")
         config = SIConfig.from_dict(self.config.to_dict(), induction=True)
         runner = SIPruner(config)
+        self.report, self._report_model = None, None
         runner._run(model, tokenizer, dataset, prune=False)
-        self.report = runner.report
+        self.report, self._report_model = runner.report, runner._report_model
         return model
 
     def _run(self, model: nn.Module, tokenizer: Any, dataset: Any, prune: bool) -> nn.Module:
+        self.report, self._report_model = None, None  # a failed run must not leave an earlier run's report for save()
         check_runtime(self.config)
         cfg = self.config
         if not isinstance(model, nn.Module):
@@ -160,7 +164,7 @@ class SIPruner:
         report.total_seconds = time.perf_counter() - started
         if prune:
             setattr(model, _PRUNED_FLAG, True)
-        self.report = report
+        self.report, self._report_model = report, weakref.ref(model)
         logger.info(report.summary())
         return model
 
@@ -168,6 +172,7 @@ class SIPruner:
                          overwrite: bool, revision: str | None, token: str | None) -> str:
         import shutil
 
+        self.report, self._report_model = None, None
         check_runtime(self.config)
         from transformers import AutoConfig
 
@@ -435,6 +440,12 @@ class SIPruner:
 
         if push_to_hub and not repo_id:
             raise ValueError("save(..., push_to_hub=True) needs repo_id='owner/name'.")
+        if self.report is not None and self._report_model is not None and self._report_model() is not model:
+            raise ValueError("This pruner's report describes another model than the one given to save(); save the "
+                             "model this pruner last pruned, or prune this one first.")
+        if self.report is None and not getattr(model, _PRUNED_FLAG, False):
+            raise ValueError("This model has not been pruned by optimum-si (or its prune failed, and its weights were "
+                             "restored): saving it would publish dense weights under a pruning recipe. Prune it first.")
         if self.report is not None and perplexity:
             self.report.perplexity.update(perplexity)
         for kind, given in (("pruned", results), ("dense", dense_results)):

@@ -203,3 +203,24 @@ def test_config_type_errors():
         SIPruner(method="magnitude").prune(object())
 
 
+
+
+def test_a_failed_or_foreign_prune_is_never_saved_as_pruned(tmp_path):
+    import os
+
+    pruner = SIPruner(method="sparsegpt", num_samples=8, seqlen=32, show_progress=False)
+    pruned = tiny_model("llama")
+    pruner.prune(pruned, dataset=token_ids())
+    dense = tiny_model("llama")
+    with pytest.raises(ValueError, match="describes another model"):  # the report is pruned's, not dense's
+        pruner.save(dense, tmp_path / "a")
+    # A run that fails mid-way restores the weights and leaves no report behind (not the earlier run's).
+    dense.model.layers[1].self_attn.register_forward_hook(lambda m, a, out: (out[0] * float("nan"),) + tuple(out[1:]))
+    with pytest.raises(FloatingPointError):
+        pruner.prune(dense, dataset=token_ids())
+    assert pruner.report is None
+    with pytest.raises(ValueError, match="has not been pruned"):
+        pruner.save(dense, tmp_path / "b")
+    assert not os.listdir(tmp_path)
+    pruner.save(pruned, tmp_path / "c")  # a pruned model still saves (without the report it no longer has)
+    assert (tmp_path / "c" / "si_config.json").is_file()

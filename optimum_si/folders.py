@@ -146,8 +146,10 @@ def describe(target: str) -> Existing:
         own = ({os.path.normpath(n) for n in manifest["files"]} & names) | {MANIFEST_NAME} \
             | ({".optimum-si-progress.json"} & names)
         return Existing(own, sorted(names - own), True, manifest.get("fingerprint"))
-    if not names & {"si_config.json", ".optimum-si-progress.json"}:
-        return Existing(foreign=sorted(names))  # not written by optimum-si: every file is the user's
+    if ".optimum-si-progress.json" not in names and not {"si_config.json", "si_report.json"} <= names:
+        # Not written by optimum-si (a recipe alone, e.g. from SIConfig.save_pretrained, does not make a folder a
+        # checkpoint of ours): every file is the user's.
+        return Existing(foreign=sorted(names))
     # Written by an optimum-si without manifests: its files are the ones a checkpoint is made of.
     from .plots import PLOT_FILES
 

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from optimum_si import SIPruner
+from optimum_si import SIConfig, SIPruner
 from optimum_si.config import CONFIG_NAME
 from optimum_si.report import REPORT_NAME
 
@@ -111,6 +111,13 @@ def test_save_never_replaces_a_file_it_did_not_write(tmp_path):
     assert _files(out) == before
     model.config._name_or_path = str(out)  # the folder the model was loaded from
     with pytest.raises(ValueError, match="source checkpoint"):
+        pruner.save(model, out)
+    assert _files(out) == before
+    # A recipe kept beside the user's model does not make the folder an optimum-si checkpoint.
+    SIConfig(method="wanda").save_pretrained(out)
+    before = _files(out)
+    model.config._name_or_path = "someone/else"
+    with pytest.raises(FileExistsError, match="which optimum-si did not write"):
         pruner.save(model, out)
     assert _files(out) == before
 

@@ -125,7 +125,7 @@ def test_a_checkpoint_without_manifest_owns_every_chart_optimum_si_draws(tmp_pat
     from optimum_si.plots import PLOT_FILES
 
     (tmp_path / "out").mkdir()
-    for name in ("si_config.json", "model.safetensors", *PLOT_FILES):
+    for name in ("si_config.json", "si_report.json", "model.safetensors", *PLOT_FILES):
         (tmp_path / "out" / name).write_text("x")
     (tmp_path / "out" / "notes.png").write_text("user")
     state = folders.describe(str(tmp_path / "out"))

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from benchmarks import cloze
+from optimum_si import SIPruner
 
-from .conftest import tiny_model
+from .conftest import tiny_model, token_ids
 from .test_evaluation import char_tokenizer
 
 WORDS = ("hacker kludge system program machine network compiler terminal language manual editor channel "
@@ -48,7 +49,7 @@ def test_items_are_well_formed_and_deterministic():
     assert len(cloze.build_items(text, count=1000, seed=0)) == 30  # one per usable paragraph
 
 
-def test_the_task_runs_in_lm_eval_and_scores_what_the_model_prefers(tmp_path):
+def test_the_task_runs_in_lm_eval_and_scores_what_the_pruned_model_prefers(tmp_path):
     pytest.importorskip("lm_eval")
     from optimum_si.evaluation import zero_shot
 
@@ -57,6 +58,8 @@ def test_the_task_runs_in_lm_eval_and_scores_what_the_model_prefers(tmp_path):
     assert (folder / f"{cloze.TASK_NAME}.yaml").is_file()
     assert [json.loads(line) for line in (folder / f"{cloze.TASK_NAME}.jsonl").read_text().splitlines()] == items
     model, tokenizer = tiny_model("llama"), char_tokenizer()
+    SIPruner(method="wanda", sparsity=0.5, num_samples=4, seqlen=32, show_progress=False).prune(
+        model, dataset=token_ids(4, 32))  # a pruned model's accuracy, computed by lm-eval
 
     scores = zero_shot(model, tokenizer, tasks=[cloze.TASK_NAME], include_path=str(folder))[cloze.TASK_NAME]
 

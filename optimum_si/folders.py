@@ -83,9 +83,10 @@ def inside(folder: str, name: Any, what: str) -> str:
     return os.path.join(folder, norm)
 
 
-def check_target(target: str, source: str | None = None) -> None:
+def check_target(target: str, source: str | None = None, scratch: str | None = None) -> None:
     """Refuse an output folder that the final swap could not replace safely: a file, the folder the process runs
-    in (or one above it), or a folder that is, contains or lies inside the source checkpoint."""
+    in (or one above it), or a folder that is, contains or lies inside the source checkpoint; and a `scratch` folder
+    (activations on disk) inside the source, the output folder or the run's hidden siblings of it."""
     if os.path.exists(target) and not os.path.isdir(target):
         raise NotADirectoryError(f"save_dir {target} is a file; choose a folder.")
     if _within(os.getcwd(), target):
@@ -96,6 +97,14 @@ def check_target(target: str, source: str | None = None) -> None:
         if _within(src, target) or _within(target, src):
             raise ValueError(f"save_dir {target} is, contains or lies inside the source checkpoint {src}, which must "
                              "never be modified; choose a save_dir outside it.")
+    if scratch is not None:
+        where = os.path.realpath(scratch)
+        for folder, what in ((os.path.realpath(source) if source else None, "the source checkpoint"),
+                             (target, "save_dir"), *((sibling(target, k), "save_dir's work folder")
+                                                     for k in ("partial", "staging", "old"))):
+            if folder is not None and _within(where, folder):
+                raise ValueError(f"activation_dir {where} lies inside {what} ({folder}); its files would be written "
+                                 "there. Choose an activation_dir outside it.")
 
 
 def recover(target: str) -> None:

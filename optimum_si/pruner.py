@@ -194,7 +194,7 @@ class SIPruner:
         plan = [select_linears(block, f"{block_path}.{i}", cfg.targets, cfg.ignore) for i, block in enumerate(blocks)]
         self._check_plan(plan, block_path)
         target = folders.resolve(save_dir)
-        folders.check_target(target, folder)
+        folders.check_target(target, folder, cfg.activation_dir if cfg.activation_storage == "disk" else None)
         device = torch.device(cfg.device) if cfg.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         ids, calibration = None, None
         if cfg.needs_calibration:

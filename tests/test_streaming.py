@@ -283,6 +283,17 @@ def test_save_dir_that_is_contains_or_lies_inside_the_source_is_refused(source, 
     assert _files(tmp_path) == before
 
 
+@pytest.mark.parametrize("where", ["source", "out", "partial"])
+def test_activations_on_disk_are_never_written_into_the_source_or_the_output(source, tmp_path, where):
+    out = tmp_path / "out"
+    scratch = {"source": source / "acts", "out": out / "acts", "partial": _partial(out) / "acts"}[where]
+    before = _files(source)
+    with pytest.raises(ValueError, match="activation_dir .* lies inside"):
+        _pruner(activation_storage="disk", activation_dir=str(scratch)).prune(str(source), save_dir=out,
+                                                                                dataset=token_ids())
+    assert _files(source) == before and not out.exists() and not _partial(out).exists()
+
+
 def test_failed_checks_with_overwrite_leave_the_old_checkpoint(source, tmp_path, monkeypatch):
     import shutil
     from collections import namedtuple

@@ -74,8 +74,11 @@ def load_report(source: PruneReport | Mapping[str, Any] | str | os.PathLike) -> 
         path = os.path.join(path, REPORT_NAME)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No {REPORT_NAME} at {os.fspath(source)!r}; it is written by SIPruner.save.")
-    with open(path, encoding="utf-8") as handle:
-        data = json.load(handle)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (ValueError, RecursionError) as err:  # JSON and UTF-8 errors are ValueErrors
+        raise ValueError(f"{path} is not valid JSON ({err}); the file is truncated or corrupted.") from None
     if not isinstance(data, dict) or not isinstance(data.get("layers"), dict):
         raise ValueError(f"{path} is not a {REPORT_NAME} (no `layers` table).")
     return data

@@ -134,6 +134,10 @@ def test_load_report_errors(tmp_path):
     (tmp_path / REPORT_NAME).write_text("[1, 2]")
     with pytest.raises(ValueError, match="layers"):
         load_report(tmp_path)
+    for damage in (b'{"layers": {', b"\xff\xfe{}", b"[" * 100_000 + b"]" * 100_000):
+        (tmp_path / REPORT_NAME).write_bytes(damage)
+        with pytest.raises(ValueError, match=f"{REPORT_NAME} is not valid JSON .* truncated or corrupted"):
+            load_report(tmp_path)
 
 
 # ---- drawing, save and card ------------------------------------------------------------------------------------

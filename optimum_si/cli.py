@@ -167,6 +167,14 @@ def build_parser(prog: str = "optimum-si") -> argparse.ArgumentParser:
     evaluate.add_argument("--dtype", default="float32", choices=_DTYPES, help="dtype to load the model in")
     evaluate.add_argument("--trust-remote-code", action="store_true",
                           help="run the Python code a model folder or repo ships (only for sources you trust)")
+    evaluate.add_argument("--record-into", metavar="DIR",
+                          help="checkpoint whose si_report.json and card get the --dataset and --tasks results "
+                               "(default: --model itself when it is an optimum-si checkpoint; --text results are "
+                               "only printed)")
+    evaluate.add_argument("--record-as", choices=("pruned", "dense"), default="pruned",
+                          help="record the results as the pruned model's or as the dense model's (evaluate the base "
+                               "model with --record-into out/ --record-as dense for the side-by-side table)")
+    evaluate.add_argument("--no-record", action="store_true", help="only print the results")
 
     report = commands.add_parser("report", help="measured sparsity of a checkpoint (per module and overall)",
                                  formatter_class=formatter)
@@ -438,6 +446,12 @@ def _eval(args: argparse.Namespace) -> int:
 
         if importlib.util.find_spec("lm_eval") is None:
             raise UsageError('--tasks needs lm-evaluation-harness: pip install "optimum-si[eval]".')
+    from .results import is_checkpoint
+
+    record_into = None if args.no_record else args.record_into or (args.model if is_checkpoint(args.model) else None)
+    if record_into is not None and not is_checkpoint(record_into):
+        raise UsageError(f"--record-into {record_into!r} is not an optimum-si checkpoint folder (it needs "
+                         "si_config.json and si_report.json).")
     from .calibration import read_text_file
     from .evaluation import perplexity
 
@@ -450,6 +464,7 @@ def _eval(args: argparse.Namespace) -> int:
 
         named = args.dataset if args.dataset in NAMED_SETS else text_set(args.dataset, "evaluation")
         sources.append((args.dataset, named))
+    results: dict[str, typing.Any] = {"seqlen": args.seqlen} if args.dataset else {}
     for label, text in sources:
         try:
             value = perplexity(model, tokenizer, text, seqlen=args.seqlen, max_windows=args.max_windows,
@@ -457,6 +472,8 @@ def _eval(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise UsageError(_cli_message(err).replace("seqlen=", "--seqlen ")) from None
         print(f"perplexity {value:.4f} ({args.model}, {label}, seqlen {args.seqlen})")
+        if label == args.dataset:
+            results.setdefault("perplexity", {})[label] = value
     if args.tasks:
         from .evaluation import zero_shot
 
@@ -468,6 +485,12 @@ def _eval(args: argparse.Namespace) -> int:
         for task, metrics in scores.items():
             shown = ", ".join(f"{name} {value:.4f}" for name, value in metrics.items() if not name.endswith("_stderr"))
             print(f"{task}: {shown}")
+        results["zero_shot"] = scores
+    if record_into is not None and (results.get("perplexity") or results.get("zero_shot")):
+        from .results import record_results
+
+        written = record_results(record_into, results, model=args.record_as)
+        print(f"recorded as the {args.record_as} model's results in {', '.join(written)}")
     return 0
 
 

@@ -150,18 +150,19 @@ def describe(target: str) -> Existing:
         return Existing()
     names = set(os.listdir(target))
     manifest = read_manifest(target)
+    from .plots import PLOT_FILES
+
     if manifest is not None:
-        # A progress file next to a manifest is a stale one of the run that wrote it (never the user's).
+        # A progress file next to a manifest is a stale one of the run that wrote it (never the user's), and charts
+        # are optimum-si's even when drawn later (`optimum-si report DIR --plots`).
         own = ({os.path.normpath(n) for n in manifest["files"]} & names) | {MANIFEST_NAME} \
-            | ({".optimum-si-progress.json"} & names)
+            | ({".optimum-si-progress.json", *PLOT_FILES} & names)
         return Existing(own, sorted(names - own), True, manifest.get("fingerprint"))
     if ".optimum-si-progress.json" not in names and not {"si_config.json", "si_report.json"} <= names:
         # Not written by optimum-si (a recipe alone, e.g. from SIConfig.save_pretrained, does not make a folder a
         # checkpoint of ours): every file is the user's.
         return Existing(foreign=sorted(names))
     # Written by an optimum-si without manifests: its files are the ones a checkpoint is made of.
-    from .plots import PLOT_FILES
-
     own = {n for n in names if n in _LEGACY_NAMES or n in PLOT_FILES or _LEGACY_PATTERN.fullmatch(n)}
     complete = "si_config.json" in names and ".optimum-si-progress.json" not in names
     return Existing(own, sorted(names - own), complete)

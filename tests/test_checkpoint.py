@@ -188,3 +188,17 @@ def test_killed_between_the_renames_of_the_swap_leaves_one_whole_checkpoint(tmp_
     model, pruner = _pruned("magnitude", mask_structure="2:4")
     pruner.save(model, tmp_path / "out")  # the next save recovers first, then replaces
     assert not aside.exists() and json.loads((tmp_path / "out" / CONFIG_NAME).read_text())["mask_structure"] == "2:4"
+
+
+def test_charts_drawn_later_into_a_checkpoint_do_not_block_the_next_save(tmp_path):
+    pytest.importorskip("matplotlib")
+    from optimum_si.cli import main
+
+    model, pruner = _pruned()
+    out = tmp_path / "out"
+    pruner.save(model, out, plots=False)
+    assert main(["report", str(out), "--plots"]) == 0  # charts written after the manifest
+    drawn = {n for n in os.listdir(out) if n.endswith(".png")}
+    assert drawn
+    pruner.save(model, out, plots=False)  # they are optimum-si's: replaced, never taken for the user's
+    assert not {n for n in os.listdir(out) if n.endswith(".png")}

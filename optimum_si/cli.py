@@ -176,15 +176,16 @@ def build_parser(prog: str = "optimum-si") -> argparse.ArgumentParser:
                                "model with --record-into out/ --record-as dense for the side-by-side table)")
     evaluate.add_argument("--no-record", action="store_true", help="only print the results")
 
-    report = commands.add_parser("report", help="measured sparsity of a checkpoint (per module and overall)",
+    report = commands.add_parser("report", help="measured sparsity of a checkpoint (overall and N:M; per module with "
+                                                "--json)",
                                  formatter_class=formatter)
     _add_verbose(report, top=False)
     report.add_argument("path", help="checkpoint folder")
     report.add_argument("--json", action="store_true", help="print the full report as JSON")
     report.add_argument("--plots", nargs="?", const="", metavar="DIR",
-                        help="also draw the charts of the run from its si_report.json (per-layer sparsity, importance "
-                             "histograms after Sparsity Induction) into DIR (default: the checkpoint folder); needs "
-                             "matplotlib")
+                        help="also draw the charts of the run from its si_report.json (relative output error per "
+                             "block; the sparsity allocation when the Linears got different sparsities) into DIR "
+                             "(default: the checkpoint folder); needs matplotlib")
     return parser
 
 

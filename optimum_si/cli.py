@@ -374,7 +374,14 @@ def _load_model(path: str, dtype: str, trust_remote_code: bool):
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, ImportError, SafetensorError) as err:
         raise UsageError(f"cannot load --model {path!r}: {_first_line(err)}{_remote_code_hint(err)}") from err
+    except RecursionError as err:
+        raise UsageError(_nested_json(path)) from err
     return model, tokenizer
+
+
+def _nested_json(path: str) -> str:
+    return (f"cannot load --model {path!r}: a JSON file of it (config.json, the tokenizer's) nests too deeply; the "
+            "file is corrupted.")
 
 
 def _first_line(err: BaseException) -> str:
@@ -397,6 +404,8 @@ def _check_stream_config(path: str) -> None:
             raise UsageError(f"--model {path!r} needs its own Python code, which --stream cannot run; prune it "
                              "without --stream and with --trust-remote-code.") from err
         raise UsageError(f"cannot load --model {path!r}: {_first_line(err)}") from err
+    except RecursionError as err:
+        raise UsageError(_nested_json(path)) from err
 
 
 def _prune(args: argparse.Namespace) -> int:

@@ -184,7 +184,7 @@ class SIPruner:
         folder = st.resolve_source(source, revision=revision, token=token)
         try:
             model_config = AutoConfig.from_pretrained(folder)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RecursionError) as err:
             raise ValueError(f"{source} has no usable config.json ({err}).") from err
         index, skeleton = st.open_checkpoint(folder, model_config)
         cfg = self.config

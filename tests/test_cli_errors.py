@@ -113,6 +113,19 @@ def test_stream_errors(dense_dir, tmp_path, capsys, monkeypatch):
     _one_line_error(capsys, main([*base, "--model", str(tmp_path)]), "has no config.json")
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["in-memory", "stream"])
+def test_a_deeply_nested_config_is_one_line(dense_dir, tmp_path, capsys, stream):
+    import shutil
+
+    path, _text = dense_dir
+    broken = tmp_path / "broken"
+    shutil.copytree(path, broken)
+    (broken / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    argv = ["prune", "--model", str(broken), "--output", str(tmp_path / "out"), "--method", "magnitude"]
+    _one_line_error(capsys, main(argv + (["--stream"] if stream else [])), "nests too deeply")
+    assert not (tmp_path / "out").exists()
+
+
 def test_push_to_hub_offline_is_refused_before_pruning(dense_dir, tmp_path, capsys, monkeypatch, blocked_model_loading):
     path, _ = dense_dir
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

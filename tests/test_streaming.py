@@ -479,9 +479,11 @@ def test_index_entries_outside_the_source_folder_are_refused(source, tmp_path, e
     assert not (tmp_path / "out").exists()
 
 
-def test_a_deeply_nested_index_is_a_clear_error(source, tmp_path):
-    (source / INDEX_NAME).write_text("[" * 100_000 + "]" * 100_000)
-    with pytest.raises(ValueError, match=f"{INDEX_NAME} is corrupted"):
+@pytest.mark.parametrize("name, message", [(INDEX_NAME, f"{INDEX_NAME} is corrupted"),
+                                           ("config.json", "no usable config.json")])
+def test_a_deeply_nested_index_or_config_is_a_clear_error(source, tmp_path, name, message):
+    (source / name).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match=message):
         _pruner("magnitude").prune(str(source), save_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

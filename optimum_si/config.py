@@ -142,7 +142,7 @@ class SIConfig:
         default="damped-adam")
     induction_validation_fraction: float = _help(
         "Fraction of the calibration windows held out from training: the keep/revert verdict of each block compares "
-        "the block loss with and without the learned scales on them (0: judge on training windows).", default=0.0)
+        "the block loss with and without the learned scales on them (0: judge on training windows).", default=0.25)
     induction_max_scale: float | None = _help(
         "Bound b on every learned scale, kept in [1/b, b] (None: unbounded); a bound keeps induction a small "
         "correction of the base pruner.", default=None)

@@ -12,6 +12,7 @@ group with `true_sequential`):
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +31,8 @@ from .masks import select_mask
 from .methods import PruningMethod, get_method
 from .report import BlockRecord, LayerRecord, PruneReport
 from .stats import InputStats, InputStatsCollector, StopForward
-from .weights import UndoLog, write_parameter
+from .targets import WeightTarget
+from .weights import UndoLog
 
 __all__ = [
     "BlockInputs",
@@ -197,11 +199,8 @@ def capture_block_inputs(
             except _BlockInputsCaptured as captured:
                 kwargs = dict(captured.kwargs)
                 hidden = captured.args[0] if captured.args else kwargs.pop("hidden_states")
-                if len(captured.args) > 1:
-                    raise RuntimeError(
-                        f"{type(blocks[0]).__name__} received {len(captured.args)} positional arguments; only the "
-                        "hidden states are supported positionally."
-                    ) from None
+                if len(captured.args) > 1:  # GPT-2 passes cache and mask positionally: replay them by name
+                    kwargs.update(_positional_as_keywords(blocks[0], captured.args, kwargs))
                 inputs.hidden.append(hidden.detach())
                 inputs.kwargs.setdefault(hidden.shape[0], kwargs)
             else:
@@ -213,6 +212,19 @@ def capture_block_inputs(
         for module, home in moved:
             module.to(home)
     return inputs
+
+
+def _positional_as_keywords(block: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The block's positional arguments after the hidden states, named after its forward's parameters."""
+    names = [name for name, p in inspect.signature(block.forward).parameters.items()
+             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    named = dict(zip(names[1:], args[1:]))
+    if len(args) > len(names) or set(named) & set(kwargs):
+        raise RuntimeError(
+            f"{type(block).__name__} received {len(args)} positional arguments that cannot be named from its forward "
+            "signature; only the hidden states are supported positionally."
+        ) from None
+    return named
 
 
 def _block_output(output: Any) -> torch.Tensor:
@@ -302,11 +314,12 @@ class BlockEngine:
         for index in progress:
             started = time.perf_counter()
             record = BlockRecord(index=index, seconds=0.0)
+            self._prefix = f"{block_prefix}.{index}"
             block = source.load(index)
             try:
                 # The dense block's outputs on a few windows, taken before any weight changes (optimum_si.block_error).
                 error_probe = OutputErrorProbe(block, inputs) if inputs is not None and self.prune else None
-                linears = linears_of(index, block)
+                linears = _as_targets(linears_of(index, block))
                 inducer = None
                 if self.config.induction and inputs is not None:
                     inducer = self._induce_and_prune(index, block, f"{block_prefix}.{index}", linears, inputs, record)
@@ -359,6 +372,8 @@ class BlockEngine:
         """Returns the block's `BlockInducer` (its verdict is taken after propagation), or None for induce-only runs."""
         from .induction import BlockInducer, fold_distribution_level
 
+        targets, linears = linears, _plain_linears(linears, index)
+
         t0 = time.perf_counter()
         # Global target: the dense model's own block outputs (a teacher stream), so each block also learns to undo
         # upstream error. Local target: the dense block on the pruned stream's inputs.
@@ -366,11 +381,11 @@ class BlockEngine:
         teacher = BlockInputs(inputs.teacher if inputs.teacher is not None else inputs.hidden, inputs.kwargs) \
             if global_target else inputs
         if global_target and not self._statistics_from_teacher():
-            stats = self._collect(index, block, linears, inputs)
+            stats = self._collect(index, block, targets, inputs)
             dense_outputs = run_block(block, teacher)
             _check_finite(dense_outputs, f"the dense outputs of block {index}")
         else:  # one pass gives the statistics and the targets
-            stats, dense_outputs = self._collect(index, block, linears, teacher, keep_outputs=True)
+            stats, dense_outputs = self._collect(index, block, targets, teacher, keep_outputs=True)
         if global_target:
             inputs.teacher = dense_outputs
         t1 = time.perf_counter()
@@ -386,7 +401,7 @@ class BlockEngine:
             record.induction = {"scale_spread": spreads, "seconds": time.perf_counter() - t1}
             return
         dense_weights = {name: linear.weight.detach().float().clone() for name, linear in linears.items()}
-        keeps = self._prune_group(prefix, linears, stats, row_scales)
+        keeps = self._prune_group(prefix, targets, stats, row_scales)
         t2 = time.perf_counter()
         record.prune_seconds += t2 - t1
         inducer = BlockInducer(self.config, self.undo)
@@ -399,8 +414,8 @@ class BlockEngine:
         """Keep or revert the block's induction from its probe loss (read off `outputs` when the block was propagated)."""
         inducer.verify(outputs)
         result = inducer.record
-        for name, linear in linears.items():
-            self.report.layers[f"{prefix}.{name}"].zeros = int((linear.weight == 0).sum())
+        for name, target in linears.items():
+            self.report.layers[f"{prefix}.{name}"].zeros = target.zeros()
         record.induction = {**result.as_dict(), **(record.induction or {})}
         logger.info(
             "block %d: induction loss %.4g -> %.4g (%s), %d steps, %d mask changes, %.1f s", index,
@@ -409,15 +424,18 @@ class BlockEngine:
         )
 
     def _collect(
-        self, index: int, block: nn.Module, group: dict[str, nn.Linear], inputs: BlockInputs | None,
+        self, index: int, block: nn.Module, group: dict[str, WeightTarget], inputs: BlockInputs | None,
         keep_outputs: bool = False,
     ):
         assert inputs is not None, "calibration inputs are required for data-driven methods"
         with InputStatsCollector(group, with_hessian=self.method.needs_hessian,
                                  stop_when_done=not keep_outputs) as collector:
             outputs = run_block(block, inputs, collector)
-        for name in group:
+        unrouted: dict[tuple, InputStats] = {}
+        for name, target in group.items():
             stats = collector.stats.get(name)
+            if (stats is None or stats.tokens == 0) and target.expert is not None:
+                stats = collector.stats[name] = self._unrouted_expert(index, name, target, unrouted)
             if stats is None or stats.tokens == 0:
                 raise RuntimeError(
                     f"Block {index}: {name} received no input during calibration, so it cannot be pruned with "
@@ -438,26 +456,44 @@ class BlockEngine:
             return collector.stats, outputs
         return collector.stats
 
+    def _unrouted_expert(self, index: int, name: str, target: WeightTarget,
+                         cache: dict[tuple, InputStats]) -> InputStats:
+        """The rule for an expert no calibration token was routed to: identity statistics (every input channel
+        equally important, H = I), so Wanda keeps the largest weights of each row and SparseGPT makes no cross-column
+        update; named in the report (`fallbacks`) and the log, since its mask rests on no data."""
+        stats = cache.get(target.stats_key)
+        if stats is None:  # gate and up rows of one expert share it, as they share real statistics
+            weight = target.weight()
+            size = weight.shape[1]
+            stats = InputStats.of_sq_norms(torch.ones(size, dtype=torch.float32, device=weight.device), tokens=1)
+            if self.method.needs_hessian:
+                stats.xtx = torch.eye(size, dtype=torch.float32, device=weight.device) / 2  # H = 2/n X X^T = I
+            cache[target.stats_key] = stats
+        self.report.fallbacks[f"{self._prefix}.{name}"] = "no calibration token routed to it: identity statistics"
+        logger.warning("Block %d: no calibration token reached %s; pruned with identity statistics (more "
+                       "num_samples route tokens to more experts).", index, name)
+        return stats
+
     @torch.no_grad()
-    def _prune_group(self, prefix: str, group: dict[str, nn.Linear], stats: dict[str, InputStats],
+    def _prune_group(self, prefix: str, group: dict[str, WeightTarget], stats: dict[str, InputStats],
                      row_scales: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Prune every Linear of `group` with the base method; returns their keep masks when induction needs them.
         `row_scales` undoes, in the magnitude score, the row division of Linears that produce a scaled channel (see
         induction.py)."""
         cfg = self.config
         keeps = {}
-        weights = {name: linear.weight for name, linear in group.items()}
+        weights = {name: target.weight() for name, target in group.items()}
         if self.method.updates_weights:
             results = self.method.solve(weights, stats, cfg)
         else:
             results = self._mask_prune(weights, stats, row_scales)
         for name, new_weight, keep, error in results:  # lazily: one layer's temporaries at a time
-            linear = group[name]
-            self.undo.record(linear, "weight")
-            write_parameter(linear, "weight", new_weight)
+            target = group[name]
+            target.record(self.undo)
+            target.write(new_weight)
             del new_weight  # a Linear's temporaries must not live on while the next (maybe larger) one is pruned
             self.report.layers[f"{prefix}.{name}"] = LayerRecord(
-                name=f"{prefix}.{name}", numel=linear.weight.numel(), zeros=int((linear.weight == 0).sum()), error=error
+                name=f"{prefix}.{name}", numel=target.numel, zeros=target.zeros(), error=error
             )
             if cfg.induction:
                 keeps[name] = keep
@@ -480,6 +516,22 @@ class BlockEngine:
                 removed = weight.float().square().masked_fill_(keep, 0.0)
                 error = float((removed @ stats[name].sq_norms.to(removed.device)).sum())
             yield name, new_weight, keep, error
+
+
+def _as_targets(layers: dict[str, Any]) -> dict[str, WeightTarget]:
+    """The block's plan as targets (a plan of bare Linears, as older callers give, is wrapped)."""
+    return {name: item if isinstance(item, WeightTarget) else WeightTarget(name, item) for name, item in layers.items()}
+
+
+def _plain_linears(targets: dict[str, WeightTarget], index: int) -> dict[str, nn.Linear]:
+    """Sparsity Induction wraps and rescales nn.Linear modules only (its scaling groups are Linear tables)."""
+    other = [name for name, target in targets.items() if not target.is_linear]
+    if other:
+        raise NotImplementedError(
+            f"Block {index}: Sparsity Induction handles nn.Linear layers only, not {other[0]}"
+            f"{' ...' if len(other) > 1 else ''}; run without induction, or set induction_unsupported='skip'."
+        )
+    return {name: target.module for name, target in targets.items()}  # type: ignore[misc]
 
 
 def _check_finite(tensors: list[torch.Tensor], what: str) -> None:

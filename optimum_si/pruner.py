@@ -16,9 +16,10 @@ from .architectures import spec_for
 from .calibration import build_calibration
 from .config import SIConfig
 from .devices import check_runtime
-from .engine import BlockEngine, InMemoryBlocks, capture_block_inputs, find_decoder_blocks, select_linears
+from .engine import BlockEngine, InMemoryBlocks, capture_block_inputs, find_decoder_blocks
 from .offload import OffloadedBlocks, is_offloaded, offload_execution_device, offload_hooks_above, offloaded_tensors
 from .report import LayerRecord, PruneReport
+from .targets import WeightTarget, config_experts, plan_block
 from .weights import UndoLog
 
 __all__ = ["SIPruner"]
@@ -111,8 +112,7 @@ class SIPruner:
         block_path, blocks = find_decoder_blocks(model, cfg.block_name)
         if cfg.induction:
             cfg = self._check_induction_support(model, blocks[0])
-        plan = [select_linears(block, f"{block_path}.{i}", cfg.targets, cfg.ignore) for i, block in enumerate(blocks)]
-        self._check_plan(plan, block_path)
+        plan, skipped = self._plan(blocks, block_path, cfg)
         _check_finite_parameters(model)
         # Offloaded blocks sit on meta: they run where their accelerate hooks would run them.
         device = torch.device(cfg.device) if cfg.device else (
@@ -131,6 +131,7 @@ class SIPruner:
 
         report = PruneReport(method=cfg.method, mask_structure=cfg.mask_structure, target_sparsity=cfg.sparsity)
         report.calibration = calibration
+        report.skipped = skipped
         undo = UndoLog()
         spec = spec_for(getattr(getattr(model, "config", None), "model_type", None))
         engine = BlockEngine(cfg, report, undo, sequential_groups=spec.sequential_groups if spec else None,
@@ -186,13 +187,20 @@ class SIPruner:
             model_config = AutoConfig.from_pretrained(folder)
         except (OSError, ValueError, RecursionError) as err:
             raise ValueError(f"{source} has no usable config.json ({err}).") from err
+        if config_experts(model_config) > 1:
+            # transformers 5 fuses experts into 3-D parameters on load, converting from per-expert files; streaming
+            # reads tensors by their file names, so it would not find the fused ones.
+            raise NotImplementedError(
+                f"{source} is a mixture-of-experts model ({model_config.model_type}); streaming does not convert its "
+                "per-expert files to the fused experts yet. Load it in memory and prune that: "
+                "SIPruner(...).prune(AutoModelForCausalLM.from_pretrained(...), ...), then save()."
+            )
         index, skeleton = st.open_checkpoint(folder, model_config)
         cfg = self.config
         block_path, blocks = find_decoder_blocks(skeleton, cfg.block_name)
         if cfg.induction:
             cfg = self._check_induction_support(skeleton, blocks[0])
-        plan = [select_linears(block, f"{block_path}.{i}", cfg.targets, cfg.ignore) for i, block in enumerate(blocks)]
-        self._check_plan(plan, block_path)
+        plan, skipped = self._plan(blocks, block_path, cfg)
         target = folders.resolve(save_dir)
         folders.check_target(target, folder, cfg.activation_dir if cfg.activation_storage == "disk" else None)
         device = torch.device(cfg.device) if cfg.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -237,6 +245,7 @@ class SIPruner:
             writer = st.ShardWriter(partial, max_shard_size, done=progress["shards"] if progress else None)
             report = PruneReport(method=cfg.method, mask_structure=cfg.mask_structure, target_sparsity=cfg.sparsity)
             report.calibration = calibration
+            report.skipped = skipped
             if progress:
                 report.layers = {k: LayerRecord(**v) for k, v in progress["layers"].items()}
             planned = [[f"{block_path}.{i}.{name}" for name in linears] for i, linears in enumerate(plan)]
@@ -400,7 +409,15 @@ class SIPruner:
                 "hooks run its offloaded modules; leave `device` unset for an offloaded model."
             )
 
-    def _check_plan(self, plan: list[dict[str, nn.Linear]], block_path: str) -> None:
+    def _plan(self, blocks: nn.ModuleList, block_path: str,
+              cfg: SIConfig) -> tuple[list[dict[str, WeightTarget]], dict[str, str]]:
+        """The targets of every block and what is left dense on purpose; every check of the plan runs here."""
+        plans = [plan_block(block, f"{block_path}.{i}", cfg.targets, cfg.ignore) for i, block in enumerate(blocks)]
+        plan = [p.targets for p in plans]
+        self._check_plan(plan, block_path)
+        return plan, {name: why for p in plans for name, why in p.skipped.items()}
+
+    def _check_plan(self, plan: list[dict[str, WeightTarget]], block_path: str) -> None:
         if not any(plan):
             raise ValueError(
                 f"No nn.Linear to prune was found in {block_path} with targets={self.config.targets} and "
@@ -409,7 +426,7 @@ class SIPruner:
         nm = self.config.n_m
         if nm is not None:
             bad = [f"{block_path}.{i}.{name}" for i, linears in enumerate(plan) for name, lin in linears.items()
-                   if lin.in_features % nm[1]]
+                   if lin.in_features % nm[1]]  # lin: a WeightTarget
             if bad:
                 raise ValueError(
                     f"mask_structure={self.config.mask_structure!r} needs input sizes divisible by {nm[1]}; these Linears are "

@@ -57,6 +57,10 @@ class PruneReport:
     dataset_perplexity: dict[str, dict[str, float]] = field(default_factory=dict)
     zero_shot: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     evaluation_seqlen: int | None = None
+    # Weight-bearing parameters inside the blocks left dense on purpose (full name -> why: router, ignore pattern,
+    # not in targets), and layers pruned without their own calibration data (an expert no token was routed to).
+    skipped: dict[str, str] = field(default_factory=dict)
+    fallbacks: dict[str, str] = field(default_factory=dict)
 
     def add_results(self, results: dict[str, Any], model: str = "pruned") -> None:
         """Record `{"perplexity": {set: value}, "zero_shot": {task: {metric: value}}, "seqlen": n}` for `model`."""
@@ -133,4 +137,6 @@ class PruneReport:
         return (
             f"{self.method} {self.mask_structure}: {len(self.layers)} Linears, achieved sparsity {self.sparsity:.4f} "
             f"(target {self.target_sparsity:.4f}) in {self.total_seconds:.1f} s"
+            + (f"; {len(self.skipped)} left dense on purpose" if self.skipped else "")
+            + (f"; {len(self.fallbacks)} without calibration data" if self.fallbacks else "")
         )

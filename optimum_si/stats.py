@@ -6,8 +6,12 @@ post-attention norm) share one `InputStats`: the squared norms and the Hessian a
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
 
 __all__ = ["InputStats", "InputStatsCollector", "StopForward"]
 
@@ -62,18 +66,34 @@ class InputStats:
 
 
 class InputStatsCollector:
-    """Hooks Linears while block forwards run and accumulates their `InputStats`.
+    """Hooks the layers of a block while its forwards run and accumulates their `InputStats`.
+
+    `linears` maps names to modules (Linear, Conv1D: a forward pre-hook reads their input) or to
+    `optimum_si.targets.WeightTarget`s; targets that are experts of a fused 3-D parameter are seen through a torch
+    function mode instead, which catches `F.linear(x, param[e])` in the experts' eager loop, so each expert gets the
+    statistics of the tokens routed to it (experts modules run their eager implementation meanwhile).
 
     Use as a context manager (hooks are removed on exit, also on errors) and call `end_pass()` after every
     forward. Input sharing is decided on the first forward by tensor identity and reused afterwards. With
     `stop_when_done`, the hook raises `StopForward` as soon as all hooked Linears have seen their input, so the
-    caller can skip the rest of the block (e.g. computing `down_proj` itself).
+    caller can skip the rest of the block (e.g. computing `down_proj` itself); never with experts, which need the
+    whole forward.
     """
 
-    def __init__(self, linears: dict[str, nn.Linear], with_hessian: bool, stop_when_done: bool = True) -> None:
+    def __init__(self, linears: dict[str, Any], with_hessian: bool, stop_when_done: bool = True) -> None:
+        self.modules: dict[str, nn.Module] = {}
+        self._experts: dict[tuple[int, str, int | None], list[str]] = {}  # (module id, param, expert) -> names
+        self._expert_params: dict[tuple[int, str], tuple[nn.Module, str]] = {}
+        for name, item in linears.items():
+            expert = getattr(item, "expert", None)
+            if expert is None:
+                self.modules[name] = getattr(item, "module", item)
+            else:
+                self._experts.setdefault(item.stats_key, []).append(name)
+                self._expert_params[(id(item.module), item.param)] = (item.module, item.param)
         self.linears = linears
         self.with_hessian = with_hessian
-        self.stop_when_done = stop_when_done
+        self.stop_when_done = stop_when_done and not self._experts
         self.stats: dict[str, InputStats] = {}
         self._owners: set[str] = set()  # Linears that accumulate; the others alias an owner's stats
         self._seen: set[str] = set()
@@ -81,13 +101,15 @@ class InputStatsCollector:
         self._live_inputs: list[tuple[torch.Tensor, str]] = []
         self._first_pass = True
         self._handles: list = []
+        self._mode: _ExpertInputs | None = None
+        self._eager: list[tuple[Any, Any]] = []
 
-    def _hook(self, name: str, module: nn.Linear, args: tuple) -> None:
+    def _hook(self, name: str, module: nn.Module, args: tuple) -> None:
         x = args[0]
         if self._first_pass and name not in self.stats:
             shared = next((owner for tensor, owner in self._live_inputs if tensor is x), None)
             if shared is None:
-                self.stats[name] = InputStats(module.in_features, x.device, self.with_hessian)
+                self.stats[name] = InputStats(x.shape[-1], x.device, self.with_hessian)
                 self._owners.add(name)
             else:
                 self.stats[name] = self.stats[shared]
@@ -98,17 +120,66 @@ class InputStatsCollector:
         if self.stop_when_done and len(self._seen) == len(self.linears):
             raise StopForward
 
+    def _expert_input(self, key: tuple[int, str, int | None], x: torch.Tensor) -> None:
+        names = self._experts.get(key)
+        if not names:
+            return
+        if names[0] not in self.stats:
+            shared = InputStats(x.shape[-1], x.device, self.with_hessian)
+            for name in names:  # gate and up rows of one expert read the same input
+                self.stats[name] = shared
+        self.stats[names[0]].add(x)
+
     def end_pass(self) -> None:
         self._live_inputs.clear()
         self._seen.clear()
         self._first_pass = False
 
     def __enter__(self) -> InputStatsCollector:
-        for name, module in self.linears.items():
+        for name, module in self.modules.items():
             self._handles.append(module.register_forward_pre_hook(lambda mod, args, _n=name: self._hook(_n, mod, args)))
+        if self._experts:
+            for module, _param in self._expert_params.values():
+                config = getattr(module, "config", None)
+                if config is not None and hasattr(config, "_experts_implementation_internal"):
+                    # Fused kernels (grouped_mm, ...) never call F.linear per expert: run the eager loop instead.
+                    self._eager.append((config, config._experts_implementation_internal))
+                    config._experts_implementation_internal = "eager"
+            self._mode = _ExpertInputs(self._expert_params, self._expert_input)
+            self._mode.__enter__()
         return self
 
     def __exit__(self, *exc_info) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if self._mode is not None:
+            self._mode.__exit__(None, None, None)
+            self._mode = None
+        for config, value in reversed(self._eager):
+            config._experts_implementation_internal = value
+        self._eager.clear()
+
+
+class _ExpertInputs(TorchFunctionMode):
+    """Calls `on_input((module id, param, expert), x)` for every `F.linear(x, w)` whose `w` is one expert's slice
+    `param[e]` of a tracked fused parameter (recognised by shared storage and offset, so any indexing works)."""
+
+    def __init__(self, params: dict[tuple[int, str], tuple[nn.Module, str]], on_input) -> None:
+        super().__init__()
+        self._params = params
+        self._on_input = on_input
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear:
+            weight = args[1] if len(args) > 1 else kwargs.get("weight")
+            if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+                for (module_id, _), (module, name) in self._params.items():
+                    param = getattr(module, name)
+                    if (weight.shape == param.shape[1:] and weight.device == param.device
+                            and weight.untyped_storage().data_ptr() == param.untyped_storage().data_ptr()):
+                        expert = (weight.storage_offset() - param.storage_offset()) // param.stride(0)
+                        self._on_input((module_id, name, expert), args[0])
+                        break
+        return func(*args, **kwargs)

@@ -14,13 +14,16 @@ STORAGE_ATTR = "_optimum_si_storage"
 
 
 @torch.no_grad()
-def write_parameter(module: nn.Module, name: str, value: torch.Tensor) -> None:
-    """Replace `module.<name>` in place with `value`, cast to the parameter's dtype and device.
+def write_parameter(module: nn.Module, name: str, value: torch.Tensor, index: tuple | None = None) -> None:
+    """Replace `module.<name>` (or its part `module.<name>[index]`, e.g. one expert of a fused 3-D parameter) in
+    place with `value`, cast to the parameter's dtype and device.
 
     Refuses non-finite values (nothing is written), and turns -0.0 into +0.0: some sparse runtimes
     mis-handle negative zeros.
     """
     param = getattr(module, name)
+    if index is not None:
+        param = param[index]
     if value.shape != param.shape:
         raise ValueError(f"Refusing to write a {tuple(value.shape)} tensor into {name} of shape {tuple(param.shape)}.")
     if not bool(torch.isfinite(value).all()):

@@ -40,6 +40,14 @@ def tiny_config(arch: str):
     if arch == "opt":
         return tf.OPTConfig(vocab_size=VOCAB, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
                             max_position_embeddings=256, word_embed_proj_dim=64)
+    # Mixture-of-experts (fused 3-D expert parameters in transformers 5) and GPT-2 (Conv1D): pruned, no SI table.
+    if arch == "mixtral":
+        return tf.MixtralConfig(**_COMMON, num_local_experts=4, num_experts_per_tok=2, sliding_window=None)
+    if arch == "qwen3_moe":
+        return tf.Qwen3MoeConfig(**_COMMON, head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64,
+                                 decoder_sparse_step=1, mlp_only_layers=[])
+    if arch == "gpt2":
+        return tf.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=256)
     raise ValueError(arch)
 
 

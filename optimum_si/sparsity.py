@@ -41,9 +41,17 @@ def _weight_files(folder: str) -> list[str]:
 
 def _tensors_of(model_or_dir) -> Iterator[tuple[str, torch.Tensor]]:
     if isinstance(model_or_dir, nn.Module):
+        from .targets import FUSED_EXPERT_PARAMS
+
         for name, module in model_or_dir.named_modules():
             if isinstance(module, nn.Linear):
                 yield f"{name}.weight", module.weight.detach()
+            elif type(module).__name__ == "Conv1D":  # GPT-2 stores [in, out]; N:M groups run along the inputs
+                yield f"{name}.weight", module.weight.detach().T
+            for param_name, param in module.named_parameters(recurse=False):
+                if param.dim() == 3 and param_name in FUSED_EXPERT_PARAMS:  # fused MoE experts: one matrix each
+                    for expert, matrix in enumerate(param.detach()):
+                        yield f"{name}.{param_name}.{expert}", matrix
         return
     from safetensors import safe_open
 

@@ -212,3 +212,13 @@ def test_induction_on_moe_is_refused_up_front_or_skipped():
                       show_progress=False)
     pruner.prune(model, dataset=token_ids())
     assert pruner.report.sparsity == 0.5
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "gpt2"])
+def test_sparsity_report_sees_experts_and_conv1d(arch):
+    from optimum_si import sparsity_report
+
+    model, _ = _prune(arch, "wanda", mask_structure="2:4")
+    report = sparsity_report(model)
+    assert report["sparsity"] == 0.5 and report["patterns"]["2:4"]
+    assert report["pruned_modules"] == (2 * (4 + 2 * 4) if arch == "mixtral" else 8)

@@ -140,8 +140,8 @@ def read_manifest(folder: str) -> dict[str, Any] | None:
         if not isinstance(manifest.get("files"), list) or not all(isinstance(n, str) for n in manifest["files"]):
             raise ValueError("no list of files")
     except (ValueError, AttributeError, RecursionError) as err:  # JSON and UTF-8 errors are ValueErrors
-        raise ValueError(f"{path} is corrupted ({err}); delete it (the folder's files then count as not written by "
-                         "optimum-si and are kept) or choose another save_dir.") from err
+        raise ValueError(f"{path} is corrupted ({err}); pass overwrite=True to start over, or choose another "
+                         "save_dir.") from err
     return manifest
 
 
@@ -149,7 +149,11 @@ def describe(target: str) -> Existing:
     if not os.path.isdir(target):
         return Existing()
     names = set(os.listdir(target))
-    manifest = read_manifest(target)
+    try:
+        manifest = read_manifest(target)
+    except ValueError as err:  # never a stuck folder: tell its files apart by their names, as without a manifest
+        logger.warning("%s Telling optimum-si's files from the others by their names instead.", err)
+        manifest = None
     from .plots import PLOT_FILES
 
     if manifest is not None:
@@ -161,9 +165,12 @@ def describe(target: str) -> Existing:
     if ".optimum-si-progress.json" not in names and not {"si_config.json", "si_report.json"} <= names:
         # Not written by optimum-si (a recipe alone, e.g. from SIConfig.save_pretrained, does not make a folder a
         # checkpoint of ours): every file is the user's.
-        return Existing(foreign=sorted(names))
-    # Written by an optimum-si without manifests: its files are the ones a checkpoint is made of.
+        own = {MANIFEST_NAME} & names  # a damaged manifest is still ours: never kept as the user's file
+        return Existing(own, sorted(names - own))
+    # Written by an optimum-si without manifests (or with a damaged one): its files are the ones a checkpoint is
+    # made of.
     own = {n for n in names if n in _LEGACY_NAMES or n in PLOT_FILES or _LEGACY_PATTERN.fullmatch(n)}
+    own |= {MANIFEST_NAME} & names
     complete = "si_config.json" in names and ".optimum-si-progress.json" not in names
     return Existing(own, sorted(names - own), complete)
 

@@ -44,13 +44,35 @@ def test_describe_tells_own_files_from_the_users(tmp_path):
     state = folders.describe(str(tmp_path / "out"))
     assert state.complete and state.own == {"model.safetensors", folders.MANIFEST_NAME}
     assert state.foreign == ["adapter_model.safetensors"]
+    (tmp_path / "out" / "si_config.json").write_text("{}")
+    (tmp_path / "out" / "si_report.json").write_text("{}")
     for damage in ("{not json", "[" * 100_000 + "]" * 100_000, '{"files": "x"}', b"\xff\xfe"):
         manifest = tmp_path / "out" / folders.MANIFEST_NAME
         manifest.write_bytes(damage if isinstance(damage, bytes) else damage.encode())
-        with pytest.raises(ValueError, match="is corrupted .* delete it"):
-            folders.describe(str(tmp_path / "out"))
+        with pytest.raises(ValueError, match="is corrupted .* overwrite=True"):  # a partial folder's manifest
+            folders.read_manifest(str(tmp_path / "out"))
+        # The folder is never stuck: its files are told apart by their names, and the damaged manifest is ours.
+        state = folders.describe(str(tmp_path / "out"))
+        assert state.own == {"model.safetensors", "si_config.json", "si_report.json", folders.MANIFEST_NAME}
+        assert state.foreign == ["adapter_model.safetensors"] and state.complete
+    os.remove(tmp_path / "out" / "si_report.json")  # and without the names of a checkpoint: all the user's
+    assert folders.describe(str(tmp_path / "out")).own == {folders.MANIFEST_NAME}
+    os.remove(tmp_path / "out" / "si_config.json")
     (tmp_path / "out" / folders.MANIFEST_NAME).write_text(json.dumps({"files": ["model.safetensors"]}))
     assert folders.describe(str(tmp_path / "out")).foreign == ["adapter_model.safetensors"]
+
+
+def test_a_checkpoint_with_a_damaged_manifest_is_replaced_by_the_next_save(tmp_path):
+    from .test_checkpoint import _pruned
+
+    model, pruner = _pruned()
+    out = tmp_path / "out"
+    pruner.save(model, out)
+    (out / "adapter_model.safetensors").write_text("user")
+    (out / folders.MANIFEST_NAME).write_text('{"files": [')  # cut short
+    pruner.save(model, out)
+    assert (out / "adapter_model.safetensors").read_text() == "user"
+    assert folders.read_manifest(str(out))["files"]  # the new, whole manifest (not the damaged one kept over it)
 
 
 def test_a_folder_holding_the_working_directory_or_a_file_is_refused(tmp_path, monkeypatch):

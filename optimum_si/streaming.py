@@ -141,13 +141,16 @@ class CheckpointIndex:
         return max(counts, key=lambda d: (counts[d], d.itemsize)) if counts else torch.float32
 
     def identity(self) -> str:
-        """A digest of what the checkpoint is: its index, and each shard's name, size, header and the first and
-        last 64 KiB of its data (cheap, yet another model of the same architecture differs)."""
+        """A digest of what the checkpoint is: its index, its config and the other files copied into the output
+        (tokenizer, generation config, licence), and each shard's name, size, header and the first and last 64 KiB of
+        its data (cheap, yet another model of the same architecture differs)."""
         digest = hashlib.sha256()
-        index_path = os.path.join(self.folder, INDEX_NAME)
-        if os.path.isfile(index_path):
-            with open(index_path, "rb") as handle:
-                digest.update(handle.read())
+        for name in (INDEX_NAME, *_COPIED_FILES):
+            path = os.path.join(self.folder, name)
+            if os.path.isfile(path):
+                digest.update(f"{name}\0{os.path.getsize(path)}\0".encode())
+                with open(path, "rb") as handle:
+                    digest.update(handle.read())
         for name in self.files:
             path = os.path.join(self.folder, name)
             size = os.path.getsize(path)

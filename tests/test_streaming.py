@@ -324,6 +324,13 @@ def test_resume_refuses_another_run_and_names_what_differs(source, tmp_path, mon
         _pruner().prune(str(source), save_dir=out, dataset=token_ids(seed=1))
     with pytest.raises(FileExistsError, match=r"the recipe \(sparsity: 0.5 -> 0.6\)"):
         _pruner(sparsity=0.6).prune(str(source), save_dir=out, dataset=token_ids())
+    # The source's config (or tokenizer) edited: the blocks pruned so far were computed with the old one.
+    config = (source / "config.json").read_text()
+    (source / "config.json").write_text(config.replace('"rms_norm_eps": 1e-06', '"rms_norm_eps": 1e-05'))
+    assert (source / "config.json").read_text() != config
+    with pytest.raises(FileExistsError, match="the source checkpoint"):
+        _pruner().prune(str(source), save_dir=out, dataset=token_ids())
+    (source / "config.json").write_text(config)
     # Another model of the same architecture in the same folder: same names, sizes and headers, other values.
     tiny_model("llama", seed=1).save_pretrained(source, max_shard_size="40KB")
     with pytest.raises(FileExistsError, match="the source checkpoint"):

@@ -17,7 +17,7 @@ from typing import Any
 
 from .devices import validate_device
 
-__all__ = ["SIConfig", "CONFIG_NAME", "METHODS", "CHOICES", "version_stamp", "read_recipe"]
+__all__ = ["SIConfig", "CONFIG_NAME", "METHODS", "CHOICES", "RUN_OPTIONS", "version_stamp", "read_recipe"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,10 @@ METHODS = ("magnitude", "wanda", "sparsegpt")
 _NM_PATTERN = re.compile(r"^(\d+):(\d+)$")
 # Keys written by `to_dict` next to the fields; they describe the file, not the recipe.
 _FILE_KEYS = ("format_version", "meta")
+# Fields that say how one machine runs a recipe, not what the recipe produces (all give bit-identical results):
+# accepted by SIConfig / SIPruner / prune() for this run, never written to si_config.json, the card or the Hub.
+RUN_OPTIONS = ("device", "activation_storage", "activation_dir", "show_progress")
+_WARNED_NM: set[str] = set()
 # Fields with a closed set of values (validated here, listed as choices by the CLI).
 CHOICES = {
     "method": METHODS,
@@ -69,6 +73,12 @@ class SIConfig:
 
     `mask_structure="N:M"` keeps at most N weights in every group of M consecutive input columns of each output row
     (the hardware notation: "2:4" keeps 2 of 4). Its sparsity is 1 - N/M; `sparsity` may be left out or must agree.
+    The first number is what is *kept*, as in NVIDIA's sparse tensor cores and the Wanda / SparseGPT papers; note
+    that llm-compressor's `mask_structure` reads it as the number pruned, which agrees only when N = M/2 (a warning
+    is logged for other N:M).
+
+    `device`, `activation_storage`, `activation_dir` and `show_progress` are run options (see `RUN_OPTIONS`): they
+    can be given here, to `SIPruner(...)` or to `prune(...)`, and are never part of the saved recipe.
     """
 
     method: str = _help("Base pruner: 'magnitude', 'wanda' or 'sparsegpt'.", default="wanda")
@@ -163,6 +173,12 @@ class SIConfig:
         self.mask_structure = self._normalise_structure(self.mask_structure)
         nm = self.n_m
         if nm is not None:
+            if 2 * nm[0] != nm[1] and self.mask_structure not in _WARNED_NM:
+                _WARNED_NM.add(self.mask_structure)  # once per process: copies of a config would repeat it
+                logger.warning(
+                    "mask_structure=%r keeps %d of every %d weights (%.0f %% sparse; optimum-si's N:M is N kept). "
+                    "llm-compressor reads the same string as %d pruned of %d.", self.mask_structure, nm[0], nm[1],
+                    100 * (1 - nm[0] / nm[1]), nm[0], nm[1])
             implied = 1.0 - nm[0] / nm[1]
             if self.sparsity is not None and not math.isclose(float(self.sparsity), implied, abs_tol=1e-9):
                 raise ValueError(
@@ -302,10 +318,24 @@ class SIConfig:
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """The recipe as written to si_config.json: every field except the run options, plus the file keys."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in RUN_OPTIONS}
         data["format_version"] = FORMAT_VERSION
         data["meta"] = version_stamp()
         return data
+
+    def replace(self, **changes: Any) -> SIConfig:
+        """A validated copy with `changes` applied, run options included (a new `mask_structure` without a
+        `sparsity` decides the sparsity, as in `from_dict`)."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"Unknown SIConfig field(s): {', '.join(unknown)}. Valid fields: {', '.join(sorted(known))}.")
+        values = {name: getattr(self, name) for name in known}
+        if "mask_structure" in changes and "sparsity" not in changes:
+            values["sparsity"] = None
+        values.update(changes)
+        return type(self)(**values)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, strict: bool = True, **overrides: Any) -> SIConfig:
@@ -331,6 +361,13 @@ class SIConfig:
                 ", ".join(unknown), written_by,
             )
             values = {k: v for k, v in values.items() if k in known}
+        if not strict:
+            stored = {k: values.pop(k) for k in RUN_OPTIONS if k in values}
+            if any(value not in (None, "auto", True) for value in stored.values()):
+                logger.info(
+                    "The recipe written by %s records run options (%s); they are not part of a recipe any more and "
+                    "are ignored: pass them to prune() or SIPruner(...) instead.", written_by,
+                    ", ".join(f"{k}={v!r}" for k, v in stored.items()))
         bad_overrides = sorted(set(overrides) - known)
         if bad_overrides:
             raise ValueError(f"Unknown SIConfig field(s): {', '.join(bad_overrides)}. Valid fields: {', '.join(sorted(known))}.")

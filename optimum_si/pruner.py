@@ -47,7 +47,7 @@ class SIPruner:
             config = SIConfig.from_dict(config, **kwargs)
         elif isinstance(config, SIConfig):
             if kwargs:
-                config = SIConfig.from_dict(config.to_dict(), **kwargs)
+                config = config.replace(**kwargs)
         else:
             raise TypeError(f"SIPruner expects an SIConfig (or keyword arguments), got {type(config).__name__}.")
         self.config = config
@@ -64,7 +64,9 @@ class SIPruner:
     # ------------------------------------------------------------------------------------------ prune
     def prune(self, model: nn.Module | str | os.PathLike, tokenizer: Any = None, dataset: Any = None, *,
               save_dir: str | os.PathLike | None = None, max_shard_size: str | int = "5GB", overwrite: bool = False,
-              revision: str | None = None, token: str | None = None) -> nn.Module | str:
+              revision: str | None = None, token: str | None = None, device: str | None = None,
+              activation_storage: str | None = None, activation_dir: str | None = None,
+              show_progress: bool | None = None) -> nn.Module | str:
         """Prune `model` in place and return it. `dataset` is the calibration data (see `SIConfig` and
         `optimum_si.calibration`); plain magnitude pruning needs none.
 
@@ -74,13 +76,38 @@ class SIPruner:
 
         Every check (config vs model, calibration data, finite weights) runs before any weight is touched; if the
         run fails later, the weights already changed are restored before the error propagates.
+
+        An in-memory model with `save_dir` is pruned and then saved there (`save`); `revision`, `token` and
+        `overwrite` belong to streaming and are refused for an in-memory model rather than ignored.
+
+        `device`, `activation_storage`, `activation_dir` and `show_progress` are run options for this call (they
+        override the config's; all give the same result and none is written to the saved recipe).
         """
+        options = {name: value for name, value in (("device", device), ("activation_storage", activation_storage),
+                                                   ("activation_dir", activation_dir), ("show_progress", show_progress))
+                   if value is not None}
+        if options:
+            runner = SIPruner(self.config.replace(**options))
+            try:
+                return runner.prune(model, tokenizer, dataset, save_dir=save_dir, max_shard_size=max_shard_size,
+                                    overwrite=overwrite, revision=revision, token=token)
+            finally:
+                self.report, self._tokenizer, self._calibration_ids = (runner.report, runner._tokenizer,
+                                                                       runner._calibration_ids)
         if isinstance(model, (str, os.PathLike)):
             if save_dir is None:
                 raise ValueError("Streaming a checkpoint needs an output folder: prune(path, save_dir='out/', ...).")
             return self._prune_streaming(os.fspath(model), os.fspath(save_dir), tokenizer, dataset, max_shard_size,
                                          overwrite, revision, token)
-        return self._run(model, tokenizer, dataset, prune=True)
+        streaming_only = [name for name, value in (("revision", revision), ("token", token), ("overwrite", overwrite))
+                          if value]
+        if streaming_only:
+            raise ValueError(f"{', '.join(streaming_only)} only apply when streaming a checkpoint (prune('<folder or "
+                             "repo>', save_dir=...)); an in-memory model takes none of them.")
+        self._run(model, tokenizer, dataset, prune=True)
+        if save_dir is not None:
+            self.save(model, save_dir, tokenizer=tokenizer, max_shard_size=max_shard_size)
+        return model
 
     def induce(self, model: nn.Module, tokenizer: Any = None, dataset: Any = None) -> nn.Module:
         """Run only the distribution-level Sparsity Induction and fold it into `model` (in place; returned).
@@ -90,7 +117,7 @@ class SIPruner:
         """
         if not isinstance(model, nn.Module):
             raise TypeError(f"induce() expects a torch.nn.Module, got {type(model).__name__}.")
-        config = SIConfig.from_dict(self.config.to_dict(), induction=True)
+        config = self.config.replace(induction=True)
         runner = SIPruner(config)
         self.report, self._report_model = None, None
         runner._run(model, tokenizer, dataset, prune=False)
@@ -364,7 +391,7 @@ class SIPruner:
         except NotImplementedError:
             if self.config.induction_unsupported == "skip":
                 logger.warning("No Sparsity Induction mapping for this architecture; pruning without induction.")
-                return SIConfig.from_dict(self.config.to_dict(), induction=False)
+                return self.config.replace(induction=False)
             raise
         except AttributeError as err:
             raise ValueError(f"The model does not match its architecture's scaling-group table: {err}") from err

@@ -15,6 +15,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # 0.014 ms with 1 (thread hand-off dominates). One thread also makes float reductions, and so the golden masks,
 # independent of the machine's core count.
 torch.set_num_threads(1)
+# Subprocesses (killed-run tests, the CLI) must compute with the same single thread to reproduce results bit for bit.
+os.environ["OMP_NUM_THREADS"] = "1"
 
 VOCAB = 128
 _COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

@@ -187,7 +187,8 @@ def test_recipe_file_is_read_itself_not_its_folder(dense_dir, tmp_path):
         (b"[1, 2]", ["not a recipe object"]),
         (json.dumps({"method": "magnitude", "format_version": 99}).encode(), ["pip install -U optimum-si"]),
         (json.dumps({"method": "magnitude", "sparsity": 1.5}).encode(), ["--recipe", "--sparsity must be in"]),
-        (json.dumps({"method": "magnitude", "device": "meta"}).encode(), ["--device 'meta'"]),
+        # Run options in a recipe (device, ...) are ignored since they stopped being part of it (tests/test_run_options.py).
+        (json.dumps({"method": "obs"}).encode(), ["--recipe", "'magnitude', 'wanda', 'sparsegpt'"]),
     ],
 )
 def test_bad_recipe_files(dense_dir, tmp_path, capsys, blocked_model_loading, content, fragments):

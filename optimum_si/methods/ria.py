@@ -1,0 +1,94 @@
+"""RIA, Relative Importance and Activations (Zhang et al., "Plug-and-Play: An Efficient Post-training Pruning Method
+for Large Language Models", ICLR 2024; reference code: github.com/biomedical-cybernetics/Relative-importance-and-
+activation-pruning, `lib/prune.py`, `prune_ria`).
+
+Score of weight (i, j) of a Linear [out, in]:
+
+    RIA_ij = (|W_ij| / sum_k |W_ik|  +  |W_ij| / sum_k |W_kj|) * ||X_j||_2 ^ a
+
+the weight's share of its output row's L1 mass plus its share of its input column's, times the input channel's
+activation norm to the power a (the reference code's `--a`, default 0.5).
+
+Decisions (docs/methods.md gives the sources):
+- Comparison group: the whole matrix, as the reference code does unless `--per_outneuron` is passed (its README
+  commands never pass it; pruning-reference.md §1.7 agrees). `RIA(per_row=True)` is the per-output-row variant.
+- N:M: the generic per-row group selection (pruning-reference.md §1.4), which is the reference's "directly N:M" path.
+  Its optional channel reallocation and linear-sum-assignment permutations are not implemented.
+- Exact-count selection (the engine's), not the reference's `score <= sorted[k]` threshold, which drops one weight
+  more than asked and more on ties.
+- fp32 scores; the reference sums |W| in the model's dtype (fp16). A row or column whose weights are all zero scores
+  0 (the reference divides 0 by 0).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import PruningMethod
+from .registry import register_method
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..config import SIConfig
+    from ..stats import InputStats
+
+__all__ = ["RIA", "ria_scores", "DEFAULT_ACTIVATION_EXPONENT"]
+
+# The reference code's `--a` default and the paper's setting.
+DEFAULT_ACTIVATION_EXPONENT = 0.5
+
+
+def ria_scores(weight: torch.Tensor, input_sq_norms: torch.Tensor,
+               activation_exponent: float = DEFAULT_ACTIVATION_EXPONENT) -> torch.Tensor:
+    """RIA importance of `weight` [out, in] (fp32, same shape; higher = kept).
+
+    `input_sq_norms[j]` is the sum over calibration tokens of x_j^2. The reference uses a per-sample mean of the
+    same quantity; the two differ by one positive factor for the whole matrix, which changes no ranking.
+    """
+    import torch
+
+    magnitude = weight.detach().float().abs()
+    # Dividing by a clamped sum gives 0 (not NaN) for an all-zero row or column: its entries are all 0 themselves.
+    tiny = torch.finfo(torch.float32).tiny
+    relative = magnitude / magnitude.sum(1, keepdim=True).clamp_min(tiny)
+    relative.add_(magnitude.div_(magnitude.sum(0, keepdim=True).clamp_min(tiny)))
+    activation = input_sq_norms.float().clamp_min(0).pow(activation_exponent / 2)  # ||X_j||^a
+    return relative.mul_(activation.to(relative.device).unsqueeze(0))
+
+
+@register_method
+class RIA(PruningMethod):
+    """RIA as a registered method (`SIConfig(method="ria")`): the authors' defaults, a = 0.5, per-matrix masks.
+
+    `RIA(activation_exponent=..., per_row=...)` makes a variant; register it under another name to use it, e.g.
+    `register_method(RIA(per_row=True, name="ria-row"))`.
+    """
+
+    name = "ria"
+    per_row = False
+    # Under Sparsity Induction the mask is RIA's own, chosen on the unfolded weights. The distribution-level fold
+    # would change it (RIA's row and column sums are not invariant to channel scales, pruning-reference.md §2), but
+    # into another metric than the authors': scaling column j by rms(x_j) turns the row share into a Wanda-like
+    # |W_ij| rms_j / sum_k |W_ik| rms_k and flattens the activation factor. The learned feature-level scales re-score
+    # the layer as it computes, W * s on the same inputs (docs/methods.md).
+    fold_changes_mask = False
+    citation = ("Zhang et al., Plug-and-Play: An Efficient Post-training Pruning Method for Large Language Models "
+                "(RIA), ICLR 2024.")
+
+    def __init__(self, activation_exponent: float = DEFAULT_ACTIVATION_EXPONENT, per_row: bool = False,
+                 name: str = "ria") -> None:
+        if not activation_exponent >= 0:  # also refuses NaN
+            raise ValueError(f"RIA's activation exponent must be >= 0, got {activation_exponent!r}.")
+        self.activation_exponent = float(activation_exponent)
+        self.per_row = bool(per_row)  # type: ignore[misc]  # a variant's instance value shadows the class default
+        self.name = name  # type: ignore[misc]
+
+    def score(self, weight: torch.Tensor, stats: InputStats | None) -> torch.Tensor:
+        if stats is None:
+            raise ValueError("RIA needs the calibration statistics of the layer's input.")
+        return ria_scores(weight, stats.sq_norms, self.activation_exponent)
+
+    def card_rows(self, config: SIConfig) -> list[tuple[str, str]]:
+        group = "N:M groups" if config.n_m is not None else "per output row" if self.per_row else "per matrix"
+        return [("RIA", f"activation exponent a = {self.activation_exponent:g}, {group}")]

@@ -43,6 +43,7 @@ CHOICES = {
     "induction_statistics": ("auto", "pruned", "dense"),
     "induction_unsupported": ("error", "skip"),
     "induction_optimizer": ("adam", "damped-adam"),
+    "expert_calibration": ("routed", "all"),
 }
 # More calibration tokens than this (2^31: terabytes of activations for any LLM) is a typo, not a recipe; refusing it
 # up front keeps a run from hanging while it draws the windows.
@@ -110,6 +111,9 @@ class SIConfig:
         "as the Wanda and SparseGPT reference code does.",
         default=False,
     )
+    expert_calibration: str = _help(
+        "Mixture-of-experts models: statistics of each expert from the tokens the router sends it ('routed', as the "
+        "model runs) or from every calibration token ('all', for experts that see few tokens).", default="routed")
     device: str | None = _help("Execution device for block work ('cuda', 'cpu', ...). Default: where the blocks are.", default=None)
     activation_storage: str = _help(
         "Where calibration activations wait between blocks: 'auto' (on the device when it is the CPU, else pinned CPU "
@@ -222,6 +226,8 @@ class SIConfig:
             raise ValueError(f"block_name must be a dotted module path such as 'model.layers', got {self.block_name!r}.")
         self._validate_induction()
         self.device = validate_device(self.device)
+        if self.expert_calibration not in CHOICES["expert_calibration"]:
+            raise ValueError(f"expert_calibration must be 'routed' or 'all', got {self.expert_calibration!r}.")
         if self.activation_storage not in CHOICES["activation_storage"]:
             raise ValueError(f"activation_storage must be 'auto', 'device', 'cpu' or 'disk', got {self.activation_storage!r}.")
         if self.activation_dir is not None and (not isinstance(self.activation_dir, str) or not self.activation_dir):

@@ -429,6 +429,7 @@ class BlockEngine:
     ):
         assert inputs is not None, "calibration inputs are required for data-driven methods"
         with InputStatsCollector(group, with_hessian=self.method.needs_hessian,
+                                 all_tokens_to_experts=self.config.expert_calibration == "all",
                                  stop_when_done=not keep_outputs) as collector:
             outputs = run_block(block, inputs, collector)
         unrouted: dict[tuple, InputStats] = {}

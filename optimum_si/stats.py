@@ -80,7 +80,8 @@ class InputStatsCollector:
     whole forward.
     """
 
-    def __init__(self, linears: dict[str, Any], with_hessian: bool, stop_when_done: bool = True) -> None:
+    def __init__(self, linears: dict[str, Any], with_hessian: bool, stop_when_done: bool = True,
+                 all_tokens_to_experts: bool = False) -> None:
         self.modules: dict[str, nn.Module] = {}
         self._experts: dict[tuple[int, str, int | None], list[str]] = {}  # (module id, param, expert) -> names
         self._expert_params: dict[tuple[int, str], tuple[nn.Module, str]] = {}
@@ -102,6 +103,7 @@ class InputStatsCollector:
         self._first_pass = True
         self._handles: list = []
         self._mode: _ExpertInputs | None = None
+        self.all_tokens_to_experts = all_tokens_to_experts
         self._eager: list[tuple[Any, Any]] = []
 
     def _hook(self, name: str, module: nn.Module, args: tuple) -> None:
@@ -145,6 +147,9 @@ class InputStatsCollector:
                     # Fused kernels (grouped_mm, ...) never call F.linear per expert: run the eager loop instead.
                     self._eager.append((config, config._experts_implementation_internal))
                     config._experts_implementation_internal = "eager"
+            if self.all_tokens_to_experts:  # every expert computes on every token during statistics passes
+                for module, _param in dict(self._expert_params.values()).items():
+                    self._handles.append(module.register_forward_pre_hook(_route_to_all, with_kwargs=True))
             self._mode = _ExpertInputs(self._expert_params, self._expert_input)
             self._mode.__enter__()
         return self
@@ -159,6 +164,20 @@ class InputStatsCollector:
         for config, value in reversed(self._eager):
             config._experts_implementation_internal = value
         self._eager.clear()
+
+
+def _route_to_all(module: nn.Module, args: tuple, kwargs: dict):
+    """Experts pre-hook: (hidden, top_k_index, top_k_weights) -> every token to every expert, at equal weights. Only
+    for statistics passes, whose block outputs are thrown away."""
+    names = ("hidden_states", "top_k_index", "top_k_weights")
+    values = {**dict(zip(names, args)), **{name: kwargs[name] for name in names if name in kwargs}}
+    hidden, index, weights = (values[name] for name in names)
+    experts = getattr(module, "num_experts", None) or next(
+        p.shape[0] for p in module.parameters(recurse=False) if p.dim() == 3)
+    tokens = index.shape[0]
+    index = torch.arange(experts, device=index.device, dtype=index.dtype).expand(tokens, experts)
+    weights = torch.full((tokens, experts), 1.0 / experts, device=weights.device, dtype=weights.dtype)
+    return (hidden, index, weights), {k: v for k, v in kwargs.items() if k not in names}
 
 
 class _ExpertInputs(TorchFunctionMode):

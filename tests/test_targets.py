@@ -222,3 +222,21 @@ def test_sparsity_report_sees_experts_and_conv1d(arch):
     report = sparsity_report(model)
     assert report["sparsity"] == 0.5 and report["patterns"]["2:4"]
     assert report["pruned_modules"] == (2 * (4 + 2 * 4) if arch == "mixtral" else 8)
+
+
+def test_expert_calibration_all_gives_every_expert_every_token():
+    model = tiny_model("mixtral")
+    block = model.model.layers[0]
+    plan = plan_block(block, "model.layers.0", None, [])
+    hidden = torch.randn(2, 16, 64, generator=torch.Generator().manual_seed(0))
+    position = torch.arange(16).unsqueeze(0)
+    with torch.no_grad(), InputStatsCollector(plan.targets, with_hessian=False, stop_when_done=False,
+                                              all_tokens_to_experts=True) as collector:
+        block(hidden, position_embeddings=model.model.rotary_emb(hidden, position), attention_mask=None)
+    assert all(collector.stats[f"mlp.experts.{e}.{p}"].tokens == 32 for e in range(4) for p in ("up_proj", "down_proj"))
+    assert collector.stats["mlp.experts.0.up_proj"].sq_norms.equal(collector.stats["mlp.experts.3.gate_proj"].sq_norms)
+    routed, _ = _prune("mixtral", "wanda")
+    everything, pruner = _prune("mixtral", "wanda", expert_calibration="all")
+    assert pruner.report.sparsity == 0.5 and pruner.config.to_dict()["expert_calibration"] == "all"
+    experts = (routed.model.layers[0].mlp.experts.down_proj, everything.model.layers[0].mlp.experts.down_proj)
+    assert not torch.equal(experts[0] == 0, experts[1] == 0)  # other statistics, other masks

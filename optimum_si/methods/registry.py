@@ -25,7 +25,7 @@ from .base import PruningMethod
 __all__ = ["register_method", "get_method", "available_methods"]
 
 # name -> module that registers it when imported
-_BUILTIN = {"magnitude": ".magnitude", "wanda": ".wanda", "sparsegpt": ".sparsegpt", "ria": ".ria"}
+_BUILTIN = {"magnitude": ".magnitude", "wanda": ".wanda", "sparsegpt": ".sparsegpt", "ria": ".ria", "zpruner": ".zpruner"}
 _REGISTRY: dict[str, PruningMethod] = {}
 
 

@@ -263,8 +263,11 @@ class BlockEngine:
         sequential_groups: tuple[tuple[str, ...], ...] | None = None,
         model_config: Any = None,
         prune: bool = True,
+        sparsity_for: Callable[[str], float] | None = None,
     ) -> None:
         self.config = config
+        # Sparsity of each target by full name (optimum_si.plan.PrunePlan.sparsity_for); the recipe's by default.
+        self.sparsity_for = sparsity_for or (lambda _name: config.sparsity)
         self.report = report
         self.undo = undo
         self.sequential_groups = sequential_groups
@@ -373,6 +376,9 @@ class BlockEngine:
         from .induction import BlockInducer, fold_distribution_level
 
         targets, linears = linears, _plain_linears(linears, index)
+        if any(self.sparsity_for(f"{prefix}.{name}") != self.config.sparsity for name in targets):
+            raise NotImplementedError("Sparsity Induction re-selects masks at the recipe's sparsity; it does not "
+                                      "support a plan with per-layer sparsities yet.")
 
         t0 = time.perf_counter()
         # Global target: the dense model's own block outputs (a teacher stream), so each block also learns to undo
@@ -485,9 +491,9 @@ class BlockEngine:
         keeps = {}
         weights = {name: target.weight() for name, target in group.items()}
         if self.method.updates_weights:
-            results = self.method.solve(weights, stats, cfg)
+            results = self._solve(prefix, weights, stats)
         else:
-            results = self._mask_prune(weights, stats, row_scales)
+            results = self._mask_prune(prefix, weights, stats, row_scales)
         for name, new_weight, keep, error in results:  # lazily: one layer's temporaries at a time
             target = group[name]
             target.record(self.undo)
@@ -501,7 +507,18 @@ class BlockEngine:
             del keep
         return keeps
 
-    def _mask_prune(self, weights: dict[str, torch.Tensor], stats: dict[str, InputStats],
+    def _solve(self, prefix: str, weights: dict[str, torch.Tensor], stats: dict[str, InputStats]):
+        """A weight-updating method's results; layers planned at another sparsity than the recipe's are solved in
+        separate calls, each with a config at their sparsity (so `solve` only ever reads `config.sparsity`)."""
+        by_sparsity: dict[float, dict[str, torch.Tensor]] = {}
+        for name, weight in weights.items():
+            by_sparsity.setdefault(self.sparsity_for(f"{prefix}.{name}"), {})[name] = weight
+        for sparsity, part in by_sparsity.items():
+            config = self.config if sparsity == self.config.sparsity or self.config.n_m else \
+                self.config.replace(sparsity=sparsity)
+            yield from self.method.solve(part, stats, config)
+
+    def _mask_prune(self, prefix: str, weights: dict[str, torch.Tensor], stats: dict[str, InputStats],
                     row_scales: dict[str, torch.Tensor] | None):
         """(name, pruned weight, keep mask, output error) of a mask-only method, one layer at a time."""
         cfg = self.config
@@ -509,7 +526,7 @@ class BlockEngine:
             scores = self.method.score(weight, stats.get(name))
             if row_scales and name in row_scales:
                 scores = scores * row_scales[name].to(scores.device).unsqueeze(1)
-            keep = select_mask(scores, cfg.sparsity, cfg.n_m, per_row=self.method.per_row)
+            keep = select_mask(scores, self.sparsity_for(f"{prefix}.{name}"), cfg.n_m, per_row=self.method.per_row)
             del scores
             new_weight = torch.where(keep, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
             error = None

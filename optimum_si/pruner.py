@@ -18,6 +18,7 @@ from .config import SIConfig
 from .devices import check_runtime
 from .engine import BlockEngine, InMemoryBlocks, capture_block_inputs, find_decoder_blocks
 from .offload import OffloadedBlocks, is_offloaded, offload_execution_device, offload_hooks_above, offloaded_tensors
+from .plan import PrunePlan
 from .report import LayerRecord, PruneReport
 from .targets import WeightTarget, config_experts, plan_block
 from .weights import UndoLog
@@ -139,7 +140,7 @@ class SIPruner:
         block_path, blocks = find_decoder_blocks(model, cfg.block_name)
         if cfg.induction:
             cfg = self._check_induction_support(model, blocks[0])
-        plan, skipped = self._plan(blocks, block_path, cfg)
+        plan = self._plan(blocks, block_path, cfg)
         _check_finite_parameters(model)
         # Offloaded blocks sit on meta: they run where their accelerate hooks would run them.
         device = torch.device(cfg.device) if cfg.device else (
@@ -158,10 +159,11 @@ class SIPruner:
 
         report = PruneReport(method=cfg.method, mask_structure=cfg.mask_structure, target_sparsity=cfg.sparsity)
         report.calibration = calibration
-        report.skipped = skipped
+        report.skipped = plan.skipped
         undo = UndoLog()
         spec = spec_for(getattr(getattr(model, "config", None), "model_type", None))
         engine = BlockEngine(cfg, report, undo, sequential_groups=spec.sequential_groups if spec else None,
+                             sparsity_for=plan.sparsity_for,
                              model_config=getattr(model, "config", None), prune=prune)
         use_cache = getattr(getattr(model, "config", None), "use_cache", None)
         was_training = model.training
@@ -227,7 +229,7 @@ class SIPruner:
         block_path, blocks = find_decoder_blocks(skeleton, cfg.block_name)
         if cfg.induction:
             cfg = self._check_induction_support(skeleton, blocks[0])
-        plan, skipped = self._plan(blocks, block_path, cfg)
+        plan = self._plan(blocks, block_path, cfg)
         target = folders.resolve(save_dir)
         folders.check_target(target, folder, cfg.activation_dir if cfg.activation_storage == "disk" else None)
         device = torch.device(cfg.device) if cfg.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -272,7 +274,7 @@ class SIPruner:
             writer = st.ShardWriter(partial, max_shard_size, done=progress["shards"] if progress else None)
             report = PruneReport(method=cfg.method, mask_structure=cfg.mask_structure, target_sparsity=cfg.sparsity)
             report.calibration = calibration
-            report.skipped = skipped
+            report.skipped = plan.skipped
             if progress:
                 report.layers = {k: LayerRecord(**v) for k, v in progress["layers"].items()}
             planned = [[f"{block_path}.{i}.{name}" for name in linears] for i, linears in enumerate(plan)]
@@ -338,7 +340,7 @@ class SIPruner:
         )
 
     def _stream_blocks(self, cfg: SIConfig, skeleton: nn.Module, blocks: nn.ModuleList, block_path: str,
-                       plan: list[dict[str, nn.Linear]], index, device: torch.device, ids: torch.Tensor | None,
+                       plan: PrunePlan, index, device: torch.device, ids: torch.Tensor | None,
                        partial: str, writer, on_block_written, finished: int, model_config, report: PruneReport) -> None:
         """Capture the first block's inputs and run the engine over the blocks from `finished` on."""
         from accelerate.utils import set_module_tensor_to_device
@@ -362,6 +364,7 @@ class SIPruner:
                                            finished_index=finished_index, finished=finished)
         spec = spec_for(model_config.model_type)
         engine = BlockEngine(cfg, report, UndoLog(enabled=False), sequential_groups=spec.sequential_groups if spec else None,
+                             sparsity_for=plan.sparsity_for,
                              model_config=model_config)
         started = time.perf_counter()
         skeleton.eval()
@@ -436,13 +439,14 @@ class SIPruner:
                 "hooks run its offloaded modules; leave `device` unset for an offloaded model."
             )
 
-    def _plan(self, blocks: nn.ModuleList, block_path: str,
-              cfg: SIConfig) -> tuple[list[dict[str, WeightTarget]], dict[str, str]]:
-        """The targets of every block and what is left dense on purpose; every check of the plan runs here."""
+    def _plan(self, blocks: nn.ModuleList, block_path: str, cfg: SIConfig) -> PrunePlan:
+        """The targets of every block, what is left dense on purpose and each target's sparsity; every check of the
+        plan runs here."""
         plans = [plan_block(block, f"{block_path}.{i}", cfg.targets, cfg.ignore) for i, block in enumerate(blocks)]
-        plan = [p.targets for p in plans]
+        plan = PrunePlan(block_path, [p.targets for p in plans],
+                         {name: why for p in plans for name, why in p.skipped.items()}, cfg.sparsity)
         self._check_plan(plan, block_path)
-        return plan, {name: why for p in plans for name, why in p.skipped.items()}
+        return plan
 
     def _check_plan(self, plan: list[dict[str, WeightTarget]], block_path: str) -> None:
         if not any(plan):

@@ -264,10 +264,14 @@ class BlockEngine:
         model_config: Any = None,
         prune: bool = True,
         sparsity_for: Callable[[str], float] | None = None,
+        reduce_stats: Callable[[torch.Tensor], None] | None = None,
     ) -> None:
         self.config = config
         # Sparsity of each target by full name (optimum_si.plan.PrunePlan.sparsity_for); the recipe's by default.
         self.sparsity_for = sparsity_for or (lambda _name: config.sparsity)
+        # Seam for data-parallel calibration: an in-place reduction (all-reduce sum) applied to every statistic
+        # after its collection pass, before any check or mask reads it. None: this process saw every token.
+        self.reduce_stats = reduce_stats
         self.report = report
         self.undo = undo
         self.sequential_groups = sequential_groups
@@ -438,6 +442,9 @@ class BlockEngine:
                                  all_tokens_to_experts=self.config.expert_calibration == "all",
                                  stop_when_done=not keep_outputs) as collector:
             outputs = run_block(block, inputs, collector)
+        if self.reduce_stats is not None:
+            for owner in {id(s): s for s in collector.stats.values()}.values():
+                owner.reduce_(self.reduce_stats)
         unrouted: dict[tuple, InputStats] = {}
         for name, target in group.items():
             stats = collector.stats.get(name)

@@ -6,6 +6,7 @@ post-attention norm) share one `InputStats`: the squared norms and the Hessian a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -44,6 +45,17 @@ class InputStats:
         self.sq_norms += x.square().sum(0)
         if self.xtx is not None:
             self.xtx.addmm_(x.T, x)
+
+    def reduce_(self, op: Callable[[torch.Tensor], None]) -> None:
+        """Apply an in-place reduction (e.g. `torch.distributed.all_reduce`, a sum over data-parallel ranks) to the
+        token count and every accumulated sum, so that all ranks hold the statistics of all calibration tokens."""
+        count = torch.tensor([float(self.tokens)], dtype=torch.float64, device=self.sq_norms.device)
+        op(count)
+        self.tokens = int(count.item())
+        op(self.sq_norms)
+        if self.xtx is not None:
+            op(self.xtx)
+        self._hessian_factor = None
 
     def is_finite(self) -> bool:
         ok = bool(torch.isfinite(self.sq_norms).all())

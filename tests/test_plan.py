@@ -34,3 +34,29 @@ def test_induction_refuses_a_non_uniform_plan(monkeypatch):
     with pytest.raises(NotImplementedError, match="per-layer sparsities"):
         SIPruner(method="wanda", induction=True, num_samples=8, seqlen=32, show_progress=False).prune(
             tiny_model("llama"), dataset=token_ids())
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_reduce_seam_sums_statistics_before_they_are_read(method):
+    """A reduction that doubles every sum (two data-parallel ranks that saw the same windows) changes no weight:
+    the token count doubles with the sums, so Wanda's ranking and SparseGPT's Hessian 2/n X X^T are the same."""
+    from optimum_si.engine import BlockEngine
+
+    from .test_golden import weights_digest
+
+    seen = []
+    plain = tiny_model("llama")
+    SIPruner(method=method, num_samples=8, seqlen=32, show_progress=False).prune(plain, dataset=token_ids())
+    original = BlockEngine.__init__
+
+    def with_reduce(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.reduce_stats = lambda tensor: (seen.append(tensor.shape), tensor.mul_(2))
+
+    reduced = tiny_model("llama")
+    try:
+        BlockEngine.__init__ = with_reduce
+        SIPruner(method=method, num_samples=8, seqlen=32, show_progress=False).prune(reduced, dataset=token_ids())
+    finally:
+        BlockEngine.__init__ = original
+    assert seen and weights_digest(reduced) == weights_digest(plain)

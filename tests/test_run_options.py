@@ -68,7 +68,8 @@ def test_in_memory_prune_refuses_streaming_arguments(argument):
     assert_unchanged(model, before)
 
 
-def test_nm_notation_warns_when_n_is_not_half_of_m(caplog):
+def test_nm_notation_warns_when_n_is_not_half_of_m(caplog, monkeypatch):
+    monkeypatch.setattr("optimum_si.config._WARNED_NM", set())  # the warning is once per process
     with caplog.at_level(logging.WARNING, logger="optimum_si"):
         SIConfig(mask_structure="2:4")
         assert "llm-compressor" not in caplog.text

@@ -41,21 +41,25 @@ DEFAULT_OWL_LAMBDA = 0.08
 def outlier_ratio(scores: Iterable[torch.Tensor], m: float = DEFAULT_OWL_M) -> float:
     """Percentage (0-100) of the pooled entries of `scores` strictly greater than `m` times their pooled mean.
 
-    `scores` are the Wanda metrics of one block's matrices (any shapes). They are pooled without concatenation:
-    one pass sums them (in float64, so a block of hundreds of millions of entries keeps an exact enough mean), a
-    second counts the outliers.
+    `scores` are the Wanda metrics of one block's matrices (any shapes), pooled without concatenation: one pass sums
+    them (in float64, so a block of hundreds of millions of entries keeps an exact enough mean), a second counts
+    the outliers. A re-iterable that makes each metric on the fly keeps one matrix's metric in memory at a time; a
+    one-shot iterator is read into a list first.
     """
     if not m > 0:
         raise ValueError(f"owl_m must be > 0, got {m!r}.")
-    tensors = list(scores)
-    count = sum(t.numel() for t in tensors)
+    if iter(scores) is scores:  # a generator cannot be read twice
+        scores = list(scores)
+    count, total = 0, 0.0
+    for t in scores:
+        count += t.numel()
+        total += float(t.detach().double().sum())
     if count == 0:
         raise ValueError("outlier_ratio needs at least one score.")
-    total = sum(float(t.detach().double().sum()) for t in tensors)
     if not math.isfinite(total):
         raise ValueError("outlier_ratio got non-finite scores.")
     threshold = m * total / count
-    above = sum(int((t.detach() > threshold).sum()) for t in tensors)
+    above = sum(int((t.detach() > threshold).sum()) for t in scores)
     return 100.0 * above / count
 
 

@@ -37,6 +37,7 @@ _WARNED_NM: set[str] = set()
 CHOICES = {
     "method": METHODS,
     "activation_storage": ("auto", "device", "cpu", "disk"),
+    "sparsity_profile": ("uniform", "owl"),
     "induction_refresh": ("fast", "classical", "none"),
     "induction_init": ("data", "none"),
     "induction_target": ("local", "global"),
@@ -96,6 +97,13 @@ class SIConfig:
     batch_size: int = _help("Calibration windows per block forward pass.", default=1)
     dampening_frac: float = _help("SparseGPT: Hessian dampening as a fraction of its mean diagonal.", default=0.01)
     block_size: int = _help("SparseGPT: columns per lazy-update block.", default=128)
+    sparsity_profile: str = _help(
+        "'uniform' (every pruned matrix at `sparsity`) or 'owl' (per-block sparsities from the dense model's outlier "
+        "ratios, mean `sparsity`; unstructured, in-memory, without induction for now; docs/methods.md).",
+        default="uniform")
+    owl_m: float = _help("OWL: a weight is an outlier when its Wanda metric exceeds owl_m x its block's mean.",
+                         default=5.0)
+    owl_lambda: float = _help("OWL: block sparsities spread over 2 x owl_lambda around `sparsity`.", default=0.08)
     targets: list[str] | None = _help(
         "fnmatch patterns (not regular expressions) over module names; only matching Linears inside the decoder blocks "
         "are pruned. Default: every Linear in the decoder blocks.",
@@ -215,6 +223,7 @@ class SIConfig:
         if not isinstance(self.dampening_frac, (int, float)) or not 0.0 < self.dampening_frac < 1.0:
             raise ValueError(f"dampening_frac must be in (0, 1), got {self.dampening_frac!r} (SparseGPT uses 0.01).")
         self.dampening_frac = float(self.dampening_frac)
+        self._validate_profile()
         for name in ("induction", "true_sequential", "show_progress"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
@@ -233,6 +242,19 @@ class SIConfig:
             raise ValueError(f"activation_storage must be 'auto', 'device', 'cpu' or 'disk', got {self.activation_storage!r}.")
         if self.activation_dir is not None and (not isinstance(self.activation_dir, str) or not self.activation_dir):
             raise ValueError(f"activation_dir must be a folder path or None, got {self.activation_dir!r}.")
+
+    def _validate_profile(self) -> None:
+        if self.sparsity_profile not in CHOICES["sparsity_profile"]:
+            raise ValueError(f"sparsity_profile must be 'uniform' or 'owl', got {self.sparsity_profile!r}.")
+        for name, positive in (("owl_m", True), ("owl_lambda", False)):
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                    or value < 0 or (positive and value == 0)):
+                raise ValueError(f"{name} must be a number {'> 0' if positive else '>= 0'}, got {value!r}.")
+            setattr(self, name, float(value))
+        if self.sparsity_profile == "owl" and (self.n_m is not None or self.induction):
+            # OWL's N:M variant rounds N per block, and SI re-selects masks at one sparsity: neither is built yet.
+            raise ValueError("sparsity_profile='owl' supports unstructured sparsity without induction for now.")
 
     def _validate_induction(self) -> None:
         for name in ("induction_epochs", "induction_refresh_interval"):
@@ -313,7 +335,7 @@ class SIConfig:
     @property
     def needs_calibration(self) -> bool:
         """Whether a run of this recipe needs calibration data (a data-driven method, or Sparsity Induction)."""
-        return self.pruning_method.needs_data or self.induction
+        return self.pruning_method.needs_data or self.induction or self.sparsity_profile == "owl"
 
     @property
     def n_m(self) -> tuple[int, int] | None:

@@ -17,6 +17,8 @@ __all__ = ["build_model_card", "resolve_base_model", "TEMPLATE_PATH"]
 TEMPLATE_PATH = os.path.join(os.path.dirname(__file__), "templates", "model_card.md.jinja")
 
 # The base method's citation comes from its registered `PruningMethod` (optimum_si.methods).
+_OWL_CITATION = ("Yin et al., Outlier Weighed Layerwise Sparsity (OWL): A Missing Secret Sauce for Pruning LLMs to "
+                 "High Sparsity, arXiv 2310.05175 (ICML 2024).")
 _SI_CITATION = ("Jiang et al., Sparsity Induction for Accurate Post-Training Pruning of Large Language Models, "
                 "arXiv 2602.21652 (2026).")
 
@@ -128,7 +130,12 @@ def build_model_card(model_config: Any, config: SIConfig, report: PruneReport | 
         eval_results=eval_results or None,
     )
     method = config.pruning_method
-    citations = [c for c in [method.citation, _SI_CITATION if config.induction else ""] if c]
+    owl = config.sparsity_profile == "owl"
+    citations = [c for c in [method.citation, _OWL_CITATION if owl else "", _SI_CITATION if config.induction else ""]
+                 if c]
+    method_rows = method.card_rows(config) + ([(
+        "Sparsity profile", f"OWL: per-block sparsities with mean {config.sparsity:g} (M = {config.owl_m:g}, "
+        f"lambda = {config.owl_lambda:g})")] if owl else [])
     if report is not None:
         extra.setdefault("pruned_layers", len(report.layers))
         extra.setdefault("achieved_sparsity", report.sparsity)
@@ -148,7 +155,7 @@ def build_model_card(model_config: Any, config: SIConfig, report: PruneReport | 
         report=report.to_dict() if report is not None else None,
         versions=version_stamp(),
         citations=citations,
-        method_rows=method.card_rows(config),
+        method_rows=method_rows,
         plots={k: v for k, v in (plots or {}).items() if k in _PLOT_KINDS and v and not os.path.isabs(v)},
         **extra,
     )

@@ -21,10 +21,14 @@ class PrunePlan(list):
         self.block_path = block_path
         self.skipped = skipped
         self.sparsity = sparsity
+        # One sparsity per block (OWL, optimum_si.owl), or None for the recipe's everywhere.
+        self.block_sparsities: list[float] | None = None
 
     def sparsity_for(self, name: str) -> float:
         """Fraction of weights to zero in the target with full name `name` (ignored by N:M structures)."""
-        return self.sparsity
+        if self.block_sparsities is None:
+            return self.sparsity
+        return self.block_sparsities[int(name[len(self.block_path) + 1:].split(".", 1)[0])]
 
     def names(self, index: int) -> list[str]:
         """Full names of block `index`'s targets."""

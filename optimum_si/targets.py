@@ -157,7 +157,7 @@ def plan_block(block: nn.Module, prefix: str, targets: list[str] | None, ignore:
                     continue
                 found = _expert_targets(module_name, module, param_name, param.shape)
             elif leaf in ROUTER_NAMES and param.dim() == 2:
-                found = [WeightTarget(module_name, module)]
+                found = [WeightTarget(module_name, module, param=param_name)]
             else:
                 if _matches((full_module, full_param), ignore):
                     skipped[full_param] = "ignore pattern"

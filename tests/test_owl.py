@@ -68,7 +68,7 @@ def _expected_block_sparsities(model, ids, target, m=5.0, lam=0.08):
     return ratios, owl_sparsities(ratios, target, lam)
 
 
-@pytest.mark.parametrize("method", ["wanda", "magnitude", "sparsegpt"])
+@pytest.mark.parametrize("method", ["wanda", "magnitude", "sparsegpt", "ria", "zpruner"])
 def test_owl_prunes_each_block_at_its_own_sparsity(method):
     model, ids = _outlier_model(), token_ids()
     ratios, expected = _expected_block_sparsities(model, ids, 0.7)

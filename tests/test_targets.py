@@ -240,3 +240,34 @@ def test_expert_calibration_all_gives_every_expert_every_token():
     assert pruner.report.sparsity == 0.5 and pruner.config.to_dict()["expert_calibration"] == "all"
     experts = (routed.model.layers[0].mlp.experts.down_proj, everything.model.layers[0].mlp.experts.down_proj)
     assert not torch.equal(experts[0] == 0, experts[1] == 0)  # other statistics, other masks
+
+
+def test_qwen2_moe_prunes_shared_and_routed_experts_keeps_both_gates_dense():
+    import transformers as tf
+    from transformers import AutoModelForCausalLM
+
+    from .conftest import _COMMON
+
+    torch.manual_seed(0)
+    config = tf.Qwen2MoeConfig(**_COMMON, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64,
+                               shared_expert_intermediate_size=64, decoder_sparse_step=1, mlp_only_layers=[])
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    pruner = SIPruner(method="sparsegpt", num_samples=8, seqlen=32, show_progress=False)
+    pruner.prune(model, dataset=token_ids())
+    assert pruner.report.sparsity == 0.5 and "model.layers.1.mlp.shared_expert.up_proj" in pruner.report.layers
+    assert pruner.report.skipped["model.layers.0.mlp.shared_expert_gate"] == "router (kept dense by default)"
+
+
+def test_offloaded_moe_gives_the_in_memory_result():
+    from accelerate import cpu_offload
+
+    from optimum_si.offload import offloaded_state_dict
+
+    reference, _ = _prune("mixtral", "wanda")
+    model = tiny_model("mixtral")
+    for layer in model.model.layers:
+        cpu_offload(layer, execution_device=torch.device("cpu"))
+    SIPruner(method="wanda", num_samples=8, seqlen=32, show_progress=False).prune(model, dataset=token_ids())
+    stored = offloaded_state_dict(model)
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(stored[name], tensor), name

@@ -4,6 +4,7 @@ GPT-2's Conv1D (transposed layout), routers left dense, unknown layouts refused 
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
@@ -271,3 +272,20 @@ def test_offloaded_moe_gives_the_in_memory_result():
     stored = offloaded_state_dict(model)
     for name, tensor in reference.state_dict().items():
         assert torch.equal(stored[name], tensor), name
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_gpt2_streaming_matches_in_memory(method, tmp_path):
+    from safetensors.torch import load_file
+
+    source = tmp_path / "dense"
+    tiny_model("gpt2").save_pretrained(source)
+    model, _ = _prune("gpt2", method)
+    pruner = SIPruner(method=method, num_samples=8, seqlen=32, show_progress=False)
+    out = pruner.prune(str(source), save_dir=str(tmp_path / "out"), dataset=token_ids(), device="cpu")
+    streamed = {k: v for path in sorted(os.listdir(out)) if path.endswith(".safetensors")
+                for k, v in load_file(os.path.join(out, path)).items()}
+    state = model.state_dict()
+    assert "transformer.h.1.mlp.c_fc.weight" in streamed
+    for name, tensor in streamed.items():
+        assert torch.equal(tensor, state[name]), name

@@ -289,3 +289,10 @@ def test_gpt2_streaming_matches_in_memory(method, tmp_path):
     assert "transformer.h.1.mlp.c_fc.weight" in streamed
     for name, tensor in streamed.items():
         assert torch.equal(tensor, state[name]), name
+
+
+def test_card_names_the_weights_left_dense(tmp_path):
+    model, pruner = _prune("mixtral", "wanda")
+    out = pruner.save(model, str(tmp_path / "out"))
+    card = open(os.path.join(out, "README.md"), encoding="utf-8").read()
+    assert "So are 2 weight(s) inside" in card and "routers" in card

@@ -296,3 +296,12 @@ def test_card_names_the_weights_left_dense(tmp_path):
     out = pruner.save(model, str(tmp_path / "out"))
     card = open(os.path.join(out, "README.md"), encoding="utf-8").read()
     assert "So are 2 weight(s) inside" in card and "routers" in card
+
+
+def test_transposed_experts_are_refused_unless_ignored():
+    block = tiny_model("mixtral").model.layers[0]
+    block.mlp.experts.is_transposed = True
+    with pytest.raises(ValueError, match=r"experts\.gate_up_proj \(experts stored transposed"):
+        plan_block(block, "model.layers.0", None, [])
+    plan = plan_block(block, "model.layers.0", None, ["*.mlp.experts"])
+    assert plan.skipped["model.layers.0.mlp.experts.down_proj"] == "ignore pattern" and len(plan.targets) == 4

@@ -29,7 +29,7 @@ from .block_error import OutputErrorProbe
 from .config import SIConfig
 from .masks import select_mask
 from .methods import PruningMethod, get_method
-from .report import BlockRecord, LayerRecord, PruneReport
+from .report import BlockInduction, BlockRecord, LayerRecord, PruneReport
 from .stats import InputStats, InputStatsCollector, StopForward
 from .targets import WeightTarget
 from .weights import UndoLog
@@ -408,7 +408,7 @@ class BlockEngine:
                                                           self.undo)
         record.stats_seconds += t1 - t0
         if not self.prune:
-            record.induction = {"scale_spread": spreads, "seconds": time.perf_counter() - t1}
+            record.induction = BlockInduction(scale_spread=spreads, seconds=time.perf_counter() - t1)
             return
         dense_weights = {name: linear.weight.detach().float().clone() for name, linear in linears.items()}
         keeps = self._prune_group(prefix, targets, stats, row_scales)
@@ -416,7 +416,7 @@ class BlockEngine:
         record.prune_seconds += t2 - t1
         inducer = BlockInducer(self.config, self.undo)
         inducer.run(block, linears, dense_weights, keeps, stats, inputs.hidden, inputs.kwargs, dense_outputs, row_scales)
-        record.induction = {"scale_spread": spreads}
+        record.induction = BlockInduction(scale_spread=spreads)
         return inducer
 
     def _conclude_induction(self, index: int, inducer, prefix: str, linears: dict[str, nn.Linear],
@@ -426,7 +426,8 @@ class BlockEngine:
         result = inducer.record
         for name, target in linears.items():
             self.report.layers[f"{prefix}.{name}"].zeros = target.zeros()
-        record.induction = {**result.as_dict(), **(record.induction or {})}
+        result.scale_spread = record.induction.scale_spread if record.induction is not None else None
+        record.induction = result
         logger.info(
             "block %d: induction loss %.4g -> %.4g (%s), %d steps, %d mask changes, %.1f s", index,
             result.loss_before, result.loss_after, "kept" if result.kept else "reverted", result.steps,

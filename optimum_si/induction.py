@@ -18,8 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -30,6 +28,7 @@ from .masks import select_mask
 from .methods import get_method
 from .metrics import wanda_scores
 from .optim import DampedAdam
+from .report import BlockInduction
 from .stats import InputStats, InputStatsCollector
 from .weights import UndoLog, write_parameter
 
@@ -129,26 +128,8 @@ class ScaledLinear(nn.Module):
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
 
-@dataclass
-class InductionRecord:
-    loss_before: float
-    loss_after: float
-    kept: bool
-    seconds: float
-    refresh_seconds: float
-    steps: int
-    mask_changes: int
-    importance_histogram: dict[str, list] | None = None
-    # Block loss on the held-out calibration windows (never trained on), without and with the learned scales.
-    validation_loss_base: float | None = None
-    validation_loss_induced: float | None = None
-    # The same block losses as relative output errors sqrt(loss / mean(target^2)) on the judged windows: the base
-    # pruner's block alone, and with the learned scales (whether or not the block kept them).
-    relative_error_base: float | None = None
-    relative_error_induced: float | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+# The record BlockInducer fills is the report's typed per-block SI record.
+InductionRecord = BlockInduction
 
 
 def validation_windows(count: int, fraction: float) -> list[int]:

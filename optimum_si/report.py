@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["LayerRecord", "BlockRecord", "PruneReport", "REPORT_NAME"]
+__all__ = ["LayerRecord", "BlockRecord", "BlockInduction", "PruneReport", "REPORT_NAME"]
 
 REPORT_NAME = "si_report.json"
 
@@ -26,16 +27,69 @@ class LayerRecord:
 
 
 @dataclass
+class BlockInduction(Mapping):
+    """What Sparsity Induction did to one block (optimum_si.induction.BlockInducer fills it; induce-only runs set
+    only `scale_spread` and `seconds`). Typed, and still read like the dict it replaced (`record["kept"]`,
+    `record.get(...)`, `"kept" in record`): fields left None count as absent, as in the JSON of si_report.json."""
+
+    loss_before: float | None = None  # block loss on the judged windows with the base pruner's weights
+    loss_after: float | None = None  # the same with the learned scales folded in
+    kept: bool | None = None  # the verdict: scales kept (True) or the block reverted to the base pruner
+    seconds: float | None = None
+    refresh_seconds: float | None = None
+    steps: int | None = None
+    mask_changes: int | None = None
+    importance_histogram: dict[str, list] | None = None
+    # Block loss on the held-out calibration windows (never trained on), without and with the learned scales.
+    validation_loss_base: float | None = None
+    validation_loss_induced: float | None = None
+    # The same block losses as relative output errors sqrt(loss / mean(target^2)) on the judged windows: the base
+    # pruner's block alone, and with the learned scales (whether or not the block kept them).
+    relative_error_base: float | None = None
+    relative_error_induced: float | None = None
+    # Spread (max / min) of each distribution-level scale folded into the block, by scaling group.
+    scale_spread: dict[str, float] | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        value = getattr(self, key, None) if key in _INDUCTION_FIELDS else None
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name in _INDUCTION_FIELDS if getattr(self, name) is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields that are set (the JSON form)."""
+        return {name: getattr(self, name) for name in self}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BlockInduction:
+        """From si_report.json (or an older report's dict); keys of newer versions are ignored."""
+        return cls(**{key: value for key, value in data.items() if key in _INDUCTION_FIELDS})
+
+
+_INDUCTION_FIELDS = tuple(f.name for f in fields(BlockInduction))
+
+
+@dataclass
 class BlockRecord:
     index: int
     seconds: float
     stats_seconds: float = 0.0
     prune_seconds: float = 0.0
     propagate_seconds: float = 0.0
-    induction: dict[str, Any] | None = None
+    induction: BlockInduction | None = None
     # ||block_out_pruned - block_out_dense|| / ||block_out_dense|| on a few calibration windows, both blocks fed the
     # same inputs (optimum_si.block_error); None for data-free runs.
     output_error: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.induction, Mapping) and not isinstance(self.induction, BlockInduction):
+            self.induction = BlockInduction.from_dict(self.induction)  # read back from si_report.json
 
 
 @dataclass
@@ -118,6 +172,8 @@ class PruneReport:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        for block, record in zip(data["blocks"], self.blocks):  # only the fields SI set, as before it was typed
+            block["induction"] = record.induction.as_dict() if record.induction is not None else None
         data["induction_summary"] = self.induction_summary()
         data["output_error_summary"] = self.output_error_summary()
         data["layers"] = {name: {**asdict(r), "sparsity": r.sparsity} for name, r in self.layers.items()}

@@ -90,3 +90,26 @@ def test_walker_releases_after_a_fault_and_commits_nothing_unfinished():
         assert calls == [("load", 0), ("commit", 0), ("release", 0), ("load", 1), ("release", 1)]
     finally:
         _REGISTRY.pop("fails-in-block-one", None)
+
+
+def test_si_records_are_typed_and_read_like_dicts(tmp_path):
+    import json
+
+    from optimum_si import SIPruner
+    from optimum_si.report import BlockInduction, BlockRecord
+
+    model = tiny_model("llama")
+    pruner = SIPruner(method="wanda", induction=True, induction_epochs=1, num_samples=8, seqlen=32,
+                      show_progress=False)
+    pruner.prune(model, dataset=token_ids())
+    record = pruner.report.blocks[0].induction
+    assert isinstance(record, BlockInduction) and isinstance(record.kept, bool) and record.steps
+    assert record["kept"] is record.kept and "kept" in record and record.get("missing") is None
+    assert "validation_loss_base" in record or record.validation_loss_base is None
+    saved = json.loads(json.dumps(pruner.report.to_dict()))["blocks"][0]["induction"]
+    assert None not in saved.values() and saved["scale_spread"] == record.scale_spread
+    assert BlockRecord(**{**json.loads(json.dumps(pruner.report.to_dict()))["blocks"][0]}).induction == record
+    induced = SIPruner(method="wanda", num_samples=8, seqlen=32, show_progress=False)
+    induced.induce(tiny_model("llama"), dataset=token_ids())
+    only = induced.report.blocks[0].induction
+    assert set(only) == {"seconds", "scale_spread"} and "kept" not in only

@@ -65,13 +65,20 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 
 def _field_type(field: dataclasses.Field) -> tuple[Any, bool]:
-    """(scalar type, is_list) of an SIConfig field, from its annotation string."""
-    text = str(field.type)
-    is_list = "list[" in text
-    for name, kind in (("bool", bool), ("int", int), ("float", float)):
-        if text.startswith(name) or f"[{name}]" in text:
-            return kind, is_list
-    return str, is_list
+    """(scalar type, is_list) of an SIConfig field, from its resolved type hint (`X | None` -> X, `list[X]`)."""
+    hint = typing.get_type_hints(SIConfig)[field.name]
+    options = [arg for arg in typing.get_args(hint) if arg is not type(None)] if _is_union(hint) else [hint]
+    inner = options[0]
+    is_list = typing.get_origin(inner) is list
+    if is_list:
+        inner = typing.get_args(inner)[0]
+    return (inner if inner in (bool, int, float) else str), is_list
+
+
+def _is_union(hint: Any) -> bool:
+    import types
+
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:

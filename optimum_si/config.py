@@ -25,7 +25,7 @@ CONFIG_NAME = "si_config.json"
 FORMAT_VERSION = 1
 # The built-in methods (and the CLI's choices); any method registered with `optimum_si.methods.register_method`
 # is valid in a recipe too.
-METHODS = ("magnitude", "wanda", "sparsegpt", "ria", "zpruner")
+METHODS = ("magnitude", "wanda", "sparsegpt", "ria", "zpruner", "alps")
 _NM_PATTERN = re.compile(r"^(\d+):(\d+)$")
 # Keys written by `to_dict` next to the fields; they describe the file, not the recipe.
 _FILE_KEYS = ("format_version", "meta")
@@ -83,7 +83,7 @@ class SIConfig:
     can be given here, to `SIPruner(...)` or to `prune(...)`, and are never part of the saved recipe.
     """
 
-    method: str = _help("Base pruner: 'magnitude', 'wanda', 'sparsegpt', 'ria' or 'zpruner' (docs/methods.md).",
+    method: str = _help("Base pruner: 'magnitude', 'wanda', 'sparsegpt', 'ria', 'zpruner' or 'alps' (docs/methods.md).",
                         default="wanda")
     sparsity: float | None = _help(
         "Fraction of weights zeroed in every pruned Linear, in (0, 1). Defaults to 0.5, or 1 - N/M for N:M.",

@@ -272,7 +272,7 @@ def test_verbose_before_and_after_the_command():
 
 def test_help_shows_defaults_and_choices():
     prune_help = build_parser()._subparsers._group_actions[0].choices["prune"].format_help()
-    assert "{magnitude,wanda,sparsegpt,ria,zpruner}" in prune_help
+    assert "{magnitude,wanda,sparsegpt,ria,zpruner,alps}" in prune_help
     assert "{auto,device,cpu,disk}" in prune_help
     assert "(default: 128)" in prune_help  # --num-samples, from SIConfig
     assert "(default: 5GB)" in prune_help and "--trust-remote-code" in prune_help

@@ -25,7 +25,8 @@ from .base import PruningMethod
 __all__ = ["register_method", "get_method", "available_methods"]
 
 # name -> module that registers it when imported
-_BUILTIN = {"magnitude": ".magnitude", "wanda": ".wanda", "sparsegpt": ".sparsegpt", "ria": ".ria", "zpruner": ".zpruner"}
+_BUILTIN = {"magnitude": ".magnitude", "wanda": ".wanda", "sparsegpt": ".sparsegpt", "ria": ".ria", "zpruner": ".zpruner",
+            "alps": ".alps"}
 _REGISTRY: dict[str, PruningMethod] = {}
 
 

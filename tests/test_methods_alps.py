@@ -75,6 +75,17 @@ def test_hessian_scale_does_not_matter():
     torch.testing.assert_close(base.weight, scaled.weight, rtol=1e-9, atol=1e-9)
 
 
+def test_input_channel_scaling_covariance_without_damping():
+    # Why SI does not fold before ALPS (docs/methods.md): the unit-diagonal normalisation removes any input-channel
+    # scaling S (W -> W S, H -> S^-1 H S^-1), so the fold would change ALPS's result only through the damping.
+    weight, _, hessian = _layer(6, dtype=torch.float64)
+    s = torch.rand(weight.shape[1], generator=torch.Generator().manual_seed(6), dtype=torch.float64) * 4 + 0.25
+    base = alps_prune(weight, prepare_hessian(hessian, 0.0), 0.7)
+    scaled = alps_prune(weight * s, prepare_hessian(hessian / s / s.unsqueeze(1), 0.0), 0.7)
+    assert torch.equal(base.keep_mask, scaled.keep_mask)
+    torch.testing.assert_close(scaled.weight / s, base.weight, rtol=1e-6, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- (b) PCG = least squares on the support
 
 def _least_squares_on_support(hessian: torch.Tensor, rhs: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -124,9 +135,10 @@ def test_default_refinement_lowers_the_error_of_the_admm_support():
 @pytest.mark.parametrize("sparsity,n_m", [(0.5, None), (0.7, None), (0.8, None), (0.5, (2, 4))])
 def test_lower_reconstruction_error_than_sparsegpt_and_wanda(seed, sparsity, n_m):
     """The promise of ALPS (its §4 compares the layer objective): a lower layer-wise error than SparseGPT's OBS
-    updates and than Wanda's mask, same data, same 1 % damping. No slack is needed: on these layers ALPS's error
-    is 0.25-0.65 x SparseGPT's (measured over seeds 0-3); the damping ridge is the only term ALPS optimises that
-    is not measured here, and it is 1 % of the mean diagonal."""
+    updates and than Wanda's mask, same data, same 1 % damping. No slack is given: on these layers ALPS's error is
+    0.31-0.62 x SparseGPT's and 0.20-0.59 x Wanda's (measured over these 16 cases), so the assertion is far from
+    its edge. Both methods optimise the damped objective while the error here is undamped; the ridge is 1 % of the
+    mean diagonal for both, a small effect next to that margin."""
     weight, x, hessian = _layer(seed)
     alps = alps_prune(weight, prepare_hessian(hessian, 0.01), sparsity, n_m).weight
     obs = sparsegpt_prune(weight, inverse_hessian_factor(hessian, 0.01), sparsity, n_m, block_size=16).weight

@@ -75,7 +75,7 @@ class ALPS(PruningMethod):
         for name, weight in weights.items():
             if prepared_for is not stats[name]:
                 prepared = None  # free the last input's d x d matrices before making the next ones
-                prepared = prepare_hessian(stats[name].hessian.to(weight.device), self.dampening)
+                prepared = prepare_hessian(stats[name].hessian, self.dampening)  # on the statistics' device, as SparseGPT
                 prepared_for = stats[name]
             result = alps_prune(weight, prepared, config.sparsity, config.n_m, rho0=self.rho0, max_iter=self.max_iter,
                                 update_every=self.update_every, min_iter=self.min_iter, pcg_iters=self.pcg_iters,

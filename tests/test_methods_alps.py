@@ -222,3 +222,23 @@ def test_saved_card_cites_alps(tmp_path):
     card = open(os.path.join(out, "README.md"), encoding="utf-8").read()
     assert "ALPS: Improved Optimization for Highly Sparse One-Shot Pruning" in card and "ρ0 = 0.1" in card
     assert SIPruner.from_pretrained(out).config.method == "alps"
+
+
+def test_streaming_from_a_folder_equals_in_memory(tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    source = tmp_path / "dense"
+    tiny_model("llama").save_pretrained(source, max_shard_size="40KB")
+    out = tmp_path / "out"
+    SIPruner(method="alps", sparsity=0.7, num_samples=8, seqlen=32, show_progress=False).prune(
+        str(source), save_dir=out, dataset=token_ids(), max_shard_size="60KB")
+    in_memory = AutoModelForCausalLM.from_pretrained(source)
+    SIPruner(method="alps", sparsity=0.7, num_samples=8, seqlen=32, show_progress=False).prune(
+        in_memory, dataset=token_ids())
+    written = {}
+    for name in os.listdir(out):
+        if name.endswith(".safetensors"):
+            written.update(load_file(os.path.join(out, name)))
+    expected = in_memory.state_dict()
+    assert written and all(torch.equal(tensor, expected[key]) for key, tensor in written.items())

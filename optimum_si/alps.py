@@ -186,10 +186,13 @@ def alps_prune(
     w0 = weight.detach().to(device=h.device, dtype=dtype) * scale  # the normalised basis: column j times sqrt(H_jj)
     target = w0 @ h  # W0 H, the linear term of the objective
 
-    d_init = w0 * project(w0, sparsity, n_m)
-    kept = int(torch.count_nonzero(project(w0, sparsity, n_m)))
+    # The support is tracked as the projection's mask, not as `d != 0`: a weight that is already 0 (re-pruning a
+    # sparse checkpoint) is still a kept slot of the mask, and counting it as a change would move ρ for nothing.
+    support_init = project(w0, sparsity, n_m)
+    d_init = w0 * support_init
+    kept = int(support_init.sum())
     w, d, v = w0.clone(), d_init.clone(), torch.zeros_like(w0)
-    support = d_init != 0
+    support = support_init
     rho, grown = float(rho0), False
     inverse = prepared.inverse(rho)
     iterations = 0
@@ -197,11 +200,11 @@ def alps_prune(
         iterations = iteration + 1
         w = (target - v + rho * d) @ inverse
         shifted = w + v / rho
-        d = shifted * project(shifted, sparsity, n_m)
+        new_support = project(shifted, sparsity, n_m)
+        d = shifted * new_support
         v.add_(w - d, alpha=rho)
         if iterations % update_every:
             continue
-        new_support = d != 0
         changed = int((new_support ^ support).sum())
         support = new_support
         ratio = changed / max(kept, 1)
@@ -215,7 +218,7 @@ def alps_prune(
             else:  # the support crawls at a ρ that never had to grow: ρ was too large; restart softer
                 rho /= _SHRINK
                 w, d, v = w0.clone(), d_init.clone(), torch.zeros_like(w0)
-                support = d_init != 0
+                # The next check still compares with the support just seen (not the initial one), as the code does.
         elif grown:  # ρ has forced the support to stop moving
             break
         else:

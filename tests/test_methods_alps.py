@@ -45,6 +45,15 @@ def test_exact_unstructured_count_per_matrix(sparsity):
     assert result.admm_iterations < 300  # stopped by the support rule, not by the iteration cap
 
 
+def test_re_pruning_a_sparse_weight_keeps_the_exact_count():
+    # Weights that are already 0 stay countable slots of the support (tracked as a mask, not as != 0).
+    weight, _, hessian = _layer(7)
+    weight = weight * (torch.rand(weight.shape, generator=torch.Generator().manual_seed(7)) > 0.5)
+    result = alps_prune(weight, prepare_hessian(hessian), 0.7)
+    assert int(result.keep_mask.sum()) == weight.numel() - int(weight.numel() * 0.7)
+    assert bool((result.weight[~result.keep_mask] == 0).all())
+
+
 @pytest.mark.parametrize("n_keep,m", [(2, 4), (4, 8), (1, 4)])
 def test_exact_nm_pattern(n_keep, m):
     weight, _, hessian = _layer(1)

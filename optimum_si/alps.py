@@ -1,8 +1,8 @@
 """ALPS: layer-wise pruning by ADMM support search, then PCG refinement of the kept weights (pure tensor math).
 
 Meng, Behdin, Wang & Mazumder, "ALPS: Improved Optimization for Highly Sparse One-Shot Pruning for Large Language
-Models", NeurIPS 2024 (arXiv 2406.07831); reimplemented from the paper, with the defaults and the ρ schedule of the
-authors' code (github.com/mazumder-lab/ALPS, `alps.py`, `ALPS_prune.ALPS_admm`), which was read, not copied.
+Models", NeurIPS 2024 (arXiv 2406.07831); reimplemented after the authors' code (github.com/mazumder-lab/ALPS,
+`alps.py`, `ALPS_prune.ALPS_admm` and `cg_batch`), which was read, not copied, and is the source of every default.
 
 Problem, for one Linear with dense weight W0 [out, in] and input Hessian H = X^T X [in, in]:
 
@@ -29,7 +29,8 @@ Conventions (the authors' code, docs/methods.md):
 
 Deviations, all documented in docs/methods.md: exact-count projection (zero exactly int(numel x sparsity), stable
 ties) instead of `topk` on the negated squares; the PCG stopping test uses the residual on the support (the authors'
-tests the full residual, which never vanishes on a fixed support, so their loop always runs its 10 steps).
+tests the full residual, which never vanishes on a fixed support, so their loop always runs its 10 steps); a floor
+on ρ. With the same count, the masks and weights equal a float64 transcription of the authors' loop (docs/methods.md).
 """
 
 from __future__ import annotations

@@ -15,6 +15,18 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .choices import (
+    CHOICE_FIELDS,
+    ActivationStorage,
+    ExpertCalibration,
+    InductionInit,
+    InductionOptimizer,
+    InductionRefresh,
+    InductionStatistics,
+    InductionTarget,
+    InductionUnsupported,
+    SparsityProfile,
+)
 from .devices import validate_device
 
 __all__ = ["SIConfig", "CONFIG_NAME", "METHODS", "CHOICES", "RUN_OPTIONS", "version_stamp", "read_recipe"]
@@ -34,18 +46,7 @@ _FILE_KEYS = ("format_version", "meta")
 RUN_OPTIONS = ("device", "activation_storage", "activation_dir", "show_progress")
 _WARNED_NM: set[str] = set()
 # Fields with a closed set of values (validated here, listed as choices by the CLI).
-CHOICES = {
-    "method": METHODS,
-    "activation_storage": ("auto", "device", "cpu", "disk"),
-    "sparsity_profile": ("uniform", "owl"),
-    "induction_refresh": ("fast", "classical", "none"),
-    "induction_init": ("data", "none"),
-    "induction_target": ("local", "global"),
-    "induction_statistics": ("auto", "pruned", "dense"),
-    "induction_unsupported": ("error", "skip"),
-    "induction_optimizer": ("adam", "damped-adam"),
-    "expert_calibration": ("routed", "all"),
-}
+CHOICES = {"method": METHODS, **{name: tuple(m.value for m in kind) for name, kind in CHOICE_FIELDS.items()}}
 # More calibration tokens than this (2^31: terabytes of activations for any LLM) is a typo, not a recipe; refusing it
 # up front keeps a run from hanging while it draws the windows.
 MAX_CALIBRATION_TOKENS = 2**31
@@ -97,7 +98,7 @@ class SIConfig:
     batch_size: int = _help("Calibration windows per block forward pass.", default=1)
     dampening_frac: float = _help("SparseGPT: Hessian dampening as a fraction of its mean diagonal.", default=0.01)
     block_size: int = _help("SparseGPT: columns per lazy-update block.", default=128)
-    sparsity_profile: str = _help(
+    sparsity_profile: SparsityProfile = _help(
         "'uniform' (every pruned matrix at `sparsity`) or 'owl' (per-block sparsities from the dense model's outlier "
         "ratios, mean `sparsity`; unstructured, in-memory, without induction for now; docs/methods.md).",
         default="uniform")
@@ -120,11 +121,11 @@ class SIConfig:
         "as the Wanda and SparseGPT reference code does.",
         default=False,
     )
-    expert_calibration: str = _help(
+    expert_calibration: ExpertCalibration = _help(
         "Mixture-of-experts models: statistics of each expert from the tokens the router sends it ('routed', as the "
         "model runs) or from every calibration token ('all', for experts that see few tokens).", default="routed")
     device: str | None = _help("Execution device for block work ('cuda', 'cpu', ...). Default: where the blocks are.", default=None)
-    activation_storage: str = _help(
+    activation_storage: ActivationStorage = _help(
         "Where calibration activations wait between blocks: 'auto' (on the device when it is the CPU, else pinned CPU "
         "memory, moved to the device one batch at a time), 'device', 'cpu', or 'disk' (for very long calibration sets).",
         default="auto")
@@ -139,27 +140,27 @@ class SIConfig:
         "0 disables it.", default=0.0)
     induction_row_scales: bool = _help("Learn output-row scales of the pruned Linears.", default=True)
     induction_col_scales: bool = _help("Learn input-column scales of the pruned Linears.", default=True)
-    induction_refresh: str = _help(
+    induction_refresh: InductionRefresh = _help(
         "How mask-only methods refresh their mask while the scales train: 'fast' (eq. 11, cached Hessian diagonal), "
         "'classical' (re-collect statistics with forward passes) or 'none' (keep the base mask).", default="fast")
     induction_refresh_interval: int = _help("Training steps between two mask refreshes.", default=8)
-    induction_target: str = _help(
+    induction_target: InductionTarget = _help(
         "Reconstruction target: 'local' (the dense block on the pruned model's inputs) or 'global' (the dense model's "
         "own block outputs, kept as a second activation stream; fits the calibration text more closely and generalises "
         "worse, see docs/si-design.md).", default="local")
-    induction_statistics: str = _help(
+    induction_statistics: InductionStatistics = _help(
         "With the global target, where the base pruner's statistics come from: 'pruned' (the pruned model's inputs, "
         "one extra partial pass per block, as plain Wanda/SparseGPT), 'dense' (collected during the teacher pass "
         "that computes the targets, no extra pass) or 'auto' ('dense' for Wanda, 'pruned' otherwise; see "
         "docs/si-design.md).", default="auto")
-    induction_init: str = _help(
+    induction_init: InductionInit = _help(
         "Distribution-level equivalent scaling before the mask: 'data' (from channel statistics, eq. 5) or 'none'.",
         default="data")
     induction_init_exponent: float = _help("Exponent of the channel RMS in the data-driven scale init.", default=1.0)
     induction_groups: list[str] | None = _help(
         "Scaling groups of the equivalent transform (attn_in, attn_out, mlp_in, mlp_out, qk); default: all that the "
         "architecture table defines.", default=None)
-    induction_optimizer: str = _help(
+    induction_optimizer: InductionOptimizer = _help(
         "Optimiser of the learned scales: 'adam', or 'damped-adam' (steps in proportion to the gradient evidence "
         "for weakly exercised channels, so they stay near 1; see optimum_si/optim.py and docs/si-design.md).",
         default="damped-adam")
@@ -172,7 +173,7 @@ class SIConfig:
     induction_min_gain: float = _help(
         "Relative loss reduction a block's induction must reach on the judged windows to be kept (0: any reduction).",
         default=0.0)
-    induction_unsupported: str = _help(
+    induction_unsupported: InductionUnsupported = _help(
         "What to do when the architecture has no scaling-group mapping: 'error', or 'skip' to prune without SI.",
         default="error")
 
@@ -242,6 +243,8 @@ class SIConfig:
             raise ValueError(f"activation_storage must be 'auto', 'device', 'cpu' or 'disk', got {self.activation_storage!r}.")
         if self.activation_dir is not None and (not isinstance(self.activation_dir, str) or not self.activation_dir):
             raise ValueError(f"activation_dir must be a folder path or None, got {self.activation_dir!r}.")
+        for name, kind in CHOICE_FIELDS.items():  # validated above (as strings): now their str-Enum members
+            setattr(self, name, kind(getattr(self, name)))
 
     def _validate_profile(self) -> None:
         if self.sparsity_profile not in CHOICES["sparsity_profile"]:

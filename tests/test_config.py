@@ -115,3 +115,18 @@ def test_absurd_calibration_sizes_are_refused_at_once(num_samples, seqlen):
 def test_seed_outside_torch_range_is_refused(seed):
     with pytest.raises(ValueError, match="seed must be an integer in"):
         SIConfig(seed=seed)
+
+
+def test_choices_are_str_enums_that_read_as_strings():
+    import json
+
+    from optimum_si.choices import ActivationStorage, InductionTarget
+    from optimum_si.config import CHOICES
+
+    config = SIConfig(induction_target="global", activation_storage=ActivationStorage.CPU)
+    assert config.induction_target is InductionTarget.GLOBAL and config.induction_target == "global"
+    assert f"{config.induction_target}" == "global" and str(config.activation_storage) == "cpu"
+    assert json.loads(json.dumps(config.to_dict()))["induction_target"] == "global"
+    assert CHOICES["induction_optimizer"] == ("adam", "damped-adam")
+    with pytest.raises(ValueError, match="induction_target must be one of 'local', 'global'"):
+        SIConfig(induction_target="far")

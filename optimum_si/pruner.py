@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import distributed
 from .activations import resolve_storage
 from .architectures import spec_for
 from .calibration import build_calibration
@@ -63,6 +64,7 @@ class SIPruner:
         return cls(SIConfig.from_pretrained(dir_or_repo, **overrides))
 
     # ------------------------------------------------------------------------------------------ prune
+    @distributed.entry_point  # under torchrun: one data-parallel run over all ranks (optimum_si.distributed)
     def prune(self, model: nn.Module | str | os.PathLike, tokenizer: Any = None, dataset: Any = None, *,
               save_dir: str | os.PathLike | None = None, max_shard_size: str | int = "5GB", overwrite: bool = False,
               revision: str | None = None, token: str | None = None, device: str | None = None,
@@ -110,6 +112,7 @@ class SIPruner:
             self.save(model, save_dir, tokenizer=tokenizer, max_shard_size=max_shard_size)
         return model
 
+    @distributed.entry_point
     def induce(self, model: nn.Module, tokenizer: Any = None, dataset: Any = None) -> nn.Module:
         """Run only the distribution-level Sparsity Induction and fold it into `model` (in place; returned).
 
@@ -141,6 +144,7 @@ class SIPruner:
         if cfg.induction:
             cfg = self._check_induction_support(model, blocks[0])
         plan = self._plan(blocks, block_path, cfg)
+        distributed.check_plan(plan)
         _check_finite_parameters(model)
         # Offloaded blocks sit on meta: they run where their accelerate hooks would run them.
         device = torch.device(cfg.device) if cfg.device else (
@@ -162,8 +166,9 @@ class SIPruner:
         report.skipped = plan.skipped
         undo = UndoLog()
         spec = spec_for(getattr(getattr(model, "config", None), "model_type", None))
-        engine = BlockEngine(cfg, report, undo, sequential_groups=spec.sequential_groups if spec else None,
-                             sparsity_for=plan.sparsity_for,
+        engine = BlockEngine(distributed.quiet(cfg), report, undo,
+                             sequential_groups=spec.sequential_groups if spec else None,
+                             sparsity_for=plan.sparsity_for, reduce_stats=distributed.reduce_op(),
                              model_config=getattr(model, "config", None), prune=prune)
         use_cache = getattr(getattr(model, "config", None), "use_cache", None)
         was_training = model.training
@@ -180,8 +185,10 @@ class SIPruner:
 
                     plan.block_sparsities = owl_block_sparsities(model, blocks, plan, batches, cfg.sparsity,
                                                                  cfg.owl_m, cfg.owl_lambda)
-                inputs = capture_block_inputs(model, blocks, batches, device,
-                                              resolve_storage(cfg.activation_storage, device), cfg.activation_dir)
+                # Data-parallel: this rank's share of the batches (OWL above profiles all of them on every rank).
+                inputs = capture_block_inputs(model, blocks, distributed.calibration_batches(ids, cfg.batch_size),
+                                              device, resolve_storage(cfg.activation_storage, device),
+                                              cfg.activation_dir)
                 report.capture_seconds = time.perf_counter() - started
                 report.num_samples, report.seqlen = ids.shape
             with torch.no_grad():
@@ -473,6 +480,7 @@ class SIPruner:
                 )
 
     # ------------------------------------------------------------------------------------------ save
+    @distributed.entry_point
     def save(self, model: nn.Module, save_dir: str | os.PathLike, tokenizer: Any = None, max_shard_size: str | int = "5GB",
              perplexity: dict[str, float] | None = None, push_to_hub: bool = False, repo_id: str | None = None,
              card_info: dict[str, Any] | None = None, plots: bool = True, base_model: str | None = None,
@@ -509,13 +517,16 @@ class SIPruner:
                 self.report.add_results(given, kind)
         if repo_id:  # the card's loading snippet names the repo instead of "this folder"
             card_info = {"repo_id": repo_id, **(card_info or {})}
+        group = distributed.active()
+        if group is not None and not group.is_main:  # rank 0 writes; the others wait for its path (a barrier)
+            return group.broadcast_object()
         path = save_pruned_model(
             model, save_dir, self.config, self.report, tokenizer if tokenizer is not None else self._tokenizer,
             max_shard_size=max_shard_size, card_info=card_info, plots=plots, base_model=base_model,
         )
         if push_to_hub:
             self.push_to_hub(path, repo_id, **push_kwargs)
-        return path
+        return group.broadcast_object(path) if group is not None else path
 
     @staticmethod
     def push_to_hub(save_dir: str | os.PathLike, repo_id: str, *, private: bool | None = None, token: str | None = None,

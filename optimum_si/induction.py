@@ -22,6 +22,7 @@ import time
 import torch
 from torch import nn
 
+from . import distributed
 from .config import SIConfig
 from .losses import SpectralNorm, block_mse
 from .masks import select_mask
@@ -181,14 +182,19 @@ class BlockInducer:
             for name, linear in linears.items()
         }
         self._linears, self._block, self._kwargs = linears, block, kwargs_by_batch
-        held_out = validation_windows(len(hidden), cfg.induction_validation_fraction)
+        # Data-parallel: `hidden` is this rank's share; windows are chosen over the whole set, as in one process.
+        group = distributed.active()
+        total = group.batch_total if group is not None else len(hidden)
+        held_out = validation_windows(total, cfg.induction_validation_fraction)
         # The verdict is judged on held-out windows when there are any, else on a fixed subset of the training ones.
-        self._probe = held_out or list(range(0, len(hidden), max(1, len(hidden) // _LOSS_PROBE_WINDOWS)))[
-            :_LOSS_PROBE_WINDOWS]
+        self._probe = held_out or list(range(0, total, max(1, total // _LOSS_PROBE_WINDOWS)))[:_LOSS_PROBE_WINDOWS]
         self._validated = bool(held_out)
+        if group is not None:
+            held_out, self._probe = group.local_indices(held_out), group.local_indices(self._probe)
         training = [i for i in range(len(hidden)) if i not in set(held_out)]
         self._probe_targets = [targets[i] for i in self._probe]
-        self._target_square = sum(float(y.float().square().mean()) for y in self._probe_targets) / len(self._probe)
+        self._target_square = _mean_over_ranks(sum(float(y.float().square().mean()) for y in self._probe_targets),
+                                               len(self._probe))
         self._hidden = hidden
         histogram_before = importance_histogram(wrappers.values())
         for name, wrapper in wrappers.items():
@@ -213,19 +219,29 @@ class BlockInducer:
                 bound = math.log(cfg.induction_max_scale) if cfg.induction_max_scale else None
                 for _epoch in range(cfg.induction_epochs):
                     order = [training[i] for i in torch.randperm(len(training), generator=generator).tolist()]
-                    for index in order:
+                    # Data-parallel: one window per rank and step, gradients averaged over the ranks that had one
+                    # (a rank whose share is used up sits the step out), so every rank takes the same steps.
+                    for step in range(group.max_int(len(order)) if group is not None else len(order)):
+                        index = order[step] if step < len(order) else None
+                        finite = True
+                        optimiser.zero_grad(set_to_none=True)
                         with torch.enable_grad():
-                            loss = block_mse(self._forward(hidden[index], grad=True), targets[index])
-                            if cfg.induction_spectral_weight > 0:
-                                sigma = spectral({n: w.effective_weight() for n, w in wrappers.items()})
-                                if spectral_scale is None:
-                                    spectral_scale = float(loss.detach())  # lambda is relative to the initial MSE
-                                # R_p = exp(-alpha * sum ||W||_2) with alpha = 1 / sum of the dense norms (eq. 8).
-                                loss = loss + cfg.induction_spectral_weight * spectral_scale * torch.exp(-sigma / spectral.initial)
-                            if not torch.isfinite(loss):
-                                raise FloatingPointError("non-finite induction loss")
-                            optimiser.zero_grad(set_to_none=True)
-                            loss.backward()
+                            if index is not None:
+                                loss = block_mse(self._forward(hidden[index], grad=True), targets[index])
+                                if cfg.induction_spectral_weight > 0:
+                                    sigma = spectral({n: w.effective_weight() for n, w in wrappers.items()})
+                                    if spectral_scale is None:
+                                        spectral_scale = float(loss.detach())  # lambda is relative to the initial MSE
+                                    # R_p = exp(-alpha * sum ||W||_2), alpha = 1 / sum of the dense norms (eq. 8).
+                                    loss = loss + cfg.induction_spectral_weight * spectral_scale * torch.exp(
+                                        -sigma / spectral.initial)
+                                finite = bool(torch.isfinite(loss))
+                                if not finite and group is None:
+                                    raise FloatingPointError("non-finite induction loss")
+                                if finite:
+                                    loss.backward()
+                        if group is not None:  # raises FloatingPointError on every rank if one rank's loss was not
+                            group.average_gradients(params, index is not None, finite)
                         optimiser.step()
                         if bound is not None:
                             with torch.no_grad():
@@ -292,7 +308,9 @@ class BlockInducer:
         return out[0] if isinstance(out, (tuple, list)) else out
 
     def _probe_loss(self, outputs: list[torch.Tensor]) -> float:
-        return sum(float(block_mse(out, y)) for out, y in zip(outputs, self._probe_targets)) / len(outputs)
+        """Mean block loss over the probe windows (of every rank, so that all ranks take the same verdict)."""
+        return _mean_over_ranks(sum(float(block_mse(out, y)) for out, y in zip(outputs, self._probe_targets)),
+                                len(outputs))
 
     def _relative(self, loss: float) -> float | None:
         """A probe loss (mean squared error) as a relative error against the probe targets' mean square."""
@@ -313,6 +331,10 @@ class BlockInducer:
                 for x in hidden:
                     block(x, **kwargs_by_batch[x.shape[0]])
                     collector.end_pass()
+            group = distributed.active()
+            if group is not None:  # every rank refreshes from the statistics of all windows
+                for owner in {id(s): s for s in collector.stats.values()}.values():
+                    owner.reduce_(group.all_reduce_sum_)
             for name, wrapper in refreshable.items():
                 # The collector saw the scaled inputs s * x; the metric multiplies by s itself.
                 col = wrapper.log_col.exp()
@@ -321,6 +343,14 @@ class BlockInducer:
             for wrapper in refreshable.values():
                 wrapper.refresh_mask()
         return sum(int((before[n] != w.keep).sum()) for n, w in refreshable.items())
+
+
+def _mean_over_ranks(total: float, count: int) -> float:
+    """total / count, both summed over the data-parallel ranks first (a rank may hold none of the windows)."""
+    group = distributed.active()
+    if group is not None:
+        total, count = group.sum_values([total, count])
+    return total / count if count else float("nan")
 
 
 @torch.no_grad()

@@ -180,6 +180,26 @@ class DataParallel:
             self._collective("broadcast", buffer)
         return obj if self.is_main else pickle.loads(buffer.numpy().tobytes())
 
+    # ---------------------------------------------------------------------------------------------- rank 0 leads
+    # A streaming run's output folder belongs to rank 0. It broadcasts exactly two messages: what to compute (the
+    # resume point; None when nothing is left) and, once the folder is complete, its release. The other ranks wait
+    # for each in turn, so they never run ahead of the folder or leave before it is published.
+    def announce(self, state: Any) -> None:
+        self.broadcast_object(state)
+        self._announced = True
+
+    def release_followers(self) -> None:
+        if not getattr(self, "_announced", False):
+            self.broadcast_object(None)
+        self._announced = False
+        self.broadcast_object(True)
+
+    def await_leader(self) -> Any:
+        return self.broadcast_object()
+
+    def await_release(self) -> None:
+        self.broadcast_object()
+
     def average_gradients(self, params: Sequence[torch.Tensor], participated: bool, finite: bool = True) -> None:
         """Replace each parameter's gradient by the mean over the ranks that computed one this step (a rank whose
         share is used up contributes nothing); one collective per step. Raises FloatingPointError on every rank if

@@ -100,8 +100,12 @@ class SIPruner:
         if isinstance(model, (str, os.PathLike)):
             if save_dir is None:
                 raise ValueError("Streaming a checkpoint needs an output folder: prune(path, save_dir='out/', ...).")
-            return self._prune_streaming(os.fspath(model), os.fspath(save_dir), tokenizer, dataset, max_shard_size,
+            done = self._prune_streaming(os.fspath(model), os.fspath(save_dir), tokenizer, dataset, max_shard_size,
                                          overwrite, revision, token)
+            group = distributed.active()
+            if group is not None and group.is_main:  # the folder is complete: release the ranks waiting for it
+                group.release_followers()
+            return done
         streaming_only = [name for name, value in (("revision", revision), ("token", token), ("overwrite", overwrite))
                           if value]
         if streaming_only:
@@ -254,6 +258,10 @@ class SIPruner:
                                                  vocab_size=getattr(model_config, "vocab_size", None),
                                                  max_context=getattr(model_config, "max_position_embeddings", None))
         fingerprint = st.run_fingerprint(cfg, ids, index)
+        group = distributed.active()
+        if group is not None and not group.is_main:  # rank 0 alone owns the output folder (optimum_si.distributed)
+            return self._follow_streaming(group, cfg, skeleton, blocks, block_path, plan, index, device, ids,
+                                          model_config, calibration, save_dir)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with output_lock(target):
             folders.recover(target)
@@ -303,6 +311,9 @@ class SIPruner:
                 _check_pruned(report, planned[i], f"Block {i}")
                 record(i + 1)
 
+            if group is not None:  # the other ranks run the same blocks on their share of the windows
+                group.announce({"finished": finished, "partial": partial, "shards": writer.shards,
+                                "layers": progress["layers"] if progress else {}})
             started = time.perf_counter()
             if finished < len(blocks):
                 self._stream_blocks(cfg, skeleton, blocks, block_path, plan, index, device, ids, partial, writer,
@@ -354,6 +365,33 @@ class SIPruner:
             "save_dir."
         )
 
+    def _follow_streaming(self, group: distributed.DataParallel, cfg: SIConfig, skeleton: nn.Module,
+                          blocks: nn.ModuleList, block_path: str, plan: PrunePlan, index, device: torch.device,
+                          ids: torch.Tensor | None, model_config, calibration, save_dir: str) -> str:
+        """A data-parallel rank other than 0 in a streaming run: it computes every block with its share of the
+        windows (the statistics are reduced with rank 0's) and writes nothing; blocks finished by an interrupted run
+        are read back from rank 0's partial folder (one host, or a shared file system)."""
+        from types import SimpleNamespace
+
+        from . import folders
+
+        state = group.await_leader()  # None: rank 0 found nothing left to compute
+        report = PruneReport(method=cfg.method, mask_structure=cfg.mask_structure, target_sparsity=cfg.sparsity)
+        report.calibration, report.skipped = calibration, plan.skipped
+        if state is not None:
+            report.layers = {k: LayerRecord(**v) for k, v in state["layers"].items()}
+            started = time.perf_counter()
+            if state["finished"] < len(blocks):
+                self._stream_blocks(cfg, skeleton, blocks, block_path, plan, index, device, ids, state["partial"],
+                                    SimpleNamespace(shards=state["shards"]), None, state["finished"], model_config,
+                                    report)
+            report.total_seconds = time.perf_counter() - started
+            if ids is not None:
+                report.num_samples, report.seqlen = ids.shape
+        group.await_release()  # rank 0 has written and swapped in save_dir
+        self.report = report if state is not None else _saved_report(folders.resolve(save_dir))
+        return save_dir
+
     def _stream_blocks(self, cfg: SIConfig, skeleton: nn.Module, blocks: nn.ModuleList, block_path: str,
                        plan: PrunePlan, index, device: torch.device, ids: torch.Tensor | None,
                        partial: str, writer, on_block_written, finished: int, model_config, report: PruneReport) -> None:
@@ -375,11 +413,14 @@ class SIPruner:
             except (OSError, ValueError) as err:
                 raise ValueError(f"The unfinished run in {partial} is damaged ({err}); pass overwrite=True to start "
                                  "over.") from err
-        source_blocks = st.StreamingSource(blocks, block_path, index, device, writer, on_block_written,
+        # A data-parallel follower (no on_block_written) only reads the shard list: it writes nothing.
+        source_blocks = st.StreamingSource(blocks, block_path, index, device,
+                                           writer if on_block_written is not None else None, on_block_written,
                                            finished_index=finished_index, finished=finished)
         spec = spec_for(model_config.model_type)
-        engine = BlockEngine(cfg, report, UndoLog(enabled=False), sequential_groups=spec.sequential_groups if spec else None,
-                             sparsity_for=plan.sparsity_for,
+        engine = BlockEngine(distributed.quiet(cfg), report, UndoLog(enabled=False),
+                             sequential_groups=spec.sequential_groups if spec else None,
+                             sparsity_for=plan.sparsity_for, reduce_stats=distributed.reduce_op(),
                              model_config=model_config)
         started = time.perf_counter()
         skeleton.eval()
@@ -391,7 +432,7 @@ class SIPruner:
                     set_module_tensor_to_device(skeleton, name, device, value=index.read(name, device))
                 if tied:
                     skeleton.tie_weights()
-                inputs = capture_block_inputs(capture_root, blocks, list(ids.split(cfg.batch_size)), device,
+                inputs = capture_block_inputs(capture_root, blocks, distributed.calibration_batches(ids, cfg.batch_size), device,
                                               resolve_storage(cfg.activation_storage, device), cfg.activation_dir)
                 for name in capture_names:
                     set_module_tensor_to_device(skeleton, name, "meta")

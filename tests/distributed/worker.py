@@ -1,0 +1,81 @@
+"""Run under `torchrun` by tests/test_distributed.py (and alone, for the single-process references): prunes tiny
+random models with the public API and saves, per rank, what the tests compare (pruned weights, logits, files)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from tests.conftest import tiny_model, token_ids  # noqa: E402
+
+EVAL_IDS = token_ids(2, 24, seed=99)
+
+
+def _result(model) -> dict:
+    with torch.no_grad():
+        logits = model(input_ids=EVAL_IDS).logits
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items() if "layers" in k and v.dim() == 2}
+    return {"weights": weights, "logits": logits}
+
+
+def run(scenario: str, out: str, rank: int) -> dict | None:
+    from optimum_si import SIPruner
+
+    if scenario in ("wanda", "sparsegpt", "alps"):
+        model = tiny_model("llama")
+        SIPruner(method=scenario, sparsity=0.5, show_progress=False).prune(model, dataset=token_ids(8, 32))
+        return _result(model)
+    if scenario == "uneven":  # 7 windows in batches of 2: 4 batches (2 + 2 on two ranks; 2 + 1 + 1 on three)
+        model = tiny_model("llama")
+        SIPruner(method="sparsegpt", sparsity=0.5, batch_size=2, num_samples=7,
+                 show_progress=False).prune(model, dataset=token_ids(7, 32))
+        return _result(model)
+    if scenario == "si":
+        model = tiny_model("llama")
+        pruner = SIPruner(method="wanda", sparsity=0.5, induction=True, show_progress=False)
+        pruner.prune(model, dataset=token_ids(8, 32))
+        result = _result(model)
+        result["kept"] = [block.induction.kept for block in pruner.report.blocks]
+        result["loss_after"] = [block.induction.loss_after for block in pruner.report.blocks]
+        return result
+    if scenario == "save":  # in memory, saved: only rank 0 writes
+        model = tiny_model("llama")
+        SIPruner(method="wanda", sparsity=0.5, show_progress=False).prune(
+            model, dataset=token_ids(8, 32), save_dir=os.path.join(out, "saved"))
+        return _result(model)
+    if scenario == "stream":
+        SIPruner(method="sparsegpt", sparsity=0.5, show_progress=False).prune(
+            os.path.join(out, "source"), save_dir=os.path.join(out, f"streamed-{os.environ.get('WORLD_SIZE', '1')}"),
+            dataset=token_ids(8, 32))
+        return None
+    if scenario == "raise":  # rank 1 fails inside block 1's statistics pass; rank 0 waits in that pass's reduction
+        model = tiny_model("llama")
+        if rank == 1:
+            def boom(*_args):
+                raise ValueError("injected failure on rank 1")
+            model.model.layers[1].mlp.register_forward_pre_hook(boom)
+        SIPruner(method="wanda", sparsity=0.5, show_progress=False).prune(model, dataset=token_ids(8, 32))
+        return None
+    raise ValueError(scenario)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("scenarios", nargs="+")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    for scenario in args.scenarios:
+        result = run(scenario, args.out, rank)
+        if result is not None:
+            torch.save(result, os.path.join(args.out, f"{scenario}-w{world}-r{rank}.pt"))
+
+
+if __name__ == "__main__":
+    main()

@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["DataParallel", "DistributedError", "activate", "active", "calibration_batches", "check_plan", "detect",
-           "entry_point", "quiet", "reduce_op", "shard_range", "timeout"]
+__all__ = ["DataParallel", "DistributedError", "OwnerSolve", "activate", "active", "assign_owners", "calibration_batches",
+           "check_plan", "detect", "entry_point", "owner_solve", "quiet", "reduce_op", "shard_range", "timeout"]
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +223,11 @@ class DataParallel:
             offset += p.numel()
             p.grad = grad.clone()
 
-    def _collective(self, kind: str, tensor: torch.Tensor, op: str = "sum") -> None:
+    def broadcast_(self, tensor: torch.Tensor, src: int) -> None:
+        """In-place broadcast of `tensor` from rank `src` (same shape and dtype on every rank)."""
+        self._collective("broadcast", tensor, src=src)
+
+    def _collective(self, kind: str, tensor: torch.Tensor, op: str = "sum", src: int = 0) -> None:
         import torch.distributed as dist
 
         target = self._comm_device(tensor)
@@ -232,7 +236,7 @@ class DataParallel:
         if kind == "all_reduce":
             work = dist.all_reduce(work_tensor, op=reduce_op, async_op=True)
         else:
-            work = dist.broadcast(work_tensor, src=0, async_op=True)
+            work = dist.broadcast(work_tensor, src=src, async_op=True)
         self.bytes_communicated += work_tensor.numel() * work_tensor.element_size()
         self._wait(work, kind)
         if work_tensor is not tensor:
@@ -372,3 +376,73 @@ def check_plan(plan: Sequence[dict[str, Any]]) -> None:
             f"Data-parallel pruning does not handle mixture-of-experts experts yet ({experts[0]}, ...); run it in one "
             "process, or ignore the experts (SIConfig(ignore=[...]))."
         )
+
+
+# ------------------------------------------------------------------------------------------ owner-rank solves
+
+def assign_owners(costs: Sequence[float], world_size: int) -> list[int]:
+    """The rank that solves each job: longest job first to the least-loaded rank (ties: the lower rank). Pure and
+    deterministic, so every rank computes the same assignment without a message."""
+    loads = [0.0] * world_size
+    owners = [0] * len(costs)
+    for job in sorted(range(len(costs)), key=lambda j: (-costs[j], j)):
+        rank = min(range(world_size), key=lambda r: (loads[r], r))
+        owners[job] = rank
+        loads[rank] += costs[job]
+    return owners
+
+
+class OwnerSolve:
+    """A weight-updating method (SparseGPT, ALPS) solved data-parallel: the layers reading one input (one Hessian)
+    form a job; jobs are bin-packed on the ranks by their cost (rows x d^2 for the updates, d^3 for the
+    factorisation), each rank solves its own jobs at once, then every job's results are broadcast from their owner
+    in a fixed order. Every rank ends with the owner's bits, whatever its own arithmetic would have given.
+
+    Every other trait and verb is the wrapped method's."""
+
+    def __init__(self, method: Any, group: DataParallel) -> None:
+        self._method = method
+        self._group = group
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._method, name)
+
+    def solve(self, weights: dict[str, torch.Tensor], stats: dict[str, Any], config: Any) -> Iterator[Any]:
+        jobs: dict[int, list[str]] = {}
+        for name in weights:  # by shared statistics, in order of first appearance (as the methods group them)
+            jobs.setdefault(id(stats[name]), []).append(name)
+        names_of = list(jobs.values())
+        costs = []
+        for names in names_of:
+            d = weights[names[0]].shape[1]
+            costs.append(float(sum(weights[n].shape[0] for n in names)) * d * d + float(d) ** 3)
+        owners = assign_owners(costs, self._group.world_size)
+        mine = {}
+        for names, owner in zip(names_of, owners):
+            if owner == self._group.rank:
+                part = {n: weights[n] for n in names}
+                mine.update({name: (w, keep, err) for name, w, keep, err in self._method.solve(part, stats, config)})
+        for names, owner in zip(names_of, owners):
+            values = [0.0] * len(names)
+            if owner == self._group.rank:
+                values = [float("nan") if mine[n][2] is None else float(mine[n][2]) for n in names]
+            errors = torch.tensor(values, dtype=torch.float64)
+            self._group.broadcast_(errors, owner)
+            for name, error in zip(names, errors.tolist()):
+                reference = weights[name]
+                if owner == self._group.rank:
+                    weight, keep, _ = mine.pop(name)
+                    weight, keep = weight.float(), keep.to(torch.uint8)
+                else:
+                    weight = torch.empty(reference.shape, dtype=torch.float32, device=reference.device)
+                    keep = torch.empty(reference.shape, dtype=torch.uint8, device=reference.device)
+                self._group.broadcast_(weight, owner)
+                self._group.broadcast_(keep, owner)
+                yield name, weight, keep.bool(), None if error != error else error  # NaN: no estimate
+
+
+def owner_solve(method: Any) -> Any:
+    """`method`, solved on owner ranks in a data-parallel run (weight-updating methods only); else unchanged."""
+    if _ACTIVE is None or not getattr(method, "updates_weights", False):
+        return method
+    return OwnerSolve(method, _ACTIVE)

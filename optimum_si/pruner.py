@@ -174,6 +174,7 @@ class SIPruner:
                              sequential_groups=spec.sequential_groups if spec else None,
                              sparsity_for=plan.sparsity_for, reduce_stats=distributed.reduce_op(),
                              model_config=getattr(model, "config", None), prune=prune)
+        engine.method = distributed.owner_solve(engine.method)  # data-parallel: each Hessian solved on one rank
         use_cache = getattr(getattr(model, "config", None), "use_cache", None)
         was_training = model.training
         started = time.perf_counter()
@@ -422,6 +423,7 @@ class SIPruner:
                              sequential_groups=spec.sequential_groups if spec else None,
                              sparsity_for=plan.sparsity_for, reduce_stats=distributed.reduce_op(),
                              model_config=model_config)
+        engine.method = distributed.owner_solve(engine.method)
         started = time.perf_counter()
         skeleton.eval()
         tied = capture_root is skeleton and getattr(model_config, "tie_word_embeddings", False)

@@ -10,7 +10,12 @@ window here: ~1e-6), SparseGPT's solve carries that into the kept weights, and t
 ~0.02 times activations of ~1) would exceed it. The ranks themselves must agree bit for bit: they reduce the same
 sums with the same collective and then run the same deterministic code.
 
-SI is the exception: with W ranks each induction step averages W windows' gradients (a larger batch, W times fewer
+ALPS is looser by nature, not by data parallelism: its ADMM support search is a discrete iteration, so last-bit
+changes of the Hessian change its path. Measured in one process: a 1e-7 relative perturbation of the statistics
+alone moves the tiny model's logits by 5.7e-3 and keeps 99.92 % of the mask; two processes gave 5.8e-3. Its logits
+are compared at 2e-2 (about 3x that), its masks at the same 99.5 %.
+
+SI is the other exception: with W ranks each induction step averages W windows' gradients (a larger batch, W times fewer
 steps), so its learned scales differ from one process by design; the test asks for the same keep/revert verdicts, the
 same masks and a block loss within 10 %.
 """
@@ -43,7 +48,7 @@ def _torchrun(nproc: int, out: str, *scenarios: str, timeout_env: str = "120") -
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
 
 
-SCENARIOS = ("wanda", "sparsegpt", "uneven", "si", "save", "stream")
+SCENARIOS = ("wanda", "sparsegpt", "alps", "uneven", "si", "save", "stream")
 
 
 @pytest.fixture(scope="module")
@@ -93,16 +98,29 @@ def test_shard_range_covers_every_item_once():
             assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
 
 
+def test_owner_assignment_balances_the_solves():
+    from optimum_si.distributed import assign_owners
+
+    # A Llama-7B block's Hessian jobs (rows x d^2 + d^3): down_proj alone outweighs the other three together.
+    h, i = 4096.0, 11008.0
+    costs = [3 * h * h * h + h**3, h * h * h + h**3, 2 * i * h * h + h**3, h * i * i + i**3]  # qkv, o, gate/up, down
+    assert assign_owners(costs, 2) == [1, 1, 1, 0]
+    assert assign_owners(costs, 4) == [2, 3, 1, 0]
+    assert assign_owners([1.0, 1.0, 1.0], 2) == [0, 1, 0]
+    assert assign_owners([], 3) == []
+
+
 # "uneven": SparseGPT on 7 windows in batches of 2, so 4 batches: shares of 2/2 batches (4 and 3 windows) on two
 # ranks, 2/1/1 on three; "wanda" on 8 batches is uneven on three ranks too (3/3/2).
-@pytest.mark.parametrize("scenario, world", [("wanda", 2), ("sparsegpt", 2), ("uneven", 2), ("wanda", 3),
+@pytest.mark.parametrize("scenario, world", [("wanda", 2), ("sparsegpt", 2), ("alps", 2), ("uneven", 2), ("wanda", 3),
                                              ("uneven", 3)])
 def test_masks_and_logits_match_one_process(runs, scenario, world):
     reference = torch.load(os.path.join(runs, f"{scenario}-w1-r0.pt"))
     results = _load(runs, scenario, world)
     _assert_ranks_identical(results)
     assert _mask_agreement(results[0]["weights"], reference["weights"]) >= 0.995
-    torch.testing.assert_close(results[0]["logits"], reference["logits"], atol=1e-4, rtol=1e-4)
+    tolerance = 2e-2 if scenario == "alps" else 1e-4
+    torch.testing.assert_close(results[0]["logits"], reference["logits"], atol=tolerance, rtol=tolerance)
     sparsity = sum(int((w == 0).sum()) for w in results[0]["weights"].values()) / sum(
         w.numel() for w in results[0]["weights"].values())
     assert abs(sparsity - 0.5) < 0.01

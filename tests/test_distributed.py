@@ -23,7 +23,9 @@ same masks and a block loss within 10 %.
 from __future__ import annotations
 
 import glob
+import json
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -59,7 +61,16 @@ def runs(tmp_path_factory):
 
     out = str(tmp_path_factory.mktemp("dp"))
     tiny_model("llama").save_pretrained(os.path.join(out, "source"))
-    for world, scenarios in ((2, SCENARIOS), (3, ("wanda", "uneven", "stream"))):
+    # First a streaming run in which rank 1 raises in block 1 (block 0 is written by then); the 2-process launch
+    # below resumes it.
+    started = time.monotonic()
+    failed = _torchrun(2, out, "stream_fail", timeout_env="60")
+    failed.elapsed = time.monotonic() - started  # type: ignore[attr-defined]
+    with open(os.path.join(out, ".resumed.optimum-si-partial", ".optimum-si-progress.json"), encoding="utf-8") as f:
+        failed.progress = json.load(f)  # type: ignore[attr-defined]
+    with open(os.path.join(out, "failed.pkl"), "wb") as f:
+        pickle.dump(failed, f)
+    for world, scenarios in ((2, (*SCENARIOS, "stream_resume")), (3, ("wanda", "uneven", "stream"))):
         result = _torchrun(world, out, *scenarios)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for scenario in SCENARIOS:
@@ -166,13 +177,27 @@ def test_streaming_matches_one_process(runs, world):
     assert not glob.glob(os.path.join(runs, f".streamed-{world}.optimum-si-partial"))  # swapped in, finished
 
 
-def test_a_failing_rank_stops_every_rank(tmp_path):
-    started = time.monotonic()
-    result = _torchrun(2, str(tmp_path), "raise", timeout_env="60")
-    elapsed = time.monotonic() - started
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert "injected failure on rank 1" in output
+def test_a_failing_rank_stops_every_rank(runs):
+    with open(os.path.join(runs, "failed.pkl"), "rb") as f:
+        failed = pickle.load(f)
+    output = failed.stdout + failed.stderr
+    assert failed.returncode != 0
     # Rank 0 was waiting in block 1's statistics reduction: it raises rank 1's error itself, well before the timeout.
     assert "rank 1 failed: ValueError: injected failure on rank 1 (stopped on rank 0 too)" in output
-    assert elapsed < 60
+    assert failed.elapsed < 60
+    assert failed.progress["finished_blocks"] == 1  # block 0 was recorded before the failure, block 1 was not
+
+
+def test_a_failed_run_resumes_under_torchrun(runs):
+    from safetensors.torch import load_file
+
+    def shards(folder: str) -> dict[str, torch.Tensor]:
+        tensors = {}
+        for path in glob.glob(os.path.join(runs, folder, "*.safetensors")):
+            tensors.update(load_file(path))
+        return tensors
+
+    resumed, reference = shards("resumed"), shards("streamed-1")
+    assert resumed.keys() == reference.keys() and resumed
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], atol=1e-4, rtol=1e-4)

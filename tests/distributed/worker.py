@@ -53,13 +53,20 @@ def run(scenario: str, out: str, rank: int) -> dict | None:
             os.path.join(out, "source"), save_dir=os.path.join(out, f"streamed-{os.environ.get('WORLD_SIZE', '1')}"),
             dataset=token_ids(8, 32))
         return None
-    if scenario == "raise":  # rank 1 fails inside block 1's statistics pass; rank 0 waits in that pass's reduction
-        model = tiny_model("llama")
-        if rank == 1:
-            def boom(*_args):
-                raise ValueError("injected failure on rank 1")
-            model.model.layers[1].mlp.register_forward_pre_hook(boom)
-        SIPruner(method="wanda", sparsity=0.5, show_progress=False).prune(model, dataset=token_ids(8, 32))
+    if scenario in ("stream_fail", "stream_resume"):
+        if scenario == "stream_fail" and rank == 1:  # fails in block 1's statistics pass, after block 0 was written;
+            from optimum_si.engine import BlockEngine  # rank 0 is then waiting in that pass's reduction
+
+            collect = BlockEngine._collect
+
+            def failing(self, index, *args, **kwargs):
+                if index == 1:
+                    raise ValueError("injected failure on rank 1")
+                return collect(self, index, *args, **kwargs)
+
+            BlockEngine._collect = failing  # type: ignore[method-assign]
+        SIPruner(method="sparsegpt", sparsity=0.5, show_progress=False).prune(
+            os.path.join(out, "source"), save_dir=os.path.join(out, "resumed"), dataset=token_ids(8, 32))
         return None
     raise ValueError(scenario)
 

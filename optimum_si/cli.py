@@ -437,11 +437,16 @@ def _prune(args: argparse.Namespace) -> int:
         pruner.prune(model, tokenizer=tokenizer, dataset=args.dataset)
         pruner.save(model, args.output, tokenizer=tokenizer, max_shard_size=args.max_shard_size,
                     base_model=args.base_model)
+    from .distributed import is_main_process
+
+    show = is_main_process()  # under torchrun every rank runs this; one prints
     done = pruner.report.summary() if pruner.report is not None else "already complete for this run"
-    print(f"{done}; saved to {args.output}")
+    if show:
+        print(f"{done}; saved to {args.output}")
     if args.push_to_hub:
         url = pruner.push_to_hub(args.output, args.push_to_hub, private=args.private or None)
-        print(f"pushed to {url}")
+        if show:
+            print(f"pushed to {url}")
     return 0
 
 

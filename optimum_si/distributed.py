@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 __all__ = ["DataParallel", "DistributedError", "OwnerSolve", "activate", "active", "assign_owners", "calibration_batches",
-           "check_plan", "detect", "entry_point", "owner_solve", "quiet", "reduce_op", "shard_range", "timeout"]
+           "check_plan", "detect", "entry_point", "is_main_process", "owner_solve", "quiet", "reduce_op", "shard_range", "timeout"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,13 @@ def detect() -> DataParallel | None:
     if dist.get_world_size() <= 1:
         return None
     return DataParallel()
+
+
+def is_main_process() -> bool:
+    """False only on ranks other than 0 of an initialised process group (for what only one process should print)."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _destroy() -> None:

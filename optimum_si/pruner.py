@@ -572,14 +572,19 @@ class SIPruner:
         return group.broadcast_object(path) if group is not None else path
 
     @staticmethod
+    @distributed.entry_point
     def push_to_hub(save_dir: str | os.PathLike, repo_id: str, *, private: bool | None = None, token: str | None = None,
                     commit_message: str | None = None, create_pr: bool = False, endpoint: str | None = None) -> str:
         """Upload a saved checkpoint folder to the Hub (`HfApi.create_repo(exist_ok=True)` + `upload_folder`).
         Returns the commit URL; errors raise `optimum_si.hub.HubPushError` and leave the folder untouched."""
         from .hub import push_to_hub
 
-        return push_to_hub(save_dir, repo_id, private=private, token=token, commit_message=commit_message,
-                           create_pr=create_pr, endpoint=endpoint)
+        group = distributed.active()
+        if group is not None and not group.is_main:  # one upload, from rank 0; the others get its commit URL
+            return group.broadcast_object()
+        url = push_to_hub(save_dir, repo_id, private=private, token=token, commit_message=commit_message,
+                          create_pr=create_pr, endpoint=endpoint)
+        return group.broadcast_object(url) if group is not None else url
 
 
 def _capture_root(model: nn.Module, blocks: nn.ModuleList) -> tuple[nn.Module, str]:

@@ -125,7 +125,9 @@ class DataParallel:
         self._prefix = "optimum_si/run0"
         # This rank's share of the calibration batches: set by `shard`, read by SI (global validation windows).
         self.batch_offset, self.batch_count, self.batch_total = 0, 0, 0
-        self.bytes_communicated = 0  # payload bytes this rank sent into collectives (the benchmark reports them)
+        # Payload bytes of the collectives this rank took part in (a ring all-reduce puts about 2 (W-1)/W times that
+        # on each rank's link); the benchmark reports it per block.
+        self.bytes_communicated = 0
 
     @property
     def is_main(self) -> bool:

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import distributed
+
 __all__ = ["MAX_PROBE_WINDOWS", "probe_windows", "relative_error", "OutputErrorProbe"]
 
 MAX_PROBE_WINDOWS = 8
@@ -32,12 +34,16 @@ def probe_windows(count: int) -> list[int]:
 
 
 def relative_error(outputs: Sequence[torch.Tensor], references: Sequence[torch.Tensor]) -> float:
-    """sqrt(sum ||out - ref||^2 / sum ||ref||^2) over matching tensors, in float64 sums of float32 values."""
+    """sqrt(sum ||out - ref||^2 / sum ||ref||^2) over matching tensors, in float64 sums of float32 values (summed
+    over the ranks of a data-parallel run, each holding its share of the probe windows)."""
     diff = ref_norm = 0.0
     for out, ref in zip(outputs, references, strict=True):
         ref32 = ref.float()
         diff += float((out.to(ref32.device).float() - ref32).square().sum())
         ref_norm += float(ref32.square().sum())
+    group = distributed.active()
+    if group is not None:
+        diff, ref_norm = group.sum_values([diff, ref_norm])
     if ref_norm == 0.0:
         return 0.0 if diff == 0.0 else math.inf
     return math.sqrt(diff / ref_norm)
@@ -53,7 +59,11 @@ class OutputErrorProbe:
 
     @torch.no_grad()
     def __init__(self, block: nn.Module, inputs: Any) -> None:
-        self.indices = probe_windows(len(inputs.hidden))
+        group = distributed.active()  # data-parallel: the probe windows of the whole set, those this rank holds
+        self.indices = probe_windows(group.batch_total if group is not None else len(inputs.hidden))
+        self._any = bool(self.indices)
+        if group is not None:
+            self.indices = group.local_indices(self.indices)
         self._inputs = inputs
         self._dense = [self._run(block, i) for i in self.indices]
 
@@ -65,7 +75,7 @@ class OutputErrorProbe:
     def measure(self, block: nn.Module, outputs: Sequence[torch.Tensor] | None = None) -> float | None:
         """The relative output error of the block as it is now; `outputs`: its outputs on every calibration window
         when the caller has them (else the probe windows are run again). None without probe windows."""
-        if not self.indices:
+        if not self._any:
             return None
         pruned = [outputs[i] for i in self.indices] if outputs is not None else \
             [self._run(block, i) for i in self.indices]

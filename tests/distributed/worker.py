@@ -28,8 +28,9 @@ def run(scenario: str, out: str, rank: int) -> dict | None:
 
     if scenario in ("wanda", "sparsegpt", "alps"):
         model = tiny_model("llama")
-        SIPruner(method=scenario, sparsity=0.5, show_progress=False).prune(model, dataset=token_ids(8, 32))
-        return _result(model)
+        pruner = SIPruner(method=scenario, sparsity=0.5, show_progress=False)
+        pruner.prune(model, dataset=token_ids(8, 32))
+        return {**_result(model), "output_error": [block.output_error for block in pruner.report.blocks]}
     if scenario == "uneven":  # 7 windows in batches of 2: 4 batches (2 + 2 on two ranks; 2 + 1 + 1 on three)
         model = tiny_model("llama")
         SIPruner(method="sparsegpt", sparsity=0.5, batch_size=2, num_samples=7,

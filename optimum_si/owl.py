@@ -21,6 +21,7 @@ from contextlib import ExitStack
 import torch
 from torch import nn
 
+from . import distributed
 from .allocation import outlier_ratio, owl_sparsities
 from .metrics import wanda_scores
 from .offload import is_offloaded
@@ -62,6 +63,11 @@ def owl_block_sparsities(model: nn.Module, blocks: nn.ModuleList, plan: Sequence
             stack.callback(handle.remove)
         for batch in batches:
             model(input_ids=batch.to(device))
+    reduce = distributed.reduce_op()
+    if reduce is not None:  # data-parallel: each rank profiled its share of the batches; sum the shares
+        for collector in collectors:
+            for stats in {id(s): s for s in collector.stats.values()}.values():
+                stats.reduce_(reduce)
     ratios = []
     for index, (targets, collector) in enumerate(zip(plan, collectors)):
         missing = [name for name in targets if name not in collector.stats or collector.stats[name].tokens == 0]

@@ -184,16 +184,14 @@ class SIPruner:
                 model.config.use_cache = False
             inputs = None
             if ids is not None:
-                batches = list(ids.split(cfg.batch_size))
+                batches = distributed.calibration_batches(ids, cfg.batch_size)  # data-parallel: this rank's share
                 if cfg.sparsity_profile == "owl":  # profiled on the dense model, before any block is pruned
                     from .owl import owl_block_sparsities
 
                     plan.block_sparsities = owl_block_sparsities(model, blocks, plan, batches, cfg.sparsity,
                                                                  cfg.owl_m, cfg.owl_lambda)
-                # Data-parallel: this rank's share of the batches (OWL above profiles all of them on every rank).
-                inputs = capture_block_inputs(model, blocks, distributed.calibration_batches(ids, cfg.batch_size),
-                                              device, resolve_storage(cfg.activation_storage, device),
-                                              cfg.activation_dir)
+                inputs = capture_block_inputs(model, blocks, batches, device,
+                                              resolve_storage(cfg.activation_storage, device), cfg.activation_dir)
                 report.capture_seconds = time.perf_counter() - started
                 report.num_samples, report.seqlen = ids.shape
             with torch.no_grad():

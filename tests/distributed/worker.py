@@ -31,6 +31,11 @@ def run(scenario: str, out: str, rank: int) -> dict | None:
         pruner = SIPruner(method=scenario, sparsity=0.5, show_progress=False)
         pruner.prune(model, dataset=token_ids(8, 32))
         return {**_result(model), "output_error": [block.output_error for block in pruner.report.blocks]}
+    if scenario == "owl":  # the dense profiling pass is sharded too
+        model = tiny_model("llama")
+        pruner = SIPruner(method="wanda", sparsity=0.5, sparsity_profile="owl", owl_lambda=0.2, show_progress=False)
+        pruner.prune(model, dataset=token_ids(8, 32))
+        return _result(model)
     if scenario == "uneven":  # 7 windows in batches of 2: 4 batches (2 + 2 on two ranks; 2 + 1 + 1 on three)
         model = tiny_model("llama")
         SIPruner(method="sparsegpt", sparsity=0.5, batch_size=2, num_samples=7,

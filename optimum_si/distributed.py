@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 __all__ = ["DataParallel", "DistributedError", "OwnerSolve", "activate", "active", "assign_owners", "calibration_batches",
-           "check_plan", "detect", "entry_point", "is_main_process", "owner_solve", "quiet", "reduce_op", "shard_range", "timeout"]
+           "detect", "entry_point", "is_main_process", "owner_solve", "quiet", "reduce_op", "shard_range", "timeout"]
 
 logger = logging.getLogger(__name__)
 
@@ -371,20 +371,6 @@ def quiet(config: Any) -> Any:
     if _ACTIVE is not None and not _ACTIVE.is_main and config.show_progress:
         return config.replace(show_progress=False)
     return config
-
-
-def check_plan(plan: Sequence[dict[str, Any]]) -> None:
-    """Refuse, before anything changes, what data-parallel runs do not handle yet: experts of fused mixture-of-
-    experts parameters (which experts a rank's tokens reach differs between ranks, so their statistics would not
-    line up for the reduction)."""
-    if _ACTIVE is None:
-        return
-    experts = [name for block in plan for name, target in block.items() if getattr(target, "expert", None) is not None]
-    if experts:
-        raise NotImplementedError(
-            f"Data-parallel pruning does not handle mixture-of-experts experts yet ({experts[0]}, ...); run it in one "
-            "process, or ignore the experts (SIConfig(ignore=[...]))."
-        )
 
 
 # ------------------------------------------------------------------------------------------ owner-rank solves

@@ -148,7 +148,6 @@ class SIPruner:
         if cfg.induction:
             cfg = self._check_induction_support(model, blocks[0])
         plan = self._plan(blocks, block_path, cfg)
-        distributed.check_plan(plan)
         _check_finite_parameters(model)
         # Offloaded blocks sit on meta: they run where their accelerate hooks would run them.
         device = torch.device(cfg.device) if cfg.device else (

@@ -150,6 +150,15 @@ class InputStatsCollector:
         self._first_pass = False
 
     def __enter__(self) -> InputStatsCollector:
+        # Experts get their (empty) statistics up front, in the order of `linears`: which experts a forward reaches
+        # depends on the tokens (it differs between data-parallel ranks), and a reduction over ranks must meet the
+        # same statistics in the same order. An expert no token reaches keeps tokens == 0, as when it had none.
+        for keyed in self._experts.values():
+            if keyed[0] not in self.stats:
+                weight = self.linears[keyed[0]].weight()
+                shared = InputStats(weight.shape[1], weight.device, self.with_hessian)
+                for name in keyed:
+                    self.stats[name] = shared
         for name, module in self.modules.items():
             self._handles.append(module.register_forward_pre_hook(lambda mod, args, _n=name: self._hook(_n, mod, args)))
         if self._experts:

@@ -50,7 +50,7 @@ def _torchrun(nproc: int, out: str, *scenarios: str, timeout_env: str = "120") -
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
 
 
-SCENARIOS = ("wanda", "sparsegpt", "alps", "owl", "uneven", "si", "save", "stream")
+SCENARIOS = ("wanda", "sparsegpt", "alps", "owl", "moe-wanda", "moe-sparsegpt", "uneven", "si", "save", "stream")
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +123,8 @@ def test_owner_assignment_balances_the_solves():
 
 # "uneven": SparseGPT on 7 windows in batches of 2, so 4 batches: shares of 2/2 batches (4 and 3 windows) on two
 # ranks, 2/1/1 on three; "wanda" on 8 batches is uneven on three ranks too (3/3/2).
-@pytest.mark.parametrize("scenario, world", [("wanda", 2), ("sparsegpt", 2), ("alps", 2), ("owl", 2), ("uneven", 2),
-                                             ("wanda", 3), ("uneven", 3)])
+@pytest.mark.parametrize("scenario, world", [("wanda", 2), ("sparsegpt", 2), ("alps", 2), ("owl", 2), ("moe-wanda", 2),
+                                             ("moe-sparsegpt", 2), ("uneven", 2), ("wanda", 3), ("uneven", 3)])
 def test_masks_and_logits_match_one_process(runs, scenario, world):
     reference = torch.load(os.path.join(runs, f"{scenario}-w1-r0.pt"))
     results = _load(runs, scenario, world)

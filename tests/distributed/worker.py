@@ -19,7 +19,7 @@ EVAL_IDS = token_ids(2, 24, seed=99)
 def _result(model) -> dict:
     with torch.no_grad():
         logits = model(input_ids=EVAL_IDS).logits
-    weights = {k: v.detach().clone() for k, v in model.state_dict().items() if "layers" in k and v.dim() == 2}
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items() if "layers" in k and v.dim() >= 2}
     return {"weights": weights, "logits": logits}
 
 
@@ -31,6 +31,10 @@ def run(scenario: str, out: str, rank: int) -> dict | None:
         pruner = SIPruner(method=scenario, sparsity=0.5, show_progress=False)
         pruner.prune(model, dataset=token_ids(8, 32))
         return {**_result(model), "output_error": [block.output_error for block in pruner.report.blocks]}
+    if scenario in ("moe-wanda", "moe-sparsegpt"):  # fused experts: each rank routes its tokens to other experts
+        model = tiny_model("mixtral")
+        SIPruner(method=scenario[4:], sparsity=0.5, show_progress=False).prune(model, dataset=token_ids(8, 32))
+        return _result(model)
     if scenario == "owl":  # the dense profiling pass is sharded too
         model = tiny_model("llama")
         pruner = SIPruner(method="wanda", sparsity=0.5, sparsity_profile="owl", owl_lambda=0.2, show_progress=False)

@@ -34,6 +34,8 @@ __all__ = ["DataParallel", "DistributedError", "OwnerSolve", "activate", "active
 logger = logging.getLogger(__name__)
 
 _TIMEOUT_ENV = "OPTIMUM_SI_DIST_TIMEOUT"
+# "0": every process prunes on its own even inside a process group (e.g. a training script that prunes per rank).
+_OPT_OUT_ENV = "OPTIMUM_SI_DATA_PARALLEL"
 # Collectives wait for the slowest rank; rank 0 writing a 70B checkpoint while the others wait at the final barrier
 # is the longest legitimate wait, hence minutes rather than seconds.
 _DEFAULT_TIMEOUT_S = 1800.0
@@ -75,10 +77,11 @@ def detect() -> DataParallel | None:
 
     A group already initialised (by the user or `accelerate`) is used as it is. Under `torchrun` without one (the
     launcher only sets RANK, WORLD_SIZE, MASTER_ADDR...), the default group is initialised here: NCCL when CUDA is
-    available (each rank on cuda:LOCAL_RANK), gloo otherwise, with `timeout()`."""
+    available (each rank on cuda:LOCAL_RANK), gloo otherwise, with `timeout()`. $OPTIMUM_SI_DATA_PARALLEL=0 turns
+    data parallelism off (each process then runs alone)."""
     import torch.distributed as dist
 
-    if not dist.is_available():
+    if not dist.is_available() or os.environ.get(_OPT_OUT_ENV) == "0":
         return None
     if not dist.is_initialized():
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "MASTER_ADDR" not in os.environ:

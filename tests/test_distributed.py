@@ -50,7 +50,8 @@ def _torchrun(nproc: int, out: str, *scenarios: str, timeout_env: str = "120") -
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
 
 
-SCENARIOS = ("wanda", "sparsegpt", "alps", "owl", "moe-wanda", "moe-sparsegpt", "uneven", "si", "save", "stream")
+SCENARIOS = ("wanda", "sparsegpt", "alps", "owl", "moe-wanda", "moe-sparsegpt", "induce", "uneven", "si", "save",
+             "stream", "alone")
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def runs(tmp_path_factory):
         result = _torchrun(world, out, *scenarios)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for scenario in SCENARIOS:
-        if scenario == "save":
+        if scenario in ("save", "alone"):
             continue
         result = worker.run(scenario, out, 0)  # no process group in this process: the single-process run
         if result is not None:
@@ -124,7 +125,8 @@ def test_owner_assignment_balances_the_solves():
 # "uneven": SparseGPT on 7 windows in batches of 2, so 4 batches: shares of 2/2 batches (4 and 3 windows) on two
 # ranks, 2/1/1 on three; "wanda" on 8 batches is uneven on three ranks too (3/3/2).
 @pytest.mark.parametrize("scenario, world", [("wanda", 2), ("sparsegpt", 2), ("alps", 2), ("owl", 2), ("moe-wanda", 2),
-                                             ("moe-sparsegpt", 2), ("uneven", 2), ("wanda", 3), ("uneven", 3)])
+                                             ("moe-sparsegpt", 2), ("induce", 2), ("uneven", 2), ("wanda", 3),
+                                             ("uneven", 3)])
 def test_masks_and_logits_match_one_process(runs, scenario, world):
     reference = torch.load(os.path.join(runs, f"{scenario}-w1-r0.pt"))
     results = _load(runs, scenario, world)
@@ -135,9 +137,17 @@ def test_masks_and_logits_match_one_process(runs, scenario, world):
     if "output_error" in reference:  # the report's per-block output error is measured on the whole set's probe windows
         for result in results:
             assert result["output_error"] == pytest.approx(reference["output_error"], rel=1e-3)
-    sparsity = sum(int((w == 0).sum()) for w in results[0]["weights"].values()) / sum(
-        w.numel() for w in results[0]["weights"].values())
-    assert abs(sparsity - 0.5) < 0.01
+    if scenario != "induce":  # induce() folds the equivalent scales and prunes nothing
+        sparsity = sum(int((w == 0).sum()) for w in results[0]["weights"].values()) / sum(
+            w.numel() for w in results[0]["weights"].values())
+        assert abs(sparsity - 0.5) < 0.01
+
+
+def test_data_parallelism_can_be_turned_off(runs):
+    reference = torch.load(os.path.join(runs, "wanda-w1-r0.pt"))
+    first, second = _load(runs, "alone", 2)
+    assert all(torch.equal(first["weights"][k], reference["weights"][k]) for k in reference["weights"])
+    assert not all(torch.equal(second["weights"][k], first["weights"][k]) for k in first["weights"])
 
 
 def test_sparsity_induction_is_data_parallel(runs):

@@ -35,6 +35,16 @@ def run(scenario: str, out: str, rank: int) -> dict | None:
         model = tiny_model("mixtral")
         SIPruner(method=scenario[4:], sparsity=0.5, show_progress=False).prune(model, dataset=token_ids(8, 32))
         return _result(model)
+    if scenario == "induce":  # the distribution-level fold only, from reduced statistics
+        model = tiny_model("llama")
+        SIPruner(method="wanda", sparsity=0.5, show_progress=False).induce(model, dataset=token_ids(8, 32))
+        return _result(model)
+    if scenario == "alone":  # OPTIMUM_SI_DATA_PARALLEL=0: each rank prunes alone, here on its own data (which a
+        os.environ["OPTIMUM_SI_DATA_PARALLEL"] = "0"  # data-parallel run would refuse)
+        model = tiny_model("llama")
+        SIPruner(method="wanda", sparsity=0.5, show_progress=False).prune(model, dataset=token_ids(8, 32, seed=rank))
+        del os.environ["OPTIMUM_SI_DATA_PARALLEL"]
+        return _result(model)
     if scenario == "owl":  # the dense profiling pass is sharded too
         model = tiny_model("llama")
         pruner = SIPruner(method="wanda", sparsity=0.5, sparsity_profile="owl", owl_lambda=0.2, show_progress=False)

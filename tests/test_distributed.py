@@ -51,7 +51,7 @@ def _torchrun(nproc: int, out: str, *scenarios: str, timeout_env: str = "120") -
 
 
 SCENARIOS = ("wanda", "sparsegpt", "alps", "owl", "moe-wanda", "moe-sparsegpt", "induce", "uneven", "si", "save",
-             "stream", "alone")
+             "stream", "alone", "cli", "cli-stream")
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,7 @@ def runs(tmp_path_factory):
 
     out = str(tmp_path_factory.mktemp("dp"))
     tiny_model("llama").save_pretrained(os.path.join(out, "source"))
+    _cli_inputs(out)
     # First a streaming run in which rank 1 raises in block 1 (block 0 is written by then); the 2-process launch
     # below resumes it.
     started = time.monotonic()
@@ -74,13 +75,39 @@ def runs(tmp_path_factory):
     for world, scenarios in ((2, (*SCENARIOS, "stream_resume")), (3, ("wanda", "uneven", "stream"))):
         result = _torchrun(world, out, *scenarios)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        with open(os.path.join(out, f"launch-{world}.log"), "w", encoding="utf-8") as f:
+            f.write(result.stdout + result.stderr)
     for scenario in SCENARIOS:
-        if scenario in ("save", "alone"):
+        if scenario in ("save", "alone", "cli", "cli-stream"):
             continue
         result = worker.run(scenario, out, 0)  # no process group in this process: the single-process run
         if result is not None:
             torch.save(result, os.path.join(out, f"{scenario}-w1-r0.pt"))
     return out
+
+
+def _cli_inputs(out: str) -> None:
+    """A tiny model folder with a character tokenizer, and a text file, for the command line."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.conftest import tiny_model
+
+    backend = Tokenizer(models.WordLevel({chr(ord("a") + i): i for i in range(26)} | {"[UNK]": 26}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tiny_model("llama").save_pretrained(os.path.join(out, "dense"))
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]").save_pretrained(os.path.join(out, "dense"))
+    with open(os.path.join(out, "text.txt"), "w", encoding="utf-8") as f:
+        f.write("the quick brown fox jumps over the lazy dog " * 40)
+
+
+def _shards(folder: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for path in glob.glob(os.path.join(folder, "*.safetensors")):
+        tensors.update(load_file(path))
+    return tensors
 
 
 def _load(out: str, scenario: str, world: int) -> list[dict]:
@@ -161,33 +188,39 @@ def test_sparsity_induction_is_data_parallel(runs):
 
 
 def test_rank_zero_saves_the_in_memory_result(runs):
-    from safetensors.torch import load_file
-
     results = _load(runs, "save", 2)
     _assert_ranks_identical(results)
-    saved = {}
-    for path in glob.glob(os.path.join(runs, "saved", "*.safetensors")):
-        saved.update(load_file(path))
+    saved = _shards(os.path.join(runs, "saved"))
     assert saved and all(torch.equal(saved[k], v) for k, v in results[0]["weights"].items())
     assert os.path.isfile(os.path.join(runs, "saved", "si_report.json"))
 
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_streaming_matches_one_process(runs, world):
-    from safetensors.torch import load_file
-
-    def shards(folder: str) -> dict[str, torch.Tensor]:
-        tensors = {}
-        for path in glob.glob(os.path.join(runs, folder, "*.safetensors")):
-            tensors.update(load_file(path))
-        return tensors
-
-    ours, reference = shards(f"streamed-{world}"), shards("streamed-1")
+    ours, reference = _shards(os.path.join(runs, f"streamed-{world}")), _shards(os.path.join(runs, "streamed-1"))
     assert ours.keys() == reference.keys() and ours
     assert _mask_agreement(ours, reference) >= 0.995
     for key in reference:
         torch.testing.assert_close(ours[key], reference[key], atol=1e-4, rtol=1e-4)
     assert not glob.glob(os.path.join(runs, f".streamed-{world}.optimum-si-partial"))  # swapped in, finished
+
+
+@pytest.mark.parametrize("scenario", ["cli", "cli-stream"])
+def test_the_command_line_under_torchrun(runs, scenario):
+    from optimum_si.cli import main
+
+    reference = os.path.join(runs, f"{scenario}-1")
+    argv = ["prune", "--model", os.path.join(runs, "dense"), "--method", "sparsegpt", "--dataset",
+            os.path.join(runs, "text.txt"), "--num-samples", "4", "--seqlen", "32", "--no-show-progress",
+            "--output", reference]
+    assert main(argv + (["--stream"] if scenario == "cli-stream" else [])) == 0
+    ours, theirs = _shards(os.path.join(runs, f"{scenario}-2")), _shards(reference)
+    assert ours.keys() == theirs.keys() and ours
+    for key in theirs:
+        torch.testing.assert_close(ours[key], theirs[key], atol=1e-4, rtol=1e-4)
+    with open(os.path.join(runs, "launch-2.log"), encoding="utf-8") as f:
+        log = f.read()
+    assert log.count(f"saved to {os.path.join(runs, scenario + '-2')}\n") == 1  # printed by rank 0 only
 
 
 def test_a_failing_rank_stops_every_rank(runs):
@@ -202,15 +235,7 @@ def test_a_failing_rank_stops_every_rank(runs):
 
 
 def test_a_failed_run_resumes_under_torchrun(runs):
-    from safetensors.torch import load_file
-
-    def shards(folder: str) -> dict[str, torch.Tensor]:
-        tensors = {}
-        for path in glob.glob(os.path.join(runs, folder, "*.safetensors")):
-            tensors.update(load_file(path))
-        return tensors
-
-    resumed, reference = shards("resumed"), shards("streamed-1")
+    resumed, reference = _shards(os.path.join(runs, "resumed")), _shards(os.path.join(runs, "streamed-1"))
     assert resumed.keys() == reference.keys() and resumed
     for key in reference:
         torch.testing.assert_close(resumed[key], reference[key], atol=1e-4, rtol=1e-4)

@@ -45,6 +45,15 @@ def run(scenario: str, out: str, rank: int) -> dict | None:
         SIPruner(method="wanda", sparsity=0.5, show_progress=False).prune(model, dataset=token_ids(8, 32, seed=rank))
         del os.environ["OPTIMUM_SI_DATA_PARALLEL"]
         return _result(model)
+    if scenario in ("cli", "cli-stream"):  # the command line under torchrun (folder and text made by the test)
+        from optimum_si.cli import main as cli
+
+        world = os.environ.get("WORLD_SIZE", "1")
+        argv = ["prune", "--model", os.path.join(out, "dense"), "--method", "sparsegpt", "--dataset",
+                os.path.join(out, "text.txt"), "--num-samples", "4", "--seqlen", "32", "--no-show-progress",
+                "--output", os.path.join(out, f"{scenario}-{world}")]
+        assert cli(argv + (["--stream"] if scenario == "cli-stream" else [])) == 0
+        return None
     if scenario == "owl":  # the dense profiling pass is sharded too
         model = tiny_model("llama")
         pruner = SIPruner(method="wanda", sparsity=0.5, sparsity_profile="owl", owl_lambda=0.2, show_progress=False)

@@ -277,7 +277,7 @@ class DataParallel:
                 self._raise_peer_error()
                 if now - started > limit:
                     raise DistributedError(
-                        f"rank {self.rank}: no answer from the other ranks after {limit:.0f} s in {what} (a rank was "
+                        f"rank {self.rank}: no answer from the other ranks after {limit:g} s in {what} (a rank was "
                         f"killed or hangs; ${_TIMEOUT_ENV} sets the limit)")
             time.sleep(pause)
             pause = min(pause * 2, 0.01)  # tiny collectives finish in microseconds; long waits poll every 10 ms

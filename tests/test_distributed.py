@@ -137,6 +137,65 @@ def test_shard_range_covers_every_item_once():
             assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
 
 
+class _FakeStore:
+    """The part of torch's key-value store the error path uses."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, bytes] = {}
+        self.counters: dict[str, int] = {}
+
+    def check(self, keys):
+        return all(k in self.values for k in keys)
+
+    def get(self, key):
+        return self.values[key]
+
+    def set(self, key, value):
+        self.values[key] = value.encode() if isinstance(value, str) else value
+
+    def add(self, key, amount):
+        self.counters[key] = self.counters.get(key, 0) + amount
+        return self.counters[key]
+
+
+class _NeverDone:
+    def is_completed(self):
+        return False
+
+    def wait(self):
+        raise AssertionError("never waited for")
+
+
+def _group(rank: int, world: int, store) -> object:
+    from optimum_si.distributed import DataParallel
+
+    group = object.__new__(DataParallel)  # no process group needed for the waiting logic
+    group.rank, group.world_size, group._store, group._prefix = rank, world, store, "optimum_si/run1"
+    return group
+
+
+def test_a_collective_that_never_completes_times_out(monkeypatch):
+    from optimum_si.distributed import DistributedError
+
+    monkeypatch.setenv("OPTIMUM_SI_DIST_TIMEOUT", "0.3")
+    started = time.monotonic()
+    with pytest.raises(DistributedError, match="no answer from the other ranks after 0.3 s in all_reduce"):
+        _group(0, 2, None)._wait(_NeverDone(), "all_reduce")
+    assert time.monotonic() - started < 5
+
+
+def test_a_waiting_rank_raises_the_published_error_and_acknowledges_it(monkeypatch):
+    import optimum_si.distributed as dp
+
+    monkeypatch.setattr(dp, "_ACK_WAIT_S", 0.2)
+    store = _FakeStore()
+    _group(1, 2, store).publish_error(ValueError("out of memory in block 3"))
+    with pytest.raises(dp.DistributedError, match=r"rank 1 failed: ValueError: out of memory in block 3 \(stopped on "
+                                                  r"rank 0 too\)") as raised:
+        _group(0, 2, store)._wait(_NeverDone(), "broadcast")
+    assert raised.value.from_peer and store.counters["optimum_si/run1/acks"] == 1
+
+
 def test_owner_assignment_balances_the_solves():
     from optimum_si.distributed import assign_owners
 

@@ -131,6 +131,7 @@ class DataParallel:
         # Payload bytes of the collectives this rank took part in (a ring all-reduce puts about 2 (W-1)/W times that
         # on each rank's link); the benchmark reports it per block.
         self.bytes_communicated = 0
+        self._announced = False  # streaming: whether rank 0 has sent the resume point yet
 
     @property
     def is_main(self) -> bool:
@@ -201,7 +202,7 @@ class DataParallel:
         self._announced = True
 
     def release_followers(self) -> None:
-        if not getattr(self, "_announced", False):
+        if not self._announced:
             self.broadcast_object(None)
         self._announced = False
         self.broadcast_object(True)
@@ -280,7 +281,9 @@ class DataParallel:
                         f"rank {self.rank}: no answer from the other ranks after {limit:g} s in {what} (a rank was "
                         f"killed or hangs; ${_TIMEOUT_ENV} sets the limit)")
             time.sleep(pause)
-            pause = min(pause * 2, 0.01)  # tiny collectives finish in microseconds; long waits poll every 10 ms
+            # Tiny collectives finish in microseconds; the 2 ms cap bounds the latency added to SI's per-step
+            # all-reduce, and a long wait (rank 0 writing the checkpoint) costs only a wake-up every 2 ms.
+            pause = min(pause * 2, 0.002)
         work.wait()
 
     # ---------------------------------------------------------------------------------------------- errors

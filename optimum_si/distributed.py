@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 __all__ = ["DataParallel", "DistributedError", "OwnerSolve", "activate", "active", "assign_owners", "calibration_batches",
-           "detect", "entry_point", "is_main_process", "owner_solve", "quiet", "reduce_op", "shard_range", "timeout"]
+           "detect", "entry_point", "is_main_process", "prepare_engine", "quiet", "reduce_op", "shard_range", "timeout"]
 
 logger = logging.getLogger(__name__)
 
@@ -240,6 +240,20 @@ class DataParallel:
         """In-place broadcast of `tensor` from rank `src` (same shape and dtype on every rank)."""
         self._collective("broadcast", tensor, src=src)
 
+    def reduce_sum_(self, tensor: torch.Tensor, dst: int) -> None:
+        """Sum of `tensor` over ranks, into rank `dst`'s copy (the others' copies are left undefined)."""
+        self._collective("reduce", tensor, src=dst)
+
+    def reduce_statistics_but_hessians_(self, tensor: torch.Tensor) -> None:
+        """The engine's `reduce_stats` for weight-updating methods: token counts and sums of x^2 are all-reduced;
+        an X X^T sum (the only 2-D statistic) stays this rank's partial sum, marked so, for `OwnerSolve` to reduce
+        it to the one rank that solves with it (half the traffic of an all-reduce, and no rank but the owner needs
+        it)."""
+        if tensor.dim() == 2:
+            tensor._optimum_si_partial = True  # type: ignore[attr-defined]  # read by OwnerSolve
+            return
+        self._collective("all_reduce", tensor)
+
     def _collective(self, kind: str, tensor: torch.Tensor, op: str = "sum", src: int = 0) -> None:
         import torch.distributed as dist
 
@@ -248,6 +262,8 @@ class DataParallel:
         reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op]
         if kind == "all_reduce":
             work = dist.all_reduce(work_tensor, op=reduce_op, async_op=True)
+        elif kind == "reduce":
+            work = dist.reduce(work_tensor, dst=src, op=reduce_op, async_op=True)
         else:
             work = dist.broadcast(work_tensor, src=src, async_op=True)
         self.bytes_communicated += work_tensor.numel() * work_tensor.element_size()
@@ -418,6 +434,15 @@ class OwnerSolve:
             d = weights[names[0]].shape[1]
             costs.append(float(sum(weights[n].shape[0] for n in names)) * d * d + float(d) ** 3)
         owners = assign_owners(costs, self._group.world_size)
+        for job, names in enumerate(names_of):  # each partial X X^T summed into its owner's copy, in job order
+            xtx = stats[names[0]].xtx
+            earlier = getattr(xtx, "_optimum_si_owner", None)
+            if earlier is not None:  # reduced in an earlier call (layers of one input at two sparsities)
+                owners[job] = earlier
+            elif getattr(xtx, "_optimum_si_partial", False):
+                self._group.reduce_sum_(xtx, owners[job])
+                del xtx._optimum_si_partial
+                xtx._optimum_si_owner = owners[job]
         mine = {}
         for names, owner in zip(names_of, owners):
             if owner == self._group.rank:
@@ -442,8 +467,14 @@ class OwnerSolve:
                 yield name, weight, keep.bool(), None if error != error else error  # NaN: no estimate
 
 
-def owner_solve(method: Any) -> Any:
-    """`method`, solved on owner ranks in a data-parallel run (weight-updating methods only); else unchanged."""
-    if _ACTIVE is None or not getattr(method, "updates_weights", False):
-        return method
-    return OwnerSolve(method, _ACTIVE)
+def prepare_engine(engine: Any) -> None:
+    """Make a `BlockEngine` data-parallel in the active run (nothing otherwise): statistics reduced over ranks before
+    they are read; for weight-updating methods (SparseGPT, ALPS) the Hessians reduced to, and solved on, owner ranks."""
+    group = _ACTIVE
+    if group is None:
+        return
+    if getattr(engine.method, "updates_weights", False):
+        engine.method = OwnerSolve(engine.method, group)
+        engine.reduce_stats = group.reduce_statistics_but_hessians_
+    else:
+        engine.reduce_stats = group.all_reduce_sum_

@@ -171,9 +171,9 @@ class SIPruner:
         spec = spec_for(getattr(getattr(model, "config", None), "model_type", None))
         engine = BlockEngine(distributed.quiet(cfg), report, undo,
                              sequential_groups=spec.sequential_groups if spec else None,
-                             sparsity_for=plan.sparsity_for, reduce_stats=distributed.reduce_op(),
+                             sparsity_for=plan.sparsity_for,
                              model_config=getattr(model, "config", None), prune=prune)
-        engine.method = distributed.owner_solve(engine.method)  # data-parallel: each Hessian solved on one rank
+        distributed.prepare_engine(engine)  # data-parallel: reduced statistics, Hessians solved on owner ranks
         use_cache = getattr(getattr(model, "config", None), "use_cache", None)
         was_training = model.training
         started = time.perf_counter()
@@ -418,9 +418,9 @@ class SIPruner:
         spec = spec_for(model_config.model_type)
         engine = BlockEngine(distributed.quiet(cfg), report, UndoLog(enabled=False),
                              sequential_groups=spec.sequential_groups if spec else None,
-                             sparsity_for=plan.sparsity_for, reduce_stats=distributed.reduce_op(),
+                             sparsity_for=plan.sparsity_for,
                              model_config=model_config)
-        engine.method = distributed.owner_solve(engine.method)
+        distributed.prepare_engine(engine)
         started = time.perf_counter()
         skeleton.eval()
         tied = capture_root is skeleton and getattr(model_config, "tie_word_embeddings", False)

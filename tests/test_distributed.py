@@ -16,8 +16,10 @@ alone moves the tiny model's logits by 5.7e-3 and keeps 99.92 % of the mask; two
 are compared at 2e-2 (about 3x that), its masks at the same 99.5 %.
 
 SI is the other exception: with W ranks each induction step averages W windows' gradients (a larger batch, W times fewer
-steps), so its learned scales differ from one process by design; the test asks for the same keep/revert verdicts, the
-same masks and a block loss within 10 %.
+steps), so its learned scales differ from one process by design; the tests ask for one verdict on every rank, the
+same masks and block losses within 10 % of one process's. The verdicts themselves can differ from one process's when
+the step count falls far: on 7 windows over 3 ranks (2 steps instead of 5) block 1 is reverted where one process
+keeps it (its loss 5.6 % higher); on 2 ranks they match.
 """
 
 from __future__ import annotations
@@ -72,12 +74,12 @@ def runs(tmp_path_factory):
         failed.progress = json.load(f)  # type: ignore[attr-defined]
     with open(os.path.join(out, "failed.pkl"), "wb") as f:
         pickle.dump(failed, f)
-    for world, scenarios in ((2, (*SCENARIOS, "stream_resume")), (3, ("wanda", "uneven", "stream"))):
+    for world, scenarios in ((2, (*SCENARIOS, "stream_resume")), (3, ("wanda", "uneven", "si-uneven", "stream"))):
         result = _torchrun(world, out, *scenarios)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         with open(os.path.join(out, f"launch-{world}.log"), "w", encoding="utf-8") as f:
             f.write(result.stdout + result.stderr)
-    for scenario in SCENARIOS:
+    for scenario in (*SCENARIOS, "si-uneven"):
         if scenario in ("save", "alone", "cli", "cli-stream"):
             continue
         result = worker.run(scenario, out, 0)  # no process group in this process: the single-process run
@@ -236,11 +238,14 @@ def test_data_parallelism_can_be_turned_off(runs):
     assert not all(torch.equal(second["weights"][k], first["weights"][k]) for k in first["weights"])
 
 
-def test_sparsity_induction_is_data_parallel(runs):
-    reference = torch.load(os.path.join(runs, "si-w1-r0.pt"))
-    results = _load(runs, "si", 2)
+@pytest.mark.parametrize("scenario, world", [("si", 2), ("si-uneven", 3)])
+def test_sparsity_induction_is_data_parallel(runs, scenario, world):
+    reference = torch.load(os.path.join(runs, f"{scenario}-w1-r0.pt"))
+    results = _load(runs, scenario, world)
     _assert_ranks_identical(results)
-    assert results[0]["kept"] == reference["kept"] == results[1]["kept"]
+    assert all(result["kept"] == results[0]["kept"] for result in results)  # one verdict on every rank
+    if scenario == "si":  # 2 ranks, 6 training windows each way: the verdicts also match one process's (measured)
+        assert results[0]["kept"] == reference["kept"]
     assert _mask_agreement(results[0]["weights"], reference["weights"]) >= 0.995
     for ours, theirs in zip(results[0]["loss_after"], reference["loss_after"]):
         assert abs(ours - theirs) <= 0.1 * theirs

@@ -64,10 +64,11 @@ def run(scenario: str, out: str, rank: int) -> dict | None:
         SIPruner(method="sparsegpt", sparsity=0.5, batch_size=2, num_samples=7,
                  show_progress=False).prune(model, dataset=token_ids(7, 32))
         return _result(model)
-    if scenario == "si":
+    if scenario in ("si", "si-uneven"):  # si-uneven: 7 windows, on 3 ranks shares of 3/2/2 with 2/1/2 for training
         model = tiny_model("llama")
-        pruner = SIPruner(method="wanda", sparsity=0.5, induction=True, show_progress=False)
-        pruner.prune(model, dataset=token_ids(8, 32))
+        windows = 7 if scenario == "si-uneven" else 8
+        pruner = SIPruner(method="wanda", sparsity=0.5, induction=True, num_samples=windows, show_progress=False)
+        pruner.prune(model, dataset=token_ids(windows, 32))
         result = _result(model)
         result["kept"] = [block.induction.kept for block in pruner.report.blocks]
         result["loss_after"] = [block.induction.loss_after for block in pruner.report.blocks]

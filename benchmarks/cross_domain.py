@@ -155,11 +155,21 @@ def main() -> None:
     parser.add_argument("--dense", action="store_true", help="also evaluate the dense model")
     parser.add_argument("--merge", nargs="+", metavar="NAME",
                         help="merge these results files (stems, e.g. from runs in parallel) into --name and exit")
+    parser.add_argument("--embed", nargs="+", metavar="FILE",
+                        help="write the grid of --variant from <name>.json between the '<!-- cross-domain-grid -->' "
+                             "markers of these files (README.md, docs/si-design.md) and exit")
     parser.add_argument("--one", nargs=4, metavar=("METHOD", "PATTERN", "CALIBRATION", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     extra = json.loads(args.json_extra)
     if args.one:
         print(json.dumps(run_one(*args.one, extra, args.eval_windows)))
+        return
+
+    if args.embed:
+        with open(os.path.join(RESULTS_DIR, f"{args.name}.json"), encoding="utf-8") as handle:
+            records = json.load(handle)
+        for path in args.embed:
+            embed(path, records, args.variant)
         return
 
     if args.merge:
@@ -193,6 +203,21 @@ def main() -> None:
               + " ".join(f"{d}={v:8.2f}" for d, v in record["ppl"].items())
               + f" prune={record.get('prune_s', 0):6.1f}s", flush=True)
         _write(args.name, records)
+
+
+def embed(path: str, records: list[dict], variant: str) -> None:
+    """Replace the text between the grid markers of `path` with the grid of `variant` and its protocol line."""
+    start, end = "<!-- cross-domain-grid -->", "<!-- /cross-domain-grid -->"
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    if start not in text or end not in text:
+        raise SystemExit(f"{path} has no {start} ... {end} markers.")
+    table, _summary = grid(records, variant)
+    protocol_line = markdown([r for r in records if r["variant"] in ("none", variant)]).rsplit("\n\n", 1)[-1]
+    head, rest = text.split(start, 1)
+    text = head + start + "\n" + table + "\n" + protocol_line + end + rest.split(end, 1)[1]
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 def _write(name: str, records: list[dict]) -> None:

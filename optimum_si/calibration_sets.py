@@ -54,23 +54,26 @@ class TextSet:
     max_windows: int | None = None  # evaluation windows at most (C4 evaluation)
 
 
-# The revisions are not pinned yet: this project's machines cannot reach the Hub to read the current commits, so each
-# entry follows `main` and the provenance records "main" (and the resolved commit when the Hub reports it). Pin them
-# (a 40-hex commit) once confirmed against the Hub.
+# C4 and WikiText are pinned to the commits that public pruning/quantisation scripts pin (allenai/c4 1588ec45...,
+# the commit torchtitan and others read; Salesforce/wikitext b08601e0..., the parquet layout), so a named set means the
+# same text next year. pile-val-backup is not pinned: no commit could be confirmed from here (these machines cannot
+# reach the Hub); it follows `main`, and the provenance records the commit the Hub resolves it to.
+C4_REVISION = "1588ec454efa1a09f29cd18ddd04fe05fc8653a2"
+WIKITEXT_REVISION = "b08601e04326c79dfdd32d625aee71d232d685c3"
 NAMED_SETS: dict[str, dict[str, TextSet | None]] = {
     "c4": {
         "calibration": TextSet("allenai/c4", config="en", split="train", column="text",
-                               data_files="en/c4-train.00000-of-01024.json.gz", revision=None, name="c4",
+                               data_files="en/c4-train.00000-of-01024.json.gz", revision=C4_REVISION, name="c4",
                                sampling="documents"),
         "evaluation": TextSet("allenai/c4", config="en", split="validation", column="text",
-                              data_files="en/c4-validation.00000-of-00008.json.gz", revision=None, name="c4",
+                              data_files="en/c4-validation.00000-of-00008.json.gz", revision=C4_REVISION, name="c4",
                               joiner=" ", max_documents=1100, max_windows=256),
     },
     "wikitext2": {
         "calibration": TextSet("Salesforce/wikitext", config="wikitext-2-raw-v1", split="train", column="text",
-                               revision=None, name="wikitext2", joiner=" "),
+                               revision=WIKITEXT_REVISION, name="wikitext2", joiner=" "),
         "evaluation": TextSet("Salesforce/wikitext", config="wikitext-2-raw-v1", split="test", column="text",
-                              revision=None, name="wikitext2", joiner="\n\n"),
+                              revision=WIKITEXT_REVISION, name="wikitext2", joiner="\n\n"),
     },
     "pileval": {
         "calibration": TextSet("mit-han-lab/pile-val-backup", split="validation", column="text", revision=None,

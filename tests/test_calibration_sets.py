@@ -26,7 +26,14 @@ import torch
 datasets = pytest.importorskip("datasets")
 
 from optimum_si.calibration import build_calibration, draw_windows  # noqa: E402
-from optimum_si.calibration_sets import NAMED_SETS, TextSet, calibration_ids, evaluation_ids, text_set  # noqa: E402
+from optimum_si.calibration_sets import (  # noqa: E402
+    C4_REVISION,
+    NAMED_SETS,
+    TextSet,
+    calibration_ids,
+    evaluation_ids,
+    text_set,
+)
 
 SHA = "c0ffee" + "0" * 34
 
@@ -205,8 +212,11 @@ def test_named_table_pins_the_literature_sources():
     assert (wiki.path, wiki.config, wiki.split) == ("Salesforce/wikitext", "wikitext-2-raw-v1", "train")
     assert (pile.path, pile.split) == ("mit-han-lab/pile-val-backup", "validation")
     assert NAMED_SETS["wikitext2"]["evaluation"].split == "test" and NAMED_SETS["pileval"]["evaluation"] is None
-    # Not pinned yet (no Hub access here): None means "main", and is recorded as such.
-    assert all(s.revision is None for sets in NAMED_SETS.values() for s in sets.values() if s)
+    # C4 and WikiText are pinned to full commits (the same text next year); pile-val-backup follows "main".
+    for name in ("c4", "wikitext2"):
+        for entry in NAMED_SETS[name].values():
+            assert entry.revision and len(entry.revision) == 40 and int(entry.revision, 16) >= 0
+    assert pile.revision is None
 
 
 def test_c4_draws_one_window_per_long_enough_document_of_the_first_shard(fake_hub):
@@ -223,7 +233,7 @@ def test_c4_draws_one_window_per_long_enough_document_of_the_first_shard(fake_hu
     assert torch.equal(ids, torch.stack(expected))
     assert encode("ZZZZ")[0].item() not in ids  # the second shard is never read
     assert record == {"name": "c4", "repo": "allenai/c4", "config": "en", "split": "train", "column": "text",
-                      "data_files": "en/c4-train.00000-of-01024.json.gz", "revision": "main", "commit": SHA,
+                      "data_files": "en/c4-train.00000-of-01024.json.gz", "revision": C4_REVISION, "commit": SHA,
                       "sampling": "documents", "windows": 6, "seqlen": 40, "seed": 3}
     assert not any("00001-of-01024" in path for path in fake_hub)
 

@@ -227,8 +227,13 @@ class RssSampler(threading.Thread):
         self.peak: dict[str, float] = {"VmRSS": 0.0, "RssAnon": 0.0, "RssFile": 0.0, "anon_at_peak": 0.0,
                                        "file_at_peak": 0.0, "mapped_shards": 0}
         self._halt = threading.Event()
+        self._lock = threading.Lock()  # the phase handler samples too, from the pruning thread
 
     def sample(self, with_maps: bool = False) -> None:
+        with self._lock:
+            self._sample(with_maps)
+
+    def _sample(self, with_maps: bool) -> None:
         values = _status_mb()
         phase = self.phases.setdefault(self.phase, {"VmRSS": 0.0, "RssAnon": 0.0, "RssFile": 0.0, "mapped_shards": 0})
         for key in ("VmRSS", "RssAnon", "RssFile"):
@@ -264,7 +269,11 @@ class _BlockPhases(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if record.msg.startswith("block %d/%d pruned"):
             done, total = record.args[0], record.args[1]
+            # A closing reading of the finished phase and an opening one of the next: a block shorter than the
+            # sampling interval still gets its own entry.
+            self.sampler.sample()
             self.sampler.phase = f"block {done}" if done < total else "finalise"
+            self.sampler.sample()
 
 
 def check_output(source: str | os.PathLike, output: str | os.PathLike) -> dict:

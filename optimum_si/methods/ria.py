@@ -24,14 +24,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import PruningMethod
+from .exponent_scored import ActivationExponentMethod
 from .registry import register_method
 
 if TYPE_CHECKING:
     import torch
-
-    from ..config import SIConfig
-    from ..stats import InputStats
 
 __all__ = ["RIA", "ria_scores", "DEFAULT_ACTIVATION_EXPONENT"]
 
@@ -58,7 +55,7 @@ def ria_scores(weight: torch.Tensor, input_sq_norms: torch.Tensor,
 
 
 @register_method
-class RIA(PruningMethod):
+class RIA(ActivationExponentMethod):
     """RIA as a registered method (`SIConfig(method="ria")`): the authors' defaults, a = 0.5, per-matrix masks.
 
     `RIA(activation_exponent=..., per_row=...)` makes a variant; register it under another name to use it, e.g.
@@ -66,29 +63,11 @@ class RIA(PruningMethod):
     """
 
     name = "ria"
-    per_row = False
-    # Under Sparsity Induction the mask is RIA's own, chosen on the unfolded weights. The distribution-level fold
-    # would change it (RIA's row and column sums are not invariant to channel scales, pruning-reference.md §2), but
-    # into another metric than the authors': scaling column j by rms(x_j) turns the row share into a Wanda-like
-    # |W_ij| rms_j / sum_k |W_ik| rms_k and flattens the activation factor. The learned feature-level scales re-score
-    # the layer as it computes, W * s on the same inputs (docs/methods.md).
-    fold_changes_mask = False
+    display_name = "RIA"
+    exponent_label = "activation exponent a ="
+    default_exponent = DEFAULT_ACTIVATION_EXPONENT
     citation = ("Zhang et al., Plug-and-Play: An Efficient Post-training Pruning Method for Large Language Models "
                 "(RIA), ICLR 2024.")
 
-    def __init__(self, activation_exponent: float = DEFAULT_ACTIVATION_EXPONENT, per_row: bool = False,
-                 name: str = "ria") -> None:
-        if not activation_exponent >= 0:  # also refuses NaN
-            raise ValueError(f"RIA's activation exponent must be >= 0, got {activation_exponent!r}.")
-        self.activation_exponent = float(activation_exponent)
-        self.per_row = bool(per_row)  # type: ignore[misc]  # a variant's instance value shadows the class default
-        self.name = name  # type: ignore[misc]
-
-    def score(self, weight: torch.Tensor, stats: InputStats | None) -> torch.Tensor:
-        if stats is None:
-            raise ValueError("RIA needs the calibration statistics of the layer's input.")
-        return ria_scores(weight, stats.sq_norms, self.activation_exponent)
-
-    def card_rows(self, config: SIConfig) -> list[tuple[str, str]]:
-        group = "N:M groups" if config.n_m is not None else "per output row" if self.per_row else "per matrix"
-        return [("RIA", f"activation exponent a = {self.activation_exponent:g}, {group}")]
+    def scores(self, weight: torch.Tensor, input_sq_norms: torch.Tensor) -> torch.Tensor:
+        return ria_scores(weight, input_sq_norms, self.activation_exponent)

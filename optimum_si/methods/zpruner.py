@@ -31,14 +31,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import PruningMethod
+from .exponent_scored import ActivationExponentMethod
 from .registry import register_method
 
 if TYPE_CHECKING:
     import torch
-
-    from ..config import SIConfig
-    from ..stats import InputStats
 
 __all__ = ["ZPruner", "zpruner_scores", "zpruner_alpha", "DEFAULT_ACTIVATION_EXPONENT"]
 
@@ -89,32 +86,15 @@ def _cubed_z(normalised: torch.Tensor) -> torch.Tensor:
 
 
 @register_method
-class ZPruner(PruningMethod):
+class ZPruner(ActivationExponentMethod):
     """Z-Pruner as a registered method (`SIConfig(method="zpruner")`): the reference code's defaults, ||X||^1.5 and
     per-matrix masks. `ZPruner(activation_exponent=..., per_row=..., name=...)` makes a variant to register."""
 
     name = "zpruner"
-    per_row = False
-    # As for RIA: the equivalent fold would turn the score into another metric (its normalisations see channel
-    # scales, pruning-reference.md §2), so SI keeps the authors' mask on the unfolded weights and acts through its
-    # learned scales, re-scoring W * s on the same inputs (docs/methods.md).
-    fold_changes_mask = False
+    display_name = "Z-Pruner"
+    default_exponent = DEFAULT_ACTIVATION_EXPONENT
     citation = ("Bhuiyan et al., Z-Pruner: Post-Training Pruning of Large Language Models for Efficiency without "
                 "Retraining, arXiv 2508.15828 (IEEE AICCSA 2025).")
 
-    def __init__(self, activation_exponent: float = DEFAULT_ACTIVATION_EXPONENT, per_row: bool = False,
-                 name: str = "zpruner") -> None:
-        if not activation_exponent >= 0:  # also refuses NaN
-            raise ValueError(f"Z-Pruner's activation exponent must be >= 0, got {activation_exponent!r}.")
-        self.activation_exponent = float(activation_exponent)
-        self.per_row = bool(per_row)  # type: ignore[misc]  # a variant's instance value shadows the class default
-        self.name = name  # type: ignore[misc]
-
-    def score(self, weight: torch.Tensor, stats: InputStats | None) -> torch.Tensor:
-        if stats is None:
-            raise ValueError("Z-Pruner needs the calibration statistics of the layer's input.")
-        return zpruner_scores(weight, stats.sq_norms, self.activation_exponent)
-
-    def card_rows(self, config: SIConfig) -> list[tuple[str, str]]:
-        group = "N:M groups" if config.n_m is not None else "per output row" if self.per_row else "per matrix"
-        return [("Z-Pruner", f"activation exponent {self.activation_exponent:g}, {group}")]
+    def scores(self, weight: torch.Tensor, input_sq_norms: torch.Tensor) -> torch.Tensor:
+        return zpruner_scores(weight, input_sq_norms, self.activation_exponent)

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import alps as _alps
 from .choices import (
     CHOICE_FIELDS,
     ActivationStorage,
@@ -28,8 +29,11 @@ from .choices import (
     SparsityProfile,
 )
 from .devices import validate_device
+from .methods.ria import DEFAULT_ACTIVATION_EXPONENT as _RIA_A
+from .methods.zpruner import DEFAULT_ACTIVATION_EXPONENT as _ZPRUNER_EXPONENT
 
-__all__ = ["SIConfig", "CONFIG_NAME", "METHODS", "CHOICES", "RUN_OPTIONS", "version_stamp", "read_recipe"]
+__all__ = ["SIConfig", "CONFIG_NAME", "METHODS", "CHOICES", "RUN_OPTIONS", "METHOD_KNOBS", "version_stamp",
+           "read_recipe"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +51,9 @@ RUN_OPTIONS = ("device", "activation_storage", "activation_dir", "show_progress"
 _WARNED_NM: set[str] = set()
 # Fields with a closed set of values (validated here, listed as choices by the CLI).
 CHOICES = {"method": METHODS, **{name: tuple(m.value for m in kind) for name, kind in CHOICE_FIELDS.items()}}
+# Each method knob (a field made with `_knob`) -> the built-in method that reads it. A method reads a knob when it
+# lists it in `config_fields` (a variant registered under another name reads its class's knobs).
+METHOD_KNOBS = {}  # filled below the class, from the fields' metadata
 # More calibration tokens than this (2^31: terabytes of activations for any LLM) is a typo, not a recipe; refusing it
 # up front keeps a run from hanging while it draws the windows.
 MAX_CALIBRATION_TOKENS = 2**31
@@ -64,6 +71,10 @@ def version_stamp() -> dict[str, str]:
 
 def _help(text: str, **kwargs: Any) -> Any:
     return field(metadata={"help": text}, **kwargs)
+
+
+def _knob(method: str, text: str, **kwargs: Any) -> Any:
+    return field(metadata={"help": text, "method": method}, **kwargs)
 
 
 @dataclass
@@ -98,6 +109,27 @@ class SIConfig:
     batch_size: int = _help("Calibration windows per block forward pass.", default=1)
     dampening_frac: float = _help("SparseGPT: Hessian dampening as a fraction of its mean diagonal.", default=0.01)
     block_size: int = _help("SparseGPT: columns per lazy-update block.", default=128)
+    # ---- knobs of one method each, with its authors' defaults (refused for other methods; see METHOD_KNOBS)
+    ria_a: float = _knob("ria", "RIA: exponent a of the activation factor ||X_j||^a (the authors' --a).",
+                         default=_RIA_A)
+    ria_per_row: bool = _knob("ria", "RIA: compare scores per output row (the authors' --per_outneuron) instead of "
+                                     "per matrix.", default=False)
+    zpruner_exponent: float = _knob("zpruner", "Z-Pruner: exponent of the activation factor ||X_j||^e.",
+                                    default=_ZPRUNER_EXPONENT)
+    zpruner_per_row: bool = _knob("zpruner", "Z-Pruner: compare scores per output row instead of per matrix.",
+                                  default=False)
+    alps_rho0: float = _knob("alps", "ALPS: initial ADMM penalty rho.", default=_alps.DEFAULT_RHO0)
+    alps_max_iter: int = _knob("alps", "ALPS: most ADMM iterations per layer.", default=_alps.DEFAULT_MAX_ITER)
+    alps_update_every: int = _knob("alps", "ALPS: ADMM iterations between two rho updates.",
+                                   default=_alps.DEFAULT_UPDATE_EVERY)
+    alps_min_iter: int = _knob("alps", "ALPS: first iteration at which a settled support may stop the ADMM.",
+                               default=_alps.DEFAULT_MIN_ITER)
+    alps_pcg_iters: int = _knob("alps", "ALPS: preconditioned-CG iterations refining the kept weights (0: none).",
+                                default=_alps.DEFAULT_PCG_ITERS)
+    alps_pcg_rtol: float = _knob("alps", "ALPS: relative residual at which the CG refinement stops early (0: never).",
+                                 default=_alps.DEFAULT_PCG_RTOL)
+    alps_dampening: float = _knob("alps", "ALPS: Hessian dampening as a fraction of its mean diagonal (ALPS's own; "
+                                          "dampening_frac is SparseGPT's).", default=_alps.DEFAULT_DAMPENING)
     sparsity_profile: SparsityProfile = _help(
         "'uniform' (every pruned matrix at `sparsity`) or 'owl' (per-block sparsities from the dense model's outlier "
         "ratios, mean `sparsity`; unstructured, in-memory, without induction for now; docs/methods.md).",
@@ -224,6 +256,7 @@ class SIConfig:
         if not isinstance(self.dampening_frac, (int, float)) or not 0.0 < self.dampening_frac < 1.0:
             raise ValueError(f"dampening_frac must be in (0, 1), got {self.dampening_frac!r} (SparseGPT uses 0.01).")
         self.dampening_frac = float(self.dampening_frac)
+        self._validate_method_knobs()
         self._validate_profile()
         for name in ("induction", "true_sequential", "show_progress"):
             if not isinstance(getattr(self, name), bool):
@@ -246,6 +279,31 @@ class SIConfig:
         for name, kind in CHOICE_FIELDS.items():  # validated above (as strings): now their str-Enum members
             setattr(self, name, kind(getattr(self, name)))
 
+    def _validate_method_knobs(self) -> None:
+        from .methods import get_method
+
+        for name, (kind, low, low_allowed) in _KNOB_RANGES.items():
+            value = getattr(self, name)
+            default = _FIELD_DEFAULTS[name]
+            if kind is bool:
+                if not isinstance(value, bool):
+                    raise ValueError(f"{name} must be True or False, got {value!r}.")
+                continue
+            is_number = not isinstance(value, bool) and isinstance(value, int if kind is int else (int, float))
+            if not is_number or not math.isfinite(value) or value < low or (value == low and not low_allowed):
+                what = "an integer" if kind is int else "a finite number"
+                raise ValueError(f"{name} must be {what} {'>=' if low_allowed else '>'} {low:g}, got {value!r} "
+                                 f"(the authors' code uses {default!r}).")
+            setattr(self, name, kind(value))
+        reads = get_method(self.method).config_fields
+        for name, owner in METHOD_KNOBS.items():
+            value = getattr(self, name)
+            if name not in reads and value != _FIELD_DEFAULTS[name]:
+                # A knob of another method is a typo or a leftover of an edited recipe: it would silently do nothing.
+                raise ValueError(
+                    f"{name}={value!r} is a setting of method={owner!r}, but this recipe uses method={self.method!r}, "
+                    f"which does not read it; remove {name} (or set method={owner!r}).")
+
     def _validate_profile(self) -> None:
         if self.sparsity_profile not in CHOICES["sparsity_profile"]:
             raise ValueError(f"sparsity_profile must be 'uniform' or 'owl', got {self.sparsity_profile!r}.")
@@ -255,9 +313,14 @@ class SIConfig:
                     or value < 0 or (positive and value == 0)):
                 raise ValueError(f"{name} must be a number {'> 0' if positive else '>= 0'}, got {value!r}.")
             setattr(self, name, float(value))
-        if self.sparsity_profile == "owl" and (self.n_m is not None or self.induction):
-            # OWL's N:M variant rounds N per block, and SI re-selects masks at one sparsity: neither is built yet.
-            raise ValueError("sparsity_profile='owl' supports unstructured sparsity without induction for now.")
+        if self.sparsity_profile == "owl" and self.n_m is not None:
+            # Every block of an N:M model must keep N of M for the sparse kernels to run; per-block sparsities would
+            # need per-block N (the OWL code rounds N per block), i.e. mixed patterns no N:M kernel accepts.
+            raise ValueError(
+                f"sparsity_profile='owl' varies the sparsity from block to block, which an N:M structure "
+                f"({self.mask_structure!r}: the same {self.n_m[0]} of {self.n_m[1]} everywhere, as sparse kernels "
+                "require) cannot express; use sparsity_profile='uniform' with N:M, or OWL with "
+                "mask_structure='unstructured' (docs/methods.md).")
 
     def _validate_induction(self) -> None:
         for name in ("induction_epochs", "induction_refresh_interval"):
@@ -330,10 +393,11 @@ class SIConfig:
 
     @property
     def pruning_method(self):
-        """The registered `optimum_si.methods.PruningMethod` named by `method` (its traits drive the run)."""
+        """The `optimum_si.methods.PruningMethod` named by `method`, with this recipe's knobs (`ria_a`, `alps_rho0`,
+        ...) applied: what the engine runs and the card describes. The registered object itself is never changed."""
         from .methods import get_method
 
-        return get_method(self.method)
+        return get_method(self.method).configure(self)
 
     @property
     def needs_calibration(self) -> bool:
@@ -350,8 +414,14 @@ class SIConfig:
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
-        """The recipe as written to si_config.json: every field except the run options, plus the file keys."""
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in RUN_OPTIONS}
+        """The recipe as written to si_config.json: every field except the run options and the knobs of methods not
+        in use (they can only hold their defaults), plus the file keys. A recipe of a method without knobs thus
+        reads the same as before the knobs existed, for older optimum-si versions too."""
+        from .methods import get_method
+
+        reads = get_method(self.method).config_fields
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in RUN_OPTIONS and (f.name not in METHOD_KNOBS or f.name in reads)}
         data["format_version"] = FORMAT_VERSION
         data["meta"] = version_stamp()
         return data
@@ -438,6 +508,18 @@ class SIConfig:
         elif not os.path.isfile(path):
             raise OSError(f"{dir_or_repo} has no {CONFIG_NAME}; it was not written by optimum-si.")
         return cls.from_dict(read_recipe(path), strict=False, **overrides)
+
+
+METHOD_KNOBS.update({f.name: f.metadata["method"] for f in dataclasses.fields(SIConfig) if "method" in f.metadata})
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SIConfig)}
+# knob -> (type, lower bound, whether the bound itself is allowed); bools have no bound.
+_KNOB_RANGES: dict[str, tuple[type, float, bool]] = {
+    "ria_a": (float, 0, True), "ria_per_row": (bool, 0, True),
+    "zpruner_exponent": (float, 0, True), "zpruner_per_row": (bool, 0, True),
+    "alps_rho0": (float, 0, False), "alps_max_iter": (int, 1, True), "alps_update_every": (int, 1, True),
+    "alps_min_iter": (int, 0, True), "alps_pcg_iters": (int, 0, True), "alps_pcg_rtol": (float, 0, True),
+    "alps_dampening": (float, 0, False),
+}
 
 
 def read_recipe(path: str | os.PathLike) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from .architectures import BLOCK_PATTERNS, spec_for
 from .block_error import OutputErrorProbe
 from .config import SIConfig
 from .masks import select_mask
-from .methods import PruningMethod, get_method
+from .methods import PruningMethod
 from .report import BlockInduction, BlockRecord, LayerRecord, PruneReport
 from .stats import InputStats, InputStatsCollector, StopForward
 from .targets import WeightTarget
@@ -277,7 +277,7 @@ class BlockEngine:
         self.sequential_groups = sequential_groups
         self.model_config = model_config
         self.prune = prune  # False: induction only (distribution level, dense function unchanged)
-        self.method: PruningMethod = get_method(config.method)
+        self.method: PruningMethod = config.pruning_method  # with the recipe's knobs (ria_a, alps_rho0, ...)
 
     def _groups(self, linears: dict[str, nn.Linear]) -> list[dict[str, nn.Linear]]:
         if not self.config.true_sequential or not self.sequential_groups:
@@ -380,9 +380,6 @@ class BlockEngine:
         from .induction import BlockInducer, fold_distribution_level
 
         targets, linears = linears, _plain_linears(linears, index)
-        if any(self.sparsity_for(f"{prefix}.{name}") != self.config.sparsity for name in targets):
-            raise NotImplementedError("Sparsity Induction re-selects masks at the recipe's sparsity; it does not "
-                                      "support a plan with per-layer sparsities yet.")
 
         t0 = time.perf_counter()
         # Global target: the dense model's own block outputs (a teacher stream), so each block also learns to undo
@@ -414,7 +411,7 @@ class BlockEngine:
         keeps = self._prune_group(prefix, targets, stats, row_scales)
         t2 = time.perf_counter()
         record.prune_seconds += t2 - t1
-        inducer = BlockInducer(self.config, self.undo)
+        inducer = BlockInducer(self.config, self.undo, {n: self.sparsity_for(f"{prefix}.{n}") for n in linears})
         inducer.run(block, linears, dense_weights, keeps, stats, inputs.hidden, inputs.kwargs, dense_outputs, row_scales)
         record.induction = BlockInduction(scale_spread=spreads)
         return inducer

@@ -26,7 +26,7 @@ from . import distributed
 from .config import SIConfig
 from .losses import SpectralNorm, block_mse
 from .masks import select_mask
-from .methods import get_method
+from .methods import PruningMethod
 from .metrics import wanda_scores
 from .optim import DampedAdam
 from .report import BlockInduction
@@ -79,8 +79,12 @@ class ScaledLinear(nn.Module):
     """A pruned Linear with learnable log input-column and output-row scales, used only while inducing."""
 
     def __init__(self, linear: nn.Linear, dense_weight: torch.Tensor, keep: torch.Tensor, pruned_weight: torch.Tensor,
-                 sq_norms: torch.Tensor | None, config: SIConfig, score_row_scale: torch.Tensor | None = None) -> None:
+                 sq_norms: torch.Tensor | None, config: SIConfig, score_row_scale: torch.Tensor | None = None, *,
+                 sparsity: float | None = None, method: PruningMethod | None = None) -> None:
+        """`sparsity`: this layer's planned sparsity (a non-uniform plan such as OWL gives each block its own;
+        default the recipe's). `method`: the configured base method (default `config.pruning_method`)."""
         super().__init__()
+        self.sparsity = config.sparsity if sparsity is None else sparsity
         self.score_row_scale = score_row_scale
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("dense_weight", dense_weight.float(), persistent=False)
@@ -92,7 +96,9 @@ class ScaledLinear(nn.Module):
         device = linear.weight.device
         self.log_col = nn.Parameter(torch.zeros(self.in_features, device=device), requires_grad=config.induction_col_scales)
         self.log_row = nn.Parameter(torch.zeros(self.out_features, device=device), requires_grad=config.induction_row_scales)
-        self.method = get_method(config.method)
+        # The configured method (the recipe's knobs, e.g. ria_a), so a refresh re-selects the mask the base pruner
+        # would select, not the registered defaults'.
+        self.method = method if method is not None else config.pruning_method
         # Mask-only methods may re-select the mask as the column scales move; a method that updated the kept weights
         # (SparseGPT) did so for its own mask, so it keeps that mask.
         self.refreshable = not self.method.updates_weights and config.induction_refresh != "none"
@@ -116,7 +122,7 @@ class ScaledLinear(nn.Module):
         scores = self.method.score(self.dense_weight * col.unsqueeze(0), stats)
         if self.score_row_scale is not None:
             scores = scores * self.score_row_scale.to(scores.device).unsqueeze(1)
-        self.keep = select_mask(scores, self.config.sparsity, self.config.n_m, per_row=self.method.per_row)
+        self.keep = select_mask(scores, self.sparsity, self.config.n_m, per_row=self.method.per_row)
         self._masked = self._compute_masked()  # once per refresh, not once per forward
 
     def effective_weight(self) -> torch.Tensor:
@@ -156,9 +162,13 @@ class BlockInducer:
     next block, instead of an extra forward pass.
     """
 
-    def __init__(self, config: SIConfig, undo: UndoLog) -> None:
+    def __init__(self, config: SIConfig, undo: UndoLog, sparsities: dict[str, float] | None = None) -> None:
+        """`sparsities`: the planned sparsity of each Linear of the block by name (`PrunePlan.sparsity_for`), which
+        every mask refresh keeps; missing names get the recipe's sparsity."""
         self.config = config
         self.undo = undo
+        self.sparsities = sparsities or {}
+        self.method = config.pruning_method
         self._fallback: dict[str, torch.Tensor] = {}
 
     def run(
@@ -178,7 +188,8 @@ class BlockInducer:
         generator = torch.Generator().manual_seed(cfg.seed)
         wrappers = {
             name: ScaledLinear(linear, dense_weights[name], keep_masks[name], linear.weight.detach(),
-                               stats[name].sq_norms if name in stats else None, cfg, (row_scales or {}).get(name))
+                               stats[name].sq_norms if name in stats else None, cfg, (row_scales or {}).get(name),
+                               sparsity=self.sparsities.get(name), method=self.method)
             for name, linear in linears.items()
         }
         self._linears, self._block, self._kwargs = linears, block, kwargs_by_batch
@@ -325,7 +336,7 @@ class BlockInducer:
         if not refreshable:
             return 0
         before = {n: w.keep.clone() for n, w in refreshable.items()}
-        if self.config.induction_refresh == "classical" and get_method(self.config.method).needs_data:
+        if self.config.induction_refresh == "classical" and self.method.needs_data:
             # Re-collect ||x_j||^2 of every layer with forward passes (what eq. 11 avoids).
             with InputStatsCollector(refreshable, with_hessian=False, stop_when_done=False) as collector:
                 for x in hidden:

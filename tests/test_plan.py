@@ -29,11 +29,24 @@ def test_uniform_plan_is_the_recipe():
     assert {record.sparsity for record in pruner.report.layers.values()} == {0.5}
 
 
-def test_induction_refuses_a_non_uniform_plan(monkeypatch):
+@pytest.mark.parametrize("method", ["wanda", "magnitude", "ria", "sparsegpt"])
+def test_induction_keeps_each_layers_planned_sparsity(method, monkeypatch):
+    """SI's mask refreshes re-select every layer at its own planned sparsity (OWL's per-block sparsities), not at
+    the recipe's: the masks do move (mask-only methods), and the counts stay those of the plan."""
     monkeypatch.setattr(PrunePlan, "sparsity_for", _mlp_at_70)
-    with pytest.raises(NotImplementedError, match="per-layer sparsities"):
-        SIPruner(method="wanda", induction=True, num_samples=8, seqlen=32, show_progress=False).prune(
-            tiny_model("llama"), dataset=token_ids())
+    pruner = SIPruner(method=method, induction=True, induction_refresh_interval=1, induction_validation_fraction=0,
+                      induction_min_gain=0.0, num_samples=8, seqlen=32, show_progress=False)
+    model = tiny_model("llama")
+    pruner.prune(model, dataset=token_ids())
+    for name, record in pruner.report.layers.items():
+        expected = 0.7 if ".mlp." in name else 0.5
+        weight = model.get_submodule(name).weight
+        if method == "wanda":  # per row: exactly int(d_in * s) zeros in every row
+            assert bool(((weight == 0).sum(1) == int(weight.shape[1] * expected)).all()), name
+        else:  # per matrix: exactly int(numel * s)
+            assert record.zeros == int(record.numel * expected), name
+    if method != "sparsegpt":  # a weight-updating method keeps its own mask
+        assert sum(block.induction.mask_changes for block in pruner.report.blocks) > 0
 
 
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])

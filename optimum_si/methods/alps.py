@@ -37,9 +37,10 @@ def _count(label: str, value: int, minimum: int) -> int:
 
 @register_method
 class ALPS(PruningMethod):
-    """ALPS with the authors' defaults. `ALPS(rho0=..., max_iter=..., pcg_iters=..., dampening=..., name=...)`
-    makes a variant; register it under its own name to use it, e.g.
-    `register_method(ALPS(max_iter=100, name="alps-fast"))`.
+    """ALPS with the authors' defaults. The recipe sets the knobs (`SIConfig(method="alps", alps_rho0=...,
+    alps_max_iter=..., alps_update_every=..., alps_min_iter=..., alps_pcg_iters=..., alps_pcg_rtol=...,
+    alps_dampening=...)`); `ALPS(rho0=..., max_iter=..., ..., name=...)` makes a variant to register under its own
+    name, e.g. `register_method(ALPS(max_iter=100, name="alps-fast"))`.
 
     Like SparseGPT it rewrites the kept weights, so under Sparsity Induction it is treated as SparseGPT is: its mask
     is kept, the scales are learned on top, and no mask refresh re-runs it (docs/methods.md)."""
@@ -48,6 +49,9 @@ class ALPS(PruningMethod):
     needs_hessian = True
     per_row = False  # the authors' projection keeps the largest normalised weights of the whole matrix
     updates_weights = True
+    config_fields = {"alps_rho0": "rho0", "alps_max_iter": "max_iter", "alps_update_every": "update_every",
+                     "alps_min_iter": "min_iter", "alps_pcg_iters": "pcg_iters", "alps_pcg_rtol": "pcg_rtol",
+                     "alps_dampening": "dampening"}
     citation = ("Meng, Behdin, Wang & Mazumder, ALPS: Improved Optimization for Highly Sparse One-Shot Pruning for "
                 "Large Language Models, NeurIPS 2024 (arXiv 2406.07831).")
 
@@ -85,5 +89,6 @@ class ALPS(PruningMethod):
 
     def card_rows(self, config: SIConfig) -> list[tuple[str, str]]:
         return [("ALPS", f"ρ0 = {self.rho0:g}, at most {self.max_iter} ADMM iterations (ρ updated every "
-                         f"{self.update_every}), {self.pcg_iters} PCG iterations, dampening {self.dampening:g}")]
+                         f"{self.update_every}, support-settled stop from iteration {self.min_iter}), "
+                         f"{self.pcg_iters} PCG iterations (rtol {self.pcg_rtol:g}), dampening {self.dampening:g}")]
 

@@ -14,6 +14,7 @@ the command line validates a recipe (and so looks methods up) before torch is lo
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, ClassVar
 
@@ -38,13 +39,17 @@ class PruningMethod:
         needs_hessian: the statistics must include X X^T (SparseGPT); otherwise only per-channel sum of x^2.
         per_row: unstructured masks cut each output row separately (Wanda) instead of the whole matrix (magnitude).
         updates_weights: the method rewrites kept weights (implements `solve`), instead of only masking (`score`).
-        fold_changes_mask: the distribution-level equivalent scaling of Sparsity Induction changes this method's
-            mask, so SI folds it before pruning (magnitude); Wanda's mask is invariant to it and SparseGPT's
-            mask/damping are not covariant with it (docs/si-design.md §1), so they prune the unfolded weights.
+        fold_changes_mask: Sparsity Induction folds its distribution-level equivalent scaling into the block before
+            this method prunes, because the fold improves the method's mask (magnitude, which cannot see activations
+            otherwise). Wanda's mask is invariant to the fold, SparseGPT's and ALPS's are covariant with it up to
+            damping; RIA's and Z-Pruner's masks do move, but into another metric than the authors' with no
+            measured gain (docs/si-design.md §7), so all of them prune the unfolded weights.
         si_statistics: with SI's global target and induction_statistics="auto", where the statistics come from:
             "dense" (the teacher pass, no extra forward; measured equal for Wanda) or "pruned" (the pruned model's
             own inputs, as the plain method sees them).
         citation: the reference printed in the model card.
+        config_fields: the `SIConfig` fields that set this method's knobs, mapped to its constructor's keyword
+            arguments (read by `configure`; the attribute of each knob has the keyword's name).
     """
 
     name: ClassVar[str] = ""
@@ -55,6 +60,23 @@ class PruningMethod:
     fold_changes_mask: ClassVar[bool] = False
     si_statistics: ClassVar[str] = "pruned"
     citation: ClassVar[str] = ""
+    config_fields: ClassVar[dict[str, str]] = {}
+
+    def configure(self, config: SIConfig) -> PruningMethod:
+        """This method with the recipe's knobs applied (`SIConfig.pruning_method` calls it).
+
+        A new object when a knob differs from its `SIConfig` default, so that the registered method never carries
+        one run's settings into the next; a knob left at its default keeps this object's own value (the authors'
+        default for a built-in method, the variant's for a variant registered under its own name)."""
+        if not self.config_fields:
+            return self
+        defaults = {f.name: f.default for f in dataclasses.fields(config)}
+        changes = {arg: getattr(config, field) for field, arg in self.config_fields.items()
+                   if getattr(config, field) != defaults[field]}
+        if not changes:
+            return self
+        knobs = {arg: getattr(self, arg) for arg in self.config_fields.values()}
+        return type(self)(**{**knobs, **changes}, name=self.name)  # type: ignore[call-arg]
 
     # ------------------------------------------------------------------ mask-only methods
     def score(self, weight: torch.Tensor, stats: InputStats | None) -> torch.Tensor:

@@ -16,6 +16,7 @@ Decisions (docs/methods.md gives the sources):
   Its optional channel reallocation and linear-sum-assignment permutations are not implemented.
 - Exact-count selection (the engine's), not the reference's `score <= sorted[k]` threshold, which drops one weight
   more than asked and more on ties.
+- Knobs: `SIConfig.ria_a` (the code's `--a`) and `SIConfig.ria_per_row` (its `--per_outneuron`).
 - fp32 scores; the reference sums |W| in the model's dtype (fp16). A row or column whose weights are all zero scores
   0 (the reference divides 0 by 0).
 """
@@ -58,14 +59,15 @@ def ria_scores(weight: torch.Tensor, input_sq_norms: torch.Tensor,
 class RIA(ActivationExponentMethod):
     """RIA as a registered method (`SIConfig(method="ria")`): the authors' defaults, a = 0.5, per-matrix masks.
 
-    `RIA(activation_exponent=..., per_row=...)` makes a variant; register it under another name to use it, e.g.
-    `register_method(RIA(per_row=True, name="ria-row"))`.
+    The recipe sets the knobs: `SIConfig(method="ria", ria_a=1.0, ria_per_row=True)`. A variant registered under
+    its own name, e.g. `register_method(RIA(per_row=True, name="ria-row"))`, reads the same fields.
     """
 
     name = "ria"
     display_name = "RIA"
     exponent_label = "activation exponent a ="
     default_exponent = DEFAULT_ACTIVATION_EXPONENT
+    config_fields = {"ria_a": "activation_exponent", "ria_per_row": "per_row"}
     citation = ("Zhang et al., Plug-and-Play: An Efficient Post-training Pruning Method for Large Language Models "
                 "(RIA), ICLR 2024.")
 

@@ -88,11 +88,13 @@ def _cubed_z(normalised: torch.Tensor) -> torch.Tensor:
 @register_method
 class ZPruner(ActivationExponentMethod):
     """Z-Pruner as a registered method (`SIConfig(method="zpruner")`): the reference code's defaults, ||X||^1.5 and
-    per-matrix masks. `ZPruner(activation_exponent=..., per_row=..., name=...)` makes a variant to register."""
+    per-matrix masks. The recipe sets the knobs: `SIConfig(method="zpruner", zpruner_exponent=..., zpruner_per_row=...)`;
+    `ZPruner(activation_exponent=..., per_row=..., name=...)` makes a variant to register under its own name."""
 
     name = "zpruner"
     display_name = "Z-Pruner"
     default_exponent = DEFAULT_ACTIVATION_EXPONENT
+    config_fields = {"zpruner_exponent": "activation_exponent", "zpruner_per_row": "per_row"}
     citation = ("Bhuiyan et al., Z-Pruner: Post-Training Pruning of Large Language Models for Efficiency without "
                 "Retraining, arXiv 2508.15828 (IEEE AICCSA 2025).")
 

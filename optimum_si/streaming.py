@@ -10,6 +10,8 @@ The run works in a sibling of `save_dir`, `.<name>.optimum-si-partial` (see `opt
 shards written so far) only after every planned Linear in it is pruned; a fault inside a block leaves the progress at
 the last good block. A restarted run of the same run (same recipe, calibration tokens and source checkpoint: the
 fingerprint) recomputes the activations through the finished blocks, read back from its own output, and continues;
+with `sparsity_profile="owl"` the progress file also holds the outlier ratio of every block profiled so far
+(`optimum_si.owl_streaming`), so the dense profiling pass is not repeated either;
 every step of finishing (renames, index, side files, sidecars, manifest, swap) can be repeated, so a rerun after a
 kill or a full disk at any point completes the folder.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -381,6 +384,10 @@ def _check_progress(progress: dict[str, Any], num_blocks: int) -> None:
             raise ValueError(f"{shard['file']!r} is not a part file of this run")
         if not all(isinstance(k, str) for k in shard["keys"]) or not isinstance(shard["bytes"], int):
             raise ValueError(f"bad entry for {shard['file']}")
+    ratios = progress.get("owl_ratios", [])
+    if not isinstance(ratios, list) or len(ratios) > num_blocks or not all(
+            r is None or type(r) in (int, float) and math.isfinite(r) for r in ratios):
+        raise ValueError(f"bad OWL profile {str(ratios)[:80]}")
     for name, layer in progress["layers"].items():
         if set(layer) - {"name", "numel", "zeros", "error"} or not isinstance(layer["name"], str) \
                 or not isinstance(layer["numel"] + layer["zeros"], int):

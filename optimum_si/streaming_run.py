@@ -47,9 +47,6 @@ def prune_checkpoint(config: SIConfig, source: str, save_dir: str, tokenizer: An
     from .locking import output_lock
 
     check_runtime(config)
-    if config.sparsity_profile == "owl":
-        raise NotImplementedError("sparsity_profile='owl' is not available when streaming yet (its dense profiling "
-                                  "pass would be a second read of the checkpoint); load the model in memory.")
     folder = st.resolve_source(source, revision=revision, token=token)
     try:
         model_config = AutoConfig.from_pretrained(folder)
@@ -110,11 +107,20 @@ def prune_checkpoint(config: SIConfig, source: str, save_dir: str, tokenizer: An
         if progress:
             report.layers = {k: LayerRecord(**v) for k, v in progress["layers"].items()}
         planned = [plan.names(i) for i in range(len(plan))]
+        # OWL's outlier ratio of each block profiled so far: recorded with the progress, so that a restarted run
+        # does not profile those blocks again (all of them, once any block is pruned).
+        owl_ratios: list[float | None] = list(progress.get("owl_ratios") or []) if progress else []
 
         def record(done: int) -> None:
-            st.write_progress(partial, {"fingerprint": fingerprint, "finished_blocks": done,
-                                        "shards": writer.shards,
-                                        "layers": {k: v.__dict__ for k, v in report.layers.items()}})
+            state = {"fingerprint": fingerprint, "finished_blocks": done, "shards": writer.shards,
+                     "layers": {k: v.__dict__ for k, v in report.layers.items()}}
+            if cfg.sparsity_profile == "owl":
+                state["owl_ratios"] = owl_ratios
+            st.write_progress(partial, state)
+
+        def on_block_profiled(ratios: list[float | None]) -> None:
+            owl_ratios[:] = ratios
+            record(finished)
 
         def on_block_written(i: int) -> None:
             _check_pruned(report, planned[i], f"Block {i}")
@@ -122,9 +128,11 @@ def prune_checkpoint(config: SIConfig, source: str, save_dir: str, tokenizer: An
 
         if group is not None:  # the other ranks run the same blocks on their share of the windows
             group.announce({"finished": finished, "partial": partial, "shards": writer.shards,
-                            "layers": progress["layers"] if progress else {}})
+                            "layers": progress["layers"] if progress else {}, "owl_ratios": list(owl_ratios)})
         started = time.perf_counter()
         if finished < len(blocks):
+            if cfg.sparsity_profile == "owl":
+                _profile_owl(run, skeleton, index, owl_ratios, on_block_profiled)
             _stream_blocks(run, skeleton, index, partial, writer, on_block_written, finished, report)
         report.total_seconds = time.perf_counter() - started
         if run.ids is not None:
@@ -181,6 +189,8 @@ def _follow(group: distributed.DataParallel, run: RunSetup, skeleton: nn.Module,
         report.layers = {k: LayerRecord(**v) for k, v in state["layers"].items()}
         started = time.perf_counter()
         if state["finished"] < len(run.blocks):
+            if run.config.sparsity_profile == "owl":  # the same profile as rank 0, statistics reduced with its
+                _profile_owl(run, skeleton, index, state["owl_ratios"], None)
             _stream_blocks(run, skeleton, index, state["partial"], SimpleNamespace(shards=state["shards"]), None,
                            state["finished"], report)
         report.total_seconds = time.perf_counter() - started
@@ -188,6 +198,26 @@ def _follow(group: distributed.DataParallel, run: RunSetup, skeleton: nn.Module,
             report.num_samples, report.seqlen = run.ids.shape
     group.await_release()  # rank 0 has written and swapped in save_dir
     return report if state is not None else _saved_report(folders.resolve(save_dir))
+
+
+def _profile_owl(run: RunSetup, skeleton: nn.Module, index: st.CheckpointIndex, done: list[float | None],
+                 on_block: Callable[[list[float | None]], None] | None) -> None:
+    """OWL's dense profiling pass over the source checkpoint (the blocks not profiled yet), and the plan's per-block
+    sparsities from it."""
+    from .owl_streaming import profile_blocks, sparsities_from_ratios
+
+    cfg = run.config
+    ratios = done
+    if len(done) < len(run.blocks):
+        started = time.perf_counter()
+        source = st.StreamingSource(run.blocks, run.block_path, index, run.device, None)
+        skeleton.eval()
+        with torch.no_grad():
+            inputs = capture_streamed(run, skeleton, index)
+        ratios = profile_blocks(source, run.plan, inputs, cfg.owl_m, done, on_block)
+        logger.info("OWL profiling pass over %d blocks: %.1f s", len(run.blocks) - len(done),
+                    time.perf_counter() - started)
+    run.plan.block_sparsities = sparsities_from_ratios(ratios, cfg.sparsity, cfg.owl_lambda)
 
 
 def _stream_blocks(run: RunSetup, skeleton: nn.Module, index: st.CheckpointIndex, partial: str, writer: Any,

@@ -89,13 +89,6 @@ def test_owl_prunes_each_block_at_its_own_sparsity(method):
     assert pruner.report.sparsity == pytest.approx(0.7, abs=0.015)
 
 
-def test_streaming_is_refused_before_anything_happens(tmp_path):
-    pruner = SIPruner(sparsity_profile="owl", show_progress=False)
-    with pytest.raises(NotImplementedError, match="streaming"):
-        pruner.prune(str(tmp_path / "model"), save_dir=str(tmp_path / "out"), dataset=token_ids())
-    assert not (tmp_path / "out").exists()
-
-
 def test_card_names_owl(tmp_path):
     import os
 

@@ -132,7 +132,7 @@ class SIConfig:
                                           "dampening_frac is SparseGPT's).", default=_alps.DEFAULT_DAMPENING)
     sparsity_profile: SparsityProfile = _help(
         "'uniform' (every pruned matrix at `sparsity`) or 'owl' (per-block sparsities from the dense model's outlier "
-        "ratios, mean `sparsity`; unstructured, in-memory, without induction for now; docs/methods.md).",
+        "ratios, mean `sparsity`; unstructured only, in-memory for now; docs/methods.md).",
         default="uniform")
     owl_m: float = _help("OWL: a weight is an outlier when its Wanda metric exceeds owl_m x its block's mean.",
                          default=5.0)
@@ -302,7 +302,7 @@ class SIConfig:
                 # A knob of another method is a typo or a leftover of an edited recipe: it would silently do nothing.
                 raise ValueError(
                     f"{name}={value!r} is a setting of method={owner!r}, but this recipe uses method={self.method!r}, "
-                    f"which does not read it; remove {name} (or set method={owner!r}).")
+                    f"which does not read it; remove `{name}` (or set method={owner!r}).")
 
     def _validate_profile(self) -> None:
         if self.sparsity_profile not in CHOICES["sparsity_profile"]:

@@ -130,3 +130,136 @@ def test_choices_are_str_enums_that_read_as_strings():
     assert CHOICES["induction_optimizer"] == ("adam", "damped-adam")
     with pytest.raises(ValueError, match="induction_target must be one of 'local', 'global'"):
         SIConfig(induction_target="far")
+
+
+# --------------------------------------------------------------------------- method knobs (issue 12)
+
+KNOB_VALUES = {"ria": {"ria_a": 1.0, "ria_per_row": True},
+               "zpruner": {"zpruner_exponent": 1.0, "zpruner_per_row": True},
+               "alps": {"alps_rho0": 1.0, "alps_max_iter": 50, "alps_update_every": 5, "alps_min_iter": 10,
+                        "alps_pcg_iters": 0, "alps_pcg_rtol": 0.0, "alps_dampening": 0.05}}
+
+
+def test_knob_defaults_are_the_authors_and_the_methods_own():
+    from optimum_si import alps
+    from optimum_si.config import METHOD_KNOBS
+    from optimum_si.methods import get_method
+
+    config = SIConfig()
+    assert (config.ria_a, config.ria_per_row, config.zpruner_exponent, config.zpruner_per_row) == (0.5, False, 1.5, False)
+    assert (config.alps_rho0, config.alps_max_iter, config.alps_update_every, config.alps_min_iter,
+            config.alps_pcg_iters, config.alps_pcg_rtol, config.alps_dampening) == (
+        alps.DEFAULT_RHO0, alps.DEFAULT_MAX_ITER, alps.DEFAULT_UPDATE_EVERY, alps.DEFAULT_MIN_ITER,
+        alps.DEFAULT_PCG_ITERS, alps.DEFAULT_PCG_RTOL, alps.DEFAULT_DAMPENING) == (0.1, 300, 3, 30, 10, 1e-4, 0.01)
+    # Every knob field belongs to exactly the built-in that reads it, and its default is that method's own value.
+    assert {name: method for method in KNOB_VALUES for name in get_method(method).config_fields} == METHOD_KNOBS
+    for name, method in METHOD_KNOBS.items():
+        registered = get_method(method)
+        assert getattr(registered, registered.config_fields[name]) == getattr(config, name), name
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"method": "ria", "ria_a": -0.5}, r"ria_a must be a finite number >= 0, got -0.5 \(the authors' code uses 0.5\)"),
+        ({"method": "ria", "ria_a": float("inf")}, "ria_a must be a finite number"),
+        ({"method": "ria", "ria_a": "0.5"}, "ria_a must be a finite number"),
+        ({"method": "ria", "ria_per_row": 1}, "ria_per_row must be True or False"),
+        ({"method": "zpruner", "zpruner_exponent": float("nan")}, "zpruner_exponent must be a finite number >= 0"),
+        ({"method": "alps", "alps_rho0": 0}, r"alps_rho0 must be a finite number > 0, got 0 \(the authors' code uses 0.1\)"),
+        ({"method": "alps", "alps_max_iter": 0}, "alps_max_iter must be an integer >= 1"),
+        ({"method": "alps", "alps_max_iter": 2.5}, "alps_max_iter must be an integer >= 1"),
+        ({"method": "alps", "alps_max_iter": True}, "alps_max_iter must be an integer >= 1"),
+        ({"method": "alps", "alps_update_every": 0}, "alps_update_every must be an integer >= 1"),
+        ({"method": "alps", "alps_min_iter": -1}, "alps_min_iter must be an integer >= 0"),
+        ({"method": "alps", "alps_pcg_iters": -1}, "alps_pcg_iters must be an integer >= 0"),
+        ({"method": "alps", "alps_pcg_rtol": -1e-4}, "alps_pcg_rtol must be a finite number >= 0"),
+        ({"method": "alps", "alps_dampening": 0.0}, "alps_dampening must be a finite number > 0"),
+    ],
+)
+def test_invalid_knobs_name_the_field_and_the_default(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SIConfig(**kwargs)
+
+
+@pytest.mark.parametrize("method, knob, value", [("wanda", "ria_a", 1.0), ("zpruner", "ria_per_row", True),
+                                                 ("sparsegpt", "alps_rho0", 1.0), ("ria", "zpruner_exponent", 2.0),
+                                                 ("magnitude", "alps_pcg_iters", 0)])
+def test_a_knob_of_another_method_is_refused(method, knob, value):
+    with pytest.raises(ValueError, match=rf"{knob}={value!r} is a setting of method=.*, but this recipe uses "
+                                         rf"method='{method}', which does not read it; remove `{knob}`"):
+        SIConfig(method=method, **{knob: value})
+    # At its default it says nothing, so a recipe that spells out every field still loads.
+    assert SIConfig(method=method, **{knob: getattr(SIConfig(), knob)}).method == method
+    # Switching the method of a recipe that set the knob is caught as well.
+    owner = [m for m, knobs in KNOB_VALUES.items() if knob in knobs][0]
+    with pytest.raises(ValueError, match="does not read it"):
+        SIConfig(method=owner, **{knob: value}).replace(method=method)
+
+
+@pytest.mark.parametrize("method", list(KNOB_VALUES))
+def test_knobs_configure_the_method_without_touching_the_registered_one(method):
+    from optimum_si.methods import get_method
+
+    registered = get_method(method)
+    before = dict(vars(registered))
+    assert SIConfig(method=method).pruning_method is registered  # defaults: the registered object itself
+    configured = SIConfig(method=method, **KNOB_VALUES[method]).pruning_method
+    assert configured is not registered and type(configured) is type(registered) and configured.name == method
+    for name, value in KNOB_VALUES[method].items():
+        assert getattr(configured, registered.config_fields[name]) == value, name
+    assert vars(registered) == before
+
+
+def test_a_registered_variant_reads_its_class_knobs():
+    from optimum_si.methods import register_method
+    from optimum_si.methods.ria import RIA
+
+    register_method(RIA(per_row=True, activation_exponent=0.25, name="ria-row-knobs"), overwrite=True)
+    assert SIConfig(method="ria-row-knobs").pruning_method.activation_exponent == 0.25  # the variant's own value
+    configured = SIConfig(method="ria-row-knobs", ria_a=1.0).pruning_method
+    assert (configured.activation_exponent, configured.per_row, configured.name) == (1.0, True, "ria-row-knobs")
+    with pytest.raises(ValueError, match="does not read it"):
+        SIConfig(method="ria-row-knobs", zpruner_exponent=1.0)
+
+
+@pytest.mark.parametrize("method", list(KNOB_VALUES))
+def test_knobs_round_trip_and_only_the_methods_own_are_written(method, tmp_path):
+    from optimum_si.config import METHOD_KNOBS
+
+    config = SIConfig(method=method, **KNOB_VALUES[method])
+    data = json.loads(config.to_json_string())
+    assert {k for k in data if k in METHOD_KNOBS} == set(KNOB_VALUES[method])
+    assert SIConfig.from_dict(data) == config
+    config.save_pretrained(tmp_path)
+    assert SIConfig.from_pretrained(tmp_path) == config
+    assert not set(METHOD_KNOBS) & set(SIConfig(method="wanda").to_dict())  # a Wanda recipe reads as it always did
+
+
+def test_recipes_written_before_the_knobs_load_with_the_authors_defaults(tmp_path):
+    old = {"method": "alps", "sparsity": 0.7, "mask_structure": "unstructured", "format_version": 1,
+           "meta": {"optimum_si": "0.1.0"}}
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(old))
+    config = SIConfig.from_pretrained(tmp_path)
+    assert (config.alps_rho0, config.alps_max_iter) == (0.1, 300)
+    assert SIConfig.from_pretrained(tmp_path, alps_max_iter=40).pruning_method.max_iter == 40
+
+
+def test_cli_flags_for_the_knobs_come_from_the_fields():
+    from optimum_si.cli import UsageError, _config_from_args, build_parser
+    from optimum_si.config import METHOD_KNOBS
+
+    parser = build_parser()
+    help_text = parser._subparsers._group_actions[0].choices["prune"].format_help()
+    for name in METHOD_KNOBS:
+        assert "--" + name.replace("_", "-") in help_text, name
+    assert "--no-ria-per-row" in help_text and "--zpruner-per-row" in help_text
+    base = ["prune", "--model", "m", "--output", "o"]
+    args = parser.parse_args([*base, "--method", "ria", "--ria-a", "1", "--ria-per-row"])
+    config = _config_from_args(args)
+    assert (config.ria_a, config.ria_per_row) == (1.0, True) and config.pruning_method.per_row
+    args = parser.parse_args([*base, "--method", "alps", "--alps-max-iter", "40", "--alps-pcg-rtol", "0"])
+    assert _config_from_args(args).pruning_method.max_iter == 40
+    with pytest.raises(UsageError, match=r"--ria-a 1.0 is a setting of --method 'ria', but this recipe uses "
+                                         r"--method 'wanda', which does not read it; remove --ria-a"):
+        _config_from_args(parser.parse_args([*base, "--method", "wanda", "--ria-a", "1"]))

@@ -251,3 +251,28 @@ def test_streaming_from_a_folder_equals_in_memory(tmp_path):
             written.update(load_file(os.path.join(out, name)))
     expected = in_memory.state_dict()
     assert written and all(torch.equal(tensor, expected[key]) for key, tensor in written.items())
+
+
+def test_the_recipes_knobs_reach_the_solver(monkeypatch):
+    from optimum_si import alps
+
+    seen = []
+    original_prune, original_prepare = alps.alps_prune, alps.prepare_hessian
+
+    def prune(*args, **kwargs):
+        seen.append(kwargs)
+        return original_prune(*args, **kwargs)
+
+    def prepare(hessian, dampening):
+        seen.append({"dampening": dampening})
+        return original_prepare(hessian, dampening)
+
+    monkeypatch.setattr(alps, "alps_prune", prune)
+    monkeypatch.setattr(alps, "prepare_hessian", prepare)
+    knobs = dict(alps_rho0=0.5, alps_max_iter=7, alps_update_every=2, alps_min_iter=4, alps_pcg_iters=3,
+                 alps_pcg_rtol=0.0, alps_dampening=0.02)
+    _prune(False, sparsity=0.6, **knobs)
+    assert {"rho0": 0.5, "max_iter": 7, "update_every": 2, "min_iter": 4, "pcg_iters": 3, "pcg_rtol": 0.0}.items() \
+        <= seen[1].items()
+    assert all(entry.get("dampening", 0.02) == 0.02 for entry in seen) and {"dampening": 0.02} in seen
+    assert get_method("alps").max_iter == 300  # the registered method is untouched

@@ -92,3 +92,50 @@ def test_saved_card_names_the_method(tmp_path):
     card = open(os.path.join(out, "README.md"), encoding="utf-8").read()
     assert "Plug-and-Play" in card and "activation exponent a = 0.5, per matrix" in card
     assert SIPruner.from_pretrained(out).config.method == "ria"
+
+
+@pytest.mark.parametrize("method, knobs, exponent, per_row", [
+    ("ria", {"ria_a": 1.0, "ria_per_row": True}, 1.0, True), ("zpruner", {"zpruner_exponent": 0.5}, 0.5, False)])
+def test_the_recipes_knobs_reach_the_engine(method, knobs, exponent, per_row):
+    model, ids = tiny_model("llama"), token_ids()
+    dense = {name: model.model.layers[0].get_submodule(name).weight.detach().clone() for name in BLOCK0}
+    sq_norms = _block0_sq_norms(model, ids)
+    SIPruner(method=method, sparsity=0.5, num_samples=8, seqlen=32, show_progress=False, **knobs).prune(
+        model, dataset=ids)
+    moved = False
+    for name in BLOCK0:
+        expected = select_mask(SCORES[method](dense[name], sq_norms[name], exponent), 0.5, None, per_row=per_row)
+        pruned = model.model.layers[0].get_submodule(name).weight
+        assert torch.equal(pruned != 0, expected), name
+        moved |= not torch.equal(expected, select_mask(SCORES[method](dense[name], sq_norms[name]), 0.5, None,
+                                                       per_row=False))
+    assert moved  # the knobs made another mask than the defaults
+
+
+@pytest.mark.parametrize("method, knobs", [("ria", {"ria_a": 1.0, "ria_per_row": True}),
+                                           ("zpruner", {"zpruner_exponent": 1.0, "zpruner_per_row": True})])
+def test_sparsity_induction_with_knobs_keeps_the_configured_grouping(method, knobs):
+    model = tiny_model("llama")
+    pruner = SIPruner(method=method, sparsity=0.5, induction=True, induction_refresh_interval=1,
+                      num_samples=8, seqlen=32, show_progress=False, **knobs)
+    pruner.prune(model, dataset=token_ids())
+    for layer in model.model.layers:  # per row, also after every refresh: exactly half of each row
+        for name in BLOCK0:
+            weight = layer.get_submodule(name).weight
+            assert bool(((weight == 0).sum(1) == weight.shape[1] // 2).all()), name
+    assert sum(block.induction.mask_changes for block in pruner.report.blocks) > 0
+
+
+def test_card_rows_show_the_knobs():
+    from optimum_si import SIConfig
+    from optimum_si.model_card import build_model_card
+
+    model_config = tiny_model("llama").config
+    card = str(build_model_card(model_config, SIConfig(method="ria", ria_a=1.0, ria_per_row=True), None))
+    assert "| RIA | activation exponent a = 1, per output row |" in card
+    card = str(build_model_card(model_config, SIConfig(method="zpruner", zpruner_exponent=2.0), None))
+    assert "| Z-Pruner | activation exponent 2, per matrix |" in card
+    card = str(build_model_card(model_config, SIConfig(method="alps", alps_max_iter=50, alps_pcg_iters=0,
+                                                      alps_dampening=0.05), None))
+    assert ("| ALPS | ρ0 = 0.1, at most 50 ADMM iterations (ρ updated every 3, support-settled stop from iteration "
+            "30), 0 PCG iterations (rtol 0.0001), dampening 0.05 |") in card

@@ -101,3 +101,31 @@ def test_card_names_owl(tmp_path):
     assert "| Sparsity profile | OWL: per-block sparsities with mean 0.7 (M = 5, lambda = 0.08) |" in card
     assert "arXiv 2310.05175" in card
     assert SIPruner.from_pretrained(out).config.sparsity_profile == "owl"
+
+
+@pytest.mark.parametrize("method", ["wanda", "magnitude", "ria", "zpruner", "alps"])
+def test_owl_with_sparsity_induction(method):
+    """OWL + SI in memory: the profile comes from the dense model as without SI, and SI's mask refreshes keep each
+    block at its own OWL sparsity (plan.sparsity_for), not at the recipe's mean."""
+    model, ids = _outlier_model(), token_ids()
+    _ratios, expected = _expected_block_sparsities(model, ids, 0.7)
+    pruner = SIPruner(method=method, sparsity=0.7, sparsity_profile="owl", induction=True,
+                      induction_refresh_interval=1, induction_validation_fraction=0, num_samples=8, seqlen=32,
+                      show_progress=False)
+    pruner.prune(model, dataset=ids)
+    for i, layer in enumerate(model.model.layers):
+        for name in LINEARS:
+            weight = layer.get_submodule(name).weight
+            if method == "wanda":
+                assert bool(((weight == 0).sum(1) == int(weight.shape[1] * expected[i])).all()), (i, name)
+            else:  # per matrix, the exact count of the block's sparsity
+                assert int((weight == 0).sum()) == int(weight.numel() * expected[i]), (i, name)
+    assert len(pruner.report.blocks) == 2
+    for block in pruner.report.blocks:
+        assert block.induction is not None and block.induction["steps"] > 0
+        if method != "alps":  # mask-only methods refresh; ALPS keeps its own mask, as SparseGPT does
+            assert block.induction["mask_changes"] > 0
+        else:
+            assert not block.induction["mask_changes"]
+    assert pruner.report.sparsity == pytest.approx(0.7, abs=0.015)
+    assert all(torch.isfinite(p).all() for p in model.parameters())

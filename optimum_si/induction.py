@@ -4,7 +4,8 @@ Reading of arXiv 2602.21652 implemented here (the evidence is in docs/si-design.
 
 - Distribution level (eq. 3, 5): an *equivalent* per-channel scale of every scaling group, initialised from the
   calibration data and folded into producer and consumers (`transforms.fold_scaling`); the dense function is
-  unchanged. Only masks that are not scale-invariant move (magnitude; see pruning-reference.md §2).
+  unchanged. It is folded before pruning only for methods whose mask it improves (magnitude: `fold_changes_mask`;
+  pruning-reference.md §2, docs/si-design.md §1 and §7).
 - Feature level (eq. 4, 6-8, 10-11): after the base pruner, each pruned Linear gets learnable input-column scales
   s and output-row scales r, y = r * ((W * M) (s * x)) + b, trained to reconstruct the dense block output (MSE)
   with the spectral term R_p. Scaling the input of a layer by D = diag(s) turns its Wanda metric into

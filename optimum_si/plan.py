@@ -2,7 +2,8 @@
 
 It is the list of each block's targets (`optimum_si.targets.WeightTarget` by name), the weights left dense on
 purpose, and the sparsity of every target through `sparsity_for(name)`. That method is the seam for non-uniform
-allocations (OWL and the like): today every target gets the recipe's sparsity.
+allocations: OWL (`optimum_si.owl`) fills `block_sparsities`, and the engine's masks and solves and Sparsity
+Induction's mask refreshes all read each target's sparsity from it.
 """
 
 from __future__ import annotations

@@ -436,6 +436,8 @@ class SIConfig:
         values = {name: getattr(self, name) for name in known}
         if "mask_structure" in changes and "sparsity" not in changes:
             values["sparsity"] = None
+        if "method" in changes:
+            _drop_foreign_knobs(values, changes)
         values.update(changes)
         return type(self)(**values)
 
@@ -475,6 +477,8 @@ class SIConfig:
             raise ValueError(f"Unknown SIConfig field(s): {', '.join(bad_overrides)}. Valid fields: {', '.join(sorted(known))}.")
         if "mask_structure" in overrides and "sparsity" not in overrides:
             values.pop("sparsity", None)  # the new structure decides the sparsity unless the user also gives one
+        if "method" in overrides:
+            _drop_foreign_knobs(values, overrides)
         values.update(overrides)
         return cls(**values)
 
@@ -520,6 +524,23 @@ _KNOB_RANGES: dict[str, tuple[type, float, bool]] = {
     "alps_min_iter": (int, 0, True), "alps_pcg_iters": (int, 0, True), "alps_pcg_rtol": (float, 0, True),
     "alps_dampening": (float, 0, False),
 }
+
+
+def _drop_foreign_knobs(values: dict[str, Any], changes: dict[str, Any]) -> None:
+    """A recipe whose method is changed keeps only the knobs the new method reads (the others were settings of the
+    old method, not mistakes); knobs given together with the new method are still checked against it."""
+    from .methods import get_method
+
+    try:
+        reads = get_method(changes["method"]).config_fields
+    except (ValueError, TypeError):
+        return  # not a registered method name: SIConfig reports it
+    for name in METHOD_KNOBS:
+        if name in values and name not in reads and name not in changes:
+            if values[name] != _FIELD_DEFAULTS[name]:
+                logger.info("method=%r does not read %s=%r (a setting of method=%r); dropped.", changes["method"],
+                            name, values[name], METHOD_KNOBS[name])
+            del values[name]
 
 
 def read_recipe(path: str | os.PathLike) -> dict[str, Any]:

@@ -191,10 +191,17 @@ def test_a_knob_of_another_method_is_refused(method, knob, value):
         SIConfig(method=method, **{knob: value})
     # At its default it says nothing, so a recipe that spells out every field still loads.
     assert SIConfig(method=method, **{knob: getattr(SIConfig(), knob)}).method == method
-    # Switching the method of a recipe that set the knob is caught as well.
+    # Switching the method of a recipe that set the knob drops it (a setting of the old method, not a mistake), as a
+    # new mask_structure drops the old sparsity; given together with the new method it is still refused.
     owner = [m for m, knobs in KNOB_VALUES.items() if knob in knobs][0]
+    recipe = SIConfig(method=owner, **{knob: value})
+    switched = recipe.replace(method=method)
+    assert switched.method == method and getattr(switched, knob) == getattr(SIConfig(), knob)
+    assert SIConfig.from_dict(recipe.to_dict(), method=method) == switched
     with pytest.raises(ValueError, match="does not read it"):
-        SIConfig(method=owner, **{knob: value}).replace(method=method)
+        recipe.replace(method=method, **{knob: value})
+    with pytest.raises(ValueError, match="does not read it"):
+        SIConfig.from_dict(recipe.to_dict(), method=method, **{knob: value})
 
 
 @pytest.mark.parametrize("method", list(KNOB_VALUES))
@@ -245,7 +252,7 @@ def test_recipes_written_before_the_knobs_load_with_the_authors_defaults(tmp_pat
     assert SIConfig.from_pretrained(tmp_path, alps_max_iter=40).pruning_method.max_iter == 40
 
 
-def test_cli_flags_for_the_knobs_come_from_the_fields():
+def test_cli_flags_for_the_knobs_come_from_the_fields(tmp_path):
     from optimum_si.cli import UsageError, _config_from_args, build_parser
     from optimum_si.config import METHOD_KNOBS
 
@@ -260,6 +267,11 @@ def test_cli_flags_for_the_knobs_come_from_the_fields():
     assert (config.ria_a, config.ria_per_row) == (1.0, True) and config.pruning_method.per_row
     args = parser.parse_args([*base, "--method", "alps", "--alps-max-iter", "40", "--alps-pcg-rtol", "0"])
     assert _config_from_args(args).pruning_method.max_iter == 40
+    recipe = tmp_path / "alps.json"
+    SIConfig(method="alps", alps_max_iter=40).save_pretrained(tmp_path)
+    (tmp_path / CONFIG_NAME).rename(recipe)
+    switched = _config_from_args(parser.parse_args([*base, "--recipe", str(recipe), "--method", "sparsegpt"]))
+    assert (switched.method, switched.alps_max_iter) == ("sparsegpt", 300)
     with pytest.raises(UsageError, match=r"--ria-a 1.0 is a setting of --method 'ria', but this recipe uses "
                                          r"--method 'wanda', which does not read it; remove --ria-a"):
         _config_from_args(parser.parse_args([*base, "--method", "wanda", "--ria-a", "1"]))

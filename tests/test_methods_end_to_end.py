@@ -139,3 +139,21 @@ def test_card_rows_show_the_knobs():
                                                       alps_dampening=0.05), None))
     assert ("| ALPS | ρ0 = 0.1, at most 50 ADMM iterations (ρ updated every 3, support-settled stop from iteration "
             "30), 0 PCG iterations (rtol 0.0001), dampening 0.05 |") in card
+
+
+@pytest.mark.parametrize("method", ["ria", "zpruner", "alps"])
+@pytest.mark.parametrize("pattern", [{"mask_structure": "2:4"}, {"sparsity": 0.9}])
+def test_sparsity_induction_at_two_four_and_high_sparsity(method, pattern):
+    model = tiny_model("llama")
+    pruner = SIPruner(method=method, induction=True, induction_refresh_interval=1, num_samples=8, seqlen=32,
+                      show_progress=False, **pattern)
+    pruner.prune(model, dataset=token_ids())
+    for layer in model.model.layers:
+        for name in BLOCK0:
+            weight = layer.get_submodule(name).weight
+            if "mask_structure" in pattern:
+                assert follows_nm(weight, 2, 4), name
+            else:
+                assert int((weight == 0).sum()) == int(weight.numel() * 0.9), name
+    assert all(block.induction is not None and block.induction["steps"] > 0 for block in pruner.report.blocks)
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -11,7 +11,7 @@ activation norm to the power a (the reference code's `--a`, default 0.5).
 
 Decisions (docs/methods.md gives the sources):
 - Comparison group: the whole matrix, as the reference code does unless `--per_outneuron` is passed (its README
-  commands never pass it; pruning-reference.md §1.7 agrees). `RIA(per_row=True)` is the per-output-row variant.
+  commands never pass it; pruning-reference.md §1.7 agrees). `ria_per_row=True` is the per-output-row variant.
 - N:M: the generic per-row group selection (pruning-reference.md §1.4), which is the reference's "directly N:M" path.
   Its optional channel reallocation and linear-sum-assignment permutations are not implemented.
 - Exact-count selection (the engine's), not the reference's `score <= sorted[k]` threshold, which drops one weight

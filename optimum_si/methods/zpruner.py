@@ -16,7 +16,7 @@ Decisions and ambiguities (docs/methods.md gives the sources):
 - Comparison group. pruning-reference.md says the masks are per output row; the reference code prunes per row only
   with `--per_outneuron`, and its README commands (which produced its tables) do not pass it, so it prunes per matrix
   (`W_metric <= sorted[k]` over the flattened matrix). The default here follows the code (per matrix);
-  `ZPruner(per_row=True)` is the per-row variant.
+  `zpruner_per_row=True` is the per-row variant.
 - N:M. pruning-reference.md mentions optional 2:4 channel reallocation and LSA; the reference code parses those
   flags (inherited from RIA's code) but `z_pruner` never reads N:M, so `--sparsity_type 2:4` prunes it unstructured.
   Here N:M applies the generic per-row group selection (pruning-reference.md §1.4) to the Z-Pruner score: an

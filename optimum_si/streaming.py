@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checkpoint_layout import CheckpointLayout
 from .config import SIConfig
 from .folders import inside, sync_dir, sync_file
 
@@ -82,10 +83,12 @@ def resolve_source(source: str | os.PathLike, revision: str | None = None, token
 class CheckpointIndex:
     """Where each tensor of a safetensors checkpoint lives, validated before anything is written."""
 
-    def __init__(self, folder: str, files: list[str] | None = None) -> None:
+    def __init__(self, folder: str, files: list[str] | None = None, layout: CheckpointLayout | None = None) -> None:
         from safetensors import safe_open
 
         self.folder = folder
+        # How the tensors map onto the model's parameters (set by `open_checkpoint`); None: by the same names.
+        self.layout = layout
         index_path = os.path.join(folder, INDEX_NAME)
         weight_map = None
         if files is not None:
@@ -130,6 +133,17 @@ class CheckpointIndex:
 
         with safe_open(self.locations[key], framework="pt", device=str(device)) as handle:
             return handle.get_tensor(key)
+
+    def read_params(self, names: list[str], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """Model parameters by their model names, converted from the checkpoint's layout where it differs (fused
+        experts made from per-expert matrices, as `from_pretrained` does)."""
+        if self.layout is None or self.layout.identity:
+            return {name: self.read(name, device) for name in names}
+        return self.layout.read(names, self, device)
+
+    def stored_keys(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Model tensors under the checkpoint's keys and in its layout (what `read_params` undoes)."""
+        return dict(tensors) if self.layout is None else self.layout.stored(tensors)
 
     def torch_dtype(self, key: str) -> torch.dtype | None:
         return _DTYPES.get(self.dtypes[key])
@@ -177,26 +191,18 @@ def open_checkpoint(folder: str, model_config) -> tuple[CheckpointIndex, nn.Modu
     index = CheckpointIndex(folder)
     with init_empty_weights():
         skeleton = AutoModelForCausalLM.from_config(model_config, dtype=index.main_dtype())
-    tied = getattr(model_config, "tie_word_embeddings", False)
-    for name, param in skeleton.named_parameters():
-        if name not in index.shapes:
-            if tied and name.endswith("lm_head.weight"):
-                continue
-            raise ValueError(f"The checkpoint has no tensor {name!r} that the config requires; the download is incomplete.")
-        if index.shapes[name] != tuple(param.shape):
-            raise ValueError(
-                f"Tensor {name} has shape {index.shapes[name]} in the checkpoint but {tuple(param.shape)} in its config; "
-                "the checkpoint and config.json do not match."
-            )
+    # Every parameter is found (by name, or through transformers' conversion for fused experts) with its shape.
+    index.layout = CheckpointLayout.of(skeleton, index, folder)
     return index, skeleton
 
 
 def _materialise(module: nn.Module, prefix: str, index: CheckpointIndex, device: torch.device) -> None:
     from accelerate.utils import set_module_tensor_to_device
 
-    for name, param in module.named_parameters(recurse=True):
-        key = f"{prefix}{name}"
-        set_module_tensor_to_device(module, name, device, value=index.read(key, device), dtype=param.dtype)
+    params = dict(module.named_parameters(recurse=True))
+    values = index.read_params([f"{prefix}{name}" for name in params], device)
+    for name, param in params.items():
+        set_module_tensor_to_device(module, name, device, value=values.pop(f"{prefix}{name}"), dtype=param.dtype)
 
 
 def _to_meta(module: nn.Module) -> None:
@@ -301,11 +307,9 @@ class StreamingSource:
         `release` (which runs after a fault too) never writes."""
         if index < self.finished or self.writer is None:
             return
-        tensors = {}
-        for name, tensor in block.state_dict().items():
-            key = f"{self.prefix}.{index}.{name}"
-            if key in self.index.shapes:
-                tensors[key] = self._as_stored(key, tensor)
+        state = {f"{self.prefix}.{index}.{name}": tensor for name, tensor in block.state_dict().items()}
+        tensors = {key: self._as_stored(key, tensor) for key, tensor in self.index.stored_keys(state).items()
+                   if key in self.index.shapes}
         self.writer.add(tensors)
         self.writer.flush()  # one part per block at least: a restart never loses a finished block
         if self.on_block_written is not None:

@@ -28,7 +28,6 @@ from .devices import check_runtime
 from .engine import BlockInputs
 from .report import LayerRecord, PruneReport
 from .run_setup import RunSetup, set_up_run
-from .targets import config_experts
 from .weights import UndoLog
 
 __all__ = ["prune_checkpoint"]
@@ -52,14 +51,6 @@ def prune_checkpoint(config: SIConfig, source: str, save_dir: str, tokenizer: An
         model_config = AutoConfig.from_pretrained(folder)
     except (OSError, ValueError, RecursionError) as err:
         raise ValueError(f"{source} has no usable config.json ({err}).") from err
-    if config_experts(model_config) > 1:
-        # transformers 5 fuses experts into 3-D parameters on load, converting from per-expert files; streaming
-        # reads tensors by their file names, so it would not find the fused ones.
-        raise NotImplementedError(
-            f"{source} is a mixture-of-experts model ({model_config.model_type}); streaming does not convert its "
-            "per-expert files to the fused experts yet. Load it in memory and prune that: "
-            "SIPruner(...).prune(AutoModelForCausalLM.from_pretrained(...), ...), then save()."
-        )
     index, skeleton = st.open_checkpoint(folder, model_config)
     target = folders.resolve(save_dir)
 
@@ -139,10 +130,10 @@ def prune_checkpoint(config: SIConfig, source: str, save_dir: str, tokenizer: An
             report.num_samples, report.seqlen = run.ids.shape
         # Non-block tensors (embeddings, final norm, LM head) go last, as stored in the source (dtype and bytes).
         written = {key for shard in writer.shards for key in shard["keys"]}
-        rest = [name for name, _param in skeleton.named_parameters()
-                if not name.startswith(f"{block_path}.") and name in index.shapes and name not in written]
-        for name in rest:
-            writer.add({name: index.read(name)})
+        rest = [key for name, _param in skeleton.named_parameters() if not name.startswith(f"{block_path}.")
+                for key in _keys_of(index, name) if key not in written]
+        for key in rest:
+            writer.add({key: index.read(key)})
         if rest:
             writer.flush()
             record(len(blocks))
@@ -226,7 +217,7 @@ def _stream_blocks(run: RunSetup, skeleton: nn.Module, index: st.CheckpointIndex
     finished_index = None
     if finished:
         try:
-            finished_index = st.CheckpointIndex(partial, files=[s["file"] for s in writer.shards])
+            finished_index = st.CheckpointIndex(partial, files=[s["file"] for s in writer.shards], layout=index.layout)
         except (OSError, ValueError) as err:
             raise ValueError(f"The unfinished run in {partial} is damaged ({err}); pass overwrite=True to start "
                              "over.") from err
@@ -252,10 +243,10 @@ def capture_streamed(run: RunSetup, skeleton: nn.Module, index: st.CheckpointInd
 
     root, prefix = _capture_root(skeleton, run.blocks)
     names = [name for name, _param in skeleton.named_parameters()
-             if not name.startswith(f"{run.block_path}.") and name in index.shapes and name.startswith(prefix)]
+             if not name.startswith(f"{run.block_path}.") and _keys_of(index, name) and name.startswith(prefix)]
     tied = root is skeleton and getattr(run.model_config, "tie_word_embeddings", False)
-    for name in names:
-        set_module_tensor_to_device(skeleton, name, run.device, value=index.read(name, run.device))
+    for name, value in index.read_params(names, run.device).items():
+        set_module_tensor_to_device(skeleton, name, run.device, value=value)
     if tied:
         skeleton.tie_weights()
     try:
@@ -265,6 +256,13 @@ def capture_streamed(run: RunSetup, skeleton: nn.Module, index: st.CheckpointInd
             set_module_tensor_to_device(skeleton, name, "meta")
         if tied:
             skeleton.tie_weights()  # drop the LM head's reference to the real embedding too
+
+
+def _keys_of(index: st.CheckpointIndex, name: str) -> list[str]:
+    """The checkpoint keys model parameter `name` is stored under (none for an LM head tied to the embedding)."""
+    if index.layout is None:
+        return [name] if name in index.shapes else []
+    return index.layout.keys_of(name)
 
 
 def _capture_root(model: nn.Module, blocks: nn.ModuleList) -> tuple[nn.Module, str]:

@@ -179,17 +179,6 @@ def test_pruned_moe_and_conv1d_save_and_reload_bit_identically(arch, tmp_path):
         assert torch.equal(tensor, again.state_dict()[name]), name
 
 
-def test_moe_streaming_is_refused_before_anything_is_written(tmp_path):
-    """transformers 5 stores fused experts per expert on disk (converting on load); streaming reads tensors by name,
-    so it refuses MoE checkpoints up front, pointing to the in-memory path."""
-    source = tmp_path / "dense"
-    tiny_model("mixtral").save_pretrained(source)
-    with pytest.raises(NotImplementedError, match="in memory"):
-        SIPruner(method="wanda", num_samples=8, seqlen=32, show_progress=False).prune(
-            str(source), save_dir=str(tmp_path / "out"), dataset=token_ids())
-    assert not (tmp_path / "out").exists()
-
-
 def test_unknown_weight_layout_is_refused_before_any_change():
     model = tiny_model("llama")
     model.model.layers[1].mlp.register_parameter("mystery", nn.Parameter(torch.randn(8, 64)))

@@ -162,3 +162,21 @@ def test_a_tampered_profile_is_a_clear_error(source, tmp_path, monkeypatch, rati
     path.write_text(json.dumps(progress))
     with pytest.raises(ValueError, match="corrupted"):
         _pruner().prune(str(source), save_dir=out, dataset=calib)
+
+
+def test_streamed_owl_with_sparsity_induction_equals_in_memory(source, tmp_path):
+    """OWL + SI: the streamed profile sets the plan's block sparsities before SI's stage reads them."""
+    from transformers import AutoModelForCausalLM
+
+    calib = token_ids()
+    recipe = dict(method="wanda", sparsity=0.7, sparsity_profile="owl", induction=True, num_samples=8, seqlen=32,
+                  show_progress=False)
+    model = AutoModelForCausalLM.from_pretrained(source)
+    SIPruner(**recipe).prune(model, dataset=calib)
+    out = tmp_path / "out"
+    SIPruner(**recipe).prune(str(source), save_dir=out, dataset=calib)
+    expected = model.state_dict()
+    written = _written(out)
+    assert written and all(torch.equal(tensor, expected[key]) for key, tensor in written.items())
+    zeros = [float((written[f"model.layers.{i}.mlp.down_proj.weight"] == 0).float().mean()) for i in (0, 1)]
+    assert zeros == pytest.approx([0.78, 0.62], abs=0.02)

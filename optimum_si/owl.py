@@ -7,8 +7,9 @@ model computes, so the pass is a plain forward over the calibration windows with
 planned target (one `InputStatsCollector` per block, closed when its block's forward ends, so that only one block's
 inputs are held for input sharing at a time). Only per-target vectors of sum x_j^2 are kept.
 
-Limits of this first wiring: in-memory models whose weights are resident (not accelerate-offloaded, not streamed);
-mixture-of-experts targets use routed tokens (`expert_calibration="all"` would change the block outputs that the
+This pass is for in-memory models whose weights are resident (not accelerate-offloaded); a streamed checkpoint is
+profiled block by block by `owl_streaming.py`, with the same metrics and mapping (`BlockMetrics`,
+`sparsities_from_ratios`). Mixture-of-experts targets use routed tokens (`expert_calibration="all"` would change the block outputs that the
 forward propagates).
 """
 
@@ -28,12 +29,12 @@ from .offload import is_offloaded
 from .stats import InputStats, InputStatsCollector
 from .targets import WeightTarget
 
-__all__ = ["owl_block_sparsities"]
+__all__ = ["BlockMetrics", "owl_block_sparsities", "sparsities_from_ratios"]
 
 logger = logging.getLogger(__name__)
 
 
-class _BlockMetrics:
+class BlockMetrics:
     """The Wanda metrics of one block's targets, made on each iteration (`outlier_ratio` reads them twice) so that
     only one matrix's metric is alive at a time."""
 
@@ -73,8 +74,14 @@ def owl_block_sparsities(model: nn.Module, blocks: nn.ModuleList, plan: Sequence
         missing = [name for name in targets if name not in collector.stats or collector.stats[name].tokens == 0]
         if missing:
             raise RuntimeError(f"OWL profiling: block {index}'s {missing[0]} received no calibration input.")
-        ratios.append(outlier_ratio(_BlockMetrics(targets, collector.stats), m) if targets else None)
-    # A block with nothing planned takes no part in the allocation (and is pruned by nobody).
+        ratios.append(outlier_ratio(BlockMetrics(targets, collector.stats), m) if targets else None)
+    return sparsities_from_ratios(ratios, target, lam)
+
+
+def sparsities_from_ratios(ratios: Sequence[float | None], target: float, lam: float) -> list[float]:
+    """Per-block sparsities with mean `target` over the blocks that have targets; a block with nothing planned takes
+    no part in the allocation (nothing in it is pruned) and is given `target`. Shared by the in-memory profile above
+    and the streamed one (owl_streaming.py)."""
     planned = [r for r in ratios if r is not None]
     sparsities = iter(owl_sparsities(planned, target, lam))
     result = [next(sparsities) if r is not None else target for r in ratios]

@@ -15,32 +15,21 @@ The math is `optimum_si.allocation` (`outlier_ratio`, `owl_sparsities`), shared 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from . import distributed
-from .allocation import outlier_ratio, owl_sparsities
+from .allocation import outlier_ratio
 from .engine import BlockInputs, run_block
-from .metrics import wanda_scores
-from .stats import InputStats, InputStatsCollector
+from .owl import BlockMetrics, sparsities_from_ratios
+from .stats import InputStatsCollector
 from .targets import WeightTarget
 
 __all__ = ["profile_blocks", "sparsities_from_ratios"]
 
 logger = logging.getLogger(__name__)
-
-
-class _Metrics:
-    """Re-iterable Wanda metrics of one block's targets (`outlier_ratio` reads them twice), one matrix at a time."""
-
-    def __init__(self, targets: dict[str, WeightTarget], stats: dict[str, InputStats]) -> None:
-        self.targets, self.stats = targets, stats
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        for name, target in self.targets.items():
-            yield wanda_scores(target.weight(), self.stats[name].sq_norms)
 
 
 @torch.no_grad()
@@ -73,7 +62,7 @@ def profile_blocks(source, plan: Sequence[dict[str, WeightTarget]], inputs: Bloc
             missing = [name for name in targets if name not in collector.stats or collector.stats[name].tokens == 0]
             if missing:
                 raise RuntimeError(f"OWL profiling: block {index}'s {missing[0]} received no calibration input.")
-            ratios.append(outlier_ratio(_Metrics(targets, collector.stats), m) if targets else None)
+            ratios.append(outlier_ratio(BlockMetrics(targets, collector.stats), m) if targets else None)
             del collector
             hidden = outputs
         finally:
@@ -81,14 +70,3 @@ def profile_blocks(source, plan: Sequence[dict[str, WeightTarget]], inputs: Bloc
         if on_block is not None:
             on_block(list(ratios))
     return ratios
-
-
-def sparsities_from_ratios(ratios: Sequence[float | None], target: float, lam: float) -> list[float]:
-    """Per-block sparsities with mean `target` over the blocks that have targets; a block with nothing planned takes
-    no part in the allocation (nothing in it is pruned) and is given `target`."""
-    planned = [r for r in ratios if r is not None]
-    sparsities = iter(owl_sparsities(planned, target, lam))
-    result = [next(sparsities) if r is not None else target for r in ratios]
-    logger.info("OWL: outlier ratios (%%) %s -> block sparsities %s",
-                ", ".join(f"{r:.3g}" for r in planned), ", ".join(f"{s:.4f}" for s in result))
-    return result

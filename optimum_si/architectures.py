@@ -24,6 +24,13 @@ class ScalingGroupSpec:
         (q_proj, k_proj); `producer` is (q_norm, k_norm) where the model normalises q/k per head, else empty.
     `shift` marks groups whose shift can be absorbed (needs biases on producer and consumers); `rope` ties channel i
     with channel i + head_dim/2, so the rotary embedding still commutes with the scale.
+
+    Names are relative to the block and name a Linear, a GPT-2 `Conv1D`, a module holding a 2-D `weight` (MoE
+    routers) or a fused 3-D expert parameter (`mlp.experts.gate_up_proj`: one matrix per expert). A suffix `[i/n]`
+    takes the i-th of n equal row blocks of that matrix: GPT-2's fused `c_attn[2/3]` is v, `gate_up_proj[1/2]` the
+    up rows of every expert. A rows group over expert matrices has one scale per expert and channel (E x rows).
+    `applies_to` ("moe" / "dense") limits a group to blocks whose MLP is (or is not) a mixture of experts, for models
+    that mix both kinds of block.
     """
 
     name: str
@@ -33,6 +40,7 @@ class ScalingGroupSpec:
     kv_heads: bool = False
     shift: bool = False
     rope: bool = False
+    applies_to: str = "any"
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,8 @@ class ArchitectureSpec:
     sequential_groups: tuple[tuple[str, ...], ...]
     scaling_groups: tuple[ScalingGroupSpec, ...] = ()
     norm_offset: float = 0.0  # Gemma's RMSNorm multiplies by (1 + weight)
+    # A block whose module at this path exists is a mixture-of-experts block (selects `applies_to="moe"` groups).
+    experts_path: str | None = None
 
 
 _LLAMA_SEQUENTIAL = (
@@ -73,6 +83,40 @@ def _llama_like(mlp_norm: str, qk: ScalingGroupSpec, norm_offset: float = 0.0) -
     )
 
 
+def _moe(qk: ScalingGroupSpec, shared_expert: bool = False) -> ArchitectureSpec:
+    """Mixtral / Qwen-MoE in transformers 5: attention as in Llama; the MLP is a router (`mlp.gate`, a 2-D weight
+    [E, H]) and fused experts (`gate_up_proj [E, 2I, H]`, `down_proj [E, H, I]`), plus Qwen2-MoE's shared expert.
+
+    mlp_in: the post-attention norm output feeds the router *and* every expert, so its scale must reach the router's
+    columns too (the logits, hence the routing, stay the same) and the shared expert's gate. mlp_out: act(gate) * up
+    is linear in up, so each expert's up rows / s and its own down columns x s cancel (E x I scales).
+    true-sequential groups stay empty: non-SI runs keep pruning the whole block as one group, as before this row.
+    """
+    mlp_in = ("mlp.gate", "mlp.experts.gate_up_proj")
+    mlp_out_producer: tuple[str, ...] = ("mlp.experts.gate_up_proj[1/2]",)
+    mlp_out_consumer: tuple[str, ...] = ("mlp.experts.down_proj",)
+    if shared_expert:
+        mlp_in += ("mlp.shared_expert.gate_proj", "mlp.shared_expert.up_proj", "mlp.shared_expert_gate")
+        mlp_out_producer += ("mlp.shared_expert.up_proj",)
+        mlp_out_consumer += ("mlp.shared_expert.down_proj",)
+    return ArchitectureSpec(
+        block_path="model.layers",
+        sequential_groups=(),
+        scaling_groups=(
+            ScalingGroupSpec("attn_in", "norm", ("input_layernorm",), _QKV),
+            _ATTN_OUT,
+            ScalingGroupSpec("mlp_in", "norm", ("post_attention_layernorm",), mlp_in, applies_to="moe"),
+            ScalingGroupSpec("mlp_out", "rows", mlp_out_producer, mlp_out_consumer, applies_to="moe"),
+            # Qwen-MoE's mlp_only_layers / decoder_sparse_step keep some blocks dense (a Llama MLP).
+            ScalingGroupSpec("mlp_in", "norm", ("post_attention_layernorm",), ("mlp.gate_proj", "mlp.up_proj"),
+                             applies_to="dense"),
+            ScalingGroupSpec("mlp_out", "rows", ("mlp.up_proj",), ("mlp.down_proj",), applies_to="dense"),
+            qk,
+        ),
+        experts_path="mlp.experts",
+    )
+
+
 ARCHITECTURES: dict[str, ArchitectureSpec] = {
     "llama": _llama_like("post_attention_layernorm", _QK_ROPE),
     "mistral": _llama_like("post_attention_layernorm", _QK_ROPE),
@@ -99,6 +143,9 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
             ScalingGroupSpec("qk", "qk", (), ("self_attn.q_proj", "self_attn.k_proj")),
         ),
     ),
+    "mixtral": _moe(_QK_ROPE),
+    "qwen2_moe": _moe(_QK_ROPE, shared_expert=True),
+    "qwen3_moe": _moe(_QK_NORMED),
 }
 
 # Tried in order when the model type is unknown (the same idea as optimum.gptq's block patterns).

@@ -379,7 +379,7 @@ class BlockEngine:
         """Returns the block's `BlockInducer` (its verdict is taken after propagation), or None for induce-only runs."""
         from .induction import BlockInducer, fold_distribution_level
 
-        targets, linears = linears, _plain_linears(linears, index)
+        targets, linears = linears, _plain_linears(linears)
 
         t0 = time.perf_counter()
         # Global target: the dense model's own block outputs (a teacher stream), so each block also learns to undo
@@ -401,13 +401,13 @@ class BlockEngine:
         # SparseGPT's per-block mask sees row scales and its damping is not scale-covariant: only magnitude, and
         # induce() (which hands the model to any later pruner), fold them.
         if self.config.induction_init == "data" and (self.method.fold_changes_mask or not self.prune):
-            spreads, row_scales = fold_distribution_level(block, self.model_config, stats, linears, self.config,
+            spreads, row_scales = fold_distribution_level(block, self.model_config, stats, targets, self.config,
                                                           self.undo)
         record.stats_seconds += t1 - t0
         if not self.prune:
             record.induction = BlockInduction(scale_spread=spreads, seconds=time.perf_counter() - t1)
             return
-        dense_weights = {name: linear.weight.detach().float().clone() for name, linear in linears.items()}
+        dense_weights = {name: targets[name].weight().detach().float().clone() for name in linears}
         keeps = self._prune_group(prefix, targets, stats, row_scales)
         t2 = time.perf_counter()
         record.prune_seconds += t2 - t1
@@ -546,15 +546,11 @@ def _as_targets(layers: dict[str, Any]) -> dict[str, WeightTarget]:
     return {name: item if isinstance(item, WeightTarget) else WeightTarget(name, item) for name, item in layers.items()}
 
 
-def _plain_linears(targets: dict[str, WeightTarget], index: int) -> dict[str, nn.Linear]:
-    """Sparsity Induction wraps and rescales nn.Linear modules only (its scaling groups are Linear tables)."""
-    other = [name for name, target in targets.items() if not target.is_linear]
-    if other:
-        raise NotImplementedError(
-            f"Block {index}: Sparsity Induction handles nn.Linear layers only, not {other[0]}"
-            f"{' ...' if len(other) > 1 else ''}; run without induction, or set induction_unsupported='skip'."
-        )
-    return {name: target.module for name, target in targets.items()}  # type: ignore[misc]
+def _plain_linears(targets: dict[str, WeightTarget]) -> dict[str, nn.Module]:
+    """The targets whose learned scales SI trains (Linear, Conv1D: one module each). Fused experts and opted-in
+    routers have no module of their own to wrap: they keep their base-pruned weights while the block trains."""
+    return {name: target.module for name, target in targets.items()
+            if target.expert is None and (target.is_linear or target.transposed)}
 
 
 def _check_finite(tensors: list[torch.Tensor], what: str) -> None:

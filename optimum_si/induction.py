@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -32,6 +33,7 @@ from .metrics import wanda_scores
 from .optim import DampedAdam
 from .report import BlockInduction
 from .stats import InputStats, InputStatsCollector
+from .targets import _is_conv1d
 from .weights import UndoLog, write_parameter
 
 __all__ = ["ScaledLinear", "BlockInducer", "data_driven_scale", "importance_histogram", "validation_windows",
@@ -77,9 +79,10 @@ def data_driven_scale(sq_norms: torch.Tensor, tokens: int, exponent: float) -> t
 
 
 class ScaledLinear(nn.Module):
-    """A pruned Linear with learnable log input-column and output-row scales, used only while inducing."""
+    """A pruned Linear (or GPT-2 Conv1D, which computes the same x W^T + b) with learnable log input-column and
+    output-row scales, used only while inducing."""
 
-    def __init__(self, linear: nn.Linear, dense_weight: torch.Tensor, keep: torch.Tensor, pruned_weight: torch.Tensor,
+    def __init__(self, linear: nn.Module, dense_weight: torch.Tensor, keep: torch.Tensor, pruned_weight: torch.Tensor,
                  sq_norms: torch.Tensor | None, config: SIConfig, score_row_scale: torch.Tensor | None = None, *,
                  sparsity: float | None = None, method: PruningMethod | None = None) -> None:
         """`sparsity`: this layer's planned sparsity (a non-uniform plan such as OWL gives each block its own;
@@ -87,7 +90,7 @@ class ScaledLinear(nn.Module):
         super().__init__()
         self.sparsity = config.sparsity if sparsity is None else sparsity
         self.score_row_scale = score_row_scale
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.out_features, self.in_features = dense_weight.shape  # [out, in], also for a Conv1D stored [in, out]
         self.register_buffer("dense_weight", dense_weight.float(), persistent=False)
         self.register_buffer("pruned_weight", pruned_weight.float(), persistent=False)
         self.register_buffer("keep", keep, persistent=False)
@@ -149,6 +152,11 @@ def validation_windows(count: int, fraction: float) -> list[int]:
     return sorted({int(i * count / held) for i in range(held)})
 
 
+def _matrix(module: nn.Module) -> torch.Tensor:
+    """The weight as [out, in] (a Conv1D stores it [in, out])."""
+    return module.weight.T if _is_conv1d(module) else module.weight
+
+
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
@@ -175,7 +183,7 @@ class BlockInducer:
     def run(
         self,
         block: nn.Module,
-        linears: dict[str, nn.Linear],
+        linears: dict[str, nn.Module],
         dense_weights: dict[str, torch.Tensor],
         keep_masks: dict[str, torch.Tensor],
         stats: dict[str, InputStats],
@@ -188,7 +196,7 @@ class BlockInducer:
         started = time.perf_counter()
         generator = torch.Generator().manual_seed(cfg.seed)
         wrappers = {
-            name: ScaledLinear(linear, dense_weights[name], keep_masks[name], linear.weight.detach(),
+            name: ScaledLinear(linear, dense_weights[name], keep_masks[name], _matrix(linear).detach(),
                                stats[name].sq_norms if name in stats else None, cfg, (row_scales or {}).get(name),
                                sparsity=self.sparsities.get(name), method=self.method)
             for name, linear in linears.items()
@@ -281,7 +289,7 @@ class BlockInducer:
             for name, linear in linears.items():
                 self._fallback[name] = linear.weight.detach().clone()
                 self.undo.record(linear, "weight")
-                write_parameter(linear, "weight", folded[name])
+                write_parameter(linear, "weight", folded[name].T if _is_conv1d(linear) else folded[name])
         record.seconds, record.refresh_seconds = time.perf_counter() - started, refresh_seconds
         record.steps, record.mask_changes = steps, mask_changes
         self.record = record
@@ -370,21 +378,22 @@ def fold_distribution_level(
     block: nn.Module,
     model_config,
     stats: dict[str, InputStats],
-    linears: dict[str, nn.Linear],
+    linears: Mapping[str, object],
     config: SIConfig,
     undo: UndoLog,
 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """Fold the data-driven equivalent scales of every scaling group into `block` (dense function unchanged) and
     rescale the cached statistics of the affected consumers to match their new inputs x / s.
 
-    Also returns, for every pruned Linear whose *rows* were divided (the producer of a rows group: v_proj, up_proj),
-    that row scale: a per-matrix magnitude mask must score such a Linear with its rows undivided, otherwise the
-    channels that carry the largest activations would be the first ones pruned.
+    `linears`: the block's pruning targets by name. Also returns, for every target whose *rows* were divided (the
+    producer of a rows group: v_proj, up_proj, an expert's up rows, GPT-2's c_attn with its v third), that row scale
+    (1 on rows no group divided): a per-matrix magnitude mask must score such a target with its rows undivided,
+    otherwise the channels that carry the largest activations would be the first ones pruned.
 
     The q/k group keeps s = 1 here: no calibration statistic of its channels is collected, and the attention logits
     are invariant to it anyway. Returns the spread (max / min) of each folded scale.
     """
-    from .transforms import resolve_scaling_groups
+    from .transforms import fold_scaling, resolve_scaling_groups
 
     spreads = {}
     row_scales: dict[str, torch.Tensor] = {}
@@ -392,31 +401,59 @@ def fold_distribution_level(
     for group in resolve_scaling_groups(block, model_config, config.induction_groups):
         if group.spec.kind == "qk":
             continue
-        consumer_names = [name for name, module in block.named_modules() if any(module is c for c in group.consumers)]
-        source = next((stats[n] for n in consumer_names if n in stats), None)
-        if source is None:
+        sources = [_segment_statistics(segment.columns, stats) for segment in group.segments]
+        if all(source is None for source in sources):
             continue
-        sq_norms = source.sq_norms.double()
-        if group.spec.kv_heads:  # o_proj inputs per query head -> one value per KV channel
-            rep = group.heads // group.kv_heads
-            sq_norms = sq_norms.view(group.kv_heads, rep, group.head_dim).mean(1).reshape(-1)
-        scale = data_driven_scale(sq_norms, source.tokens, config.induction_init_exponent)
-        from .transforms import fold_scaling
-
-        fold_scaling(group, scale, undo=undo)
-        column = group.consumer_scale(scale).to(source.sq_norms)
-        for name in consumer_names:
-            entry = stats.get(name)
-            if entry is None or id(entry) in adjusted:
+        device = next(source[0].device for source in sources if source is not None)
+        parts = []
+        for segment, source in zip(group.segments, sources):
+            if source is None:  # e.g. experts kept dense by `ignore`: s = 1 is still an equivalent transform
+                parts.append(torch.ones(segment.rows[0].out_features, dtype=torch.float64, device=device))
                 continue
-            adjusted.add(id(entry))
-            entry.sq_norms /= column.square()
-            if entry.xtx is not None:
-                entry.xtx /= column.unsqueeze(0) * column.unsqueeze(1)
-            entry._hessian_factor = None
+            sq_norms, tokens = source
+            if group.spec.kv_heads:  # o_proj inputs per query head -> one value per KV channel
+                rep = group.heads // group.kv_heads
+                sq_norms = sq_norms.view(group.kv_heads, rep, group.head_dim).mean(1).reshape(-1)
+            parts.append(data_driven_scale(sq_norms, tokens, config.induction_init_exponent))
+        scale = parts[0] if len(parts) == 1 else torch.cat(parts)
+        fold_scaling(group, scale, undo=undo)
+        for segment in group.segments:
+            for matrix in segment.columns:
+                entry = stats.get(matrix.name)
+                if entry is None or id(entry) in adjusted:
+                    continue
+                adjusted.add(id(entry))
+                column = group.consumer_scale(scale[segment.part]).to(entry.sq_norms)
+                entry.sq_norms /= column.square()
+                if entry.xtx is not None:
+                    entry.xtx /= column.unsqueeze(0) * column.unsqueeze(1)
+                entry._hessian_factor = None
+            if group.spec.kind == "rows":
+                for matrix in segment.rows:
+                    if matrix.name not in linears:
+                        continue
+                    part = scale[segment.part].float()
+                    if matrix.target_rows is None:
+                        row_scales[matrix.name] = part
+                    else:  # a block of rows inside a fused target (GPT-2's v in c_attn)
+                        full = row_scales.setdefault(matrix.name, torch.ones(matrix.target_out, device=part.device))
+                        full[matrix.target_rows[0]:matrix.target_rows[1]] = part
         spreads[group.name] = float(scale.max() / scale.min())
-        if group.spec.kind == "rows":
-            producer = next(n for n, m in block.named_modules() if m is group.producers[0])
-            if producer in linears:
-                row_scales[producer] = scale.float()
     return spreads, row_scales
+
+
+def _segment_statistics(columns, stats: dict[str, InputStats]) -> tuple[torch.Tensor, int] | None:
+    """(sum of x^2 per channel, tokens) of the channels a segment scales, from its consumers' statistics.
+
+    A plain consumer sees every token. Experts see only the tokens routed to them, but every token reaches exactly
+    top-k experts (or all of them with expert_calibration='all'), so the sum over the experts' statistics counts
+    each token equally often in both sums: its RMS is the all-token RMS. (An expert no token reached carries
+    placeholder statistics of one token, which barely weigh against real calibration data.)
+    """
+    plain = [stats[m.name] for m in columns if m.expert is None and m.name in stats]
+    if plain:
+        return plain[0].sq_norms.double(), plain[0].tokens
+    experts = list({id(s): s for s in (stats.get(m.name) for m in columns if m.expert is not None) if s}.values())
+    if not experts:
+        return None
+    return torch.stack([s.sq_norms.double() for s in experts]).sum(0), sum(s.tokens for s in experts)

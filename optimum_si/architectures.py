@@ -146,6 +146,19 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
     "mixtral": _moe(_QK_ROPE),
     "qwen2_moe": _moe(_QK_ROPE, shared_expert=True),
     "qwen3_moe": _moe(_QK_NORMED),
+    # GPT-2: Conv1D layers (stored [in, out]), q/k/v fused in c_attn, LayerNorms with biases, GELU MLP. GELU is not
+    # positively homogeneous, so c_fc rows cannot pass a scale to c_proj: no mlp_out group. Shifts fold into the
+    # LayerNorm and Conv1D biases; v's shift passes through attention because each softmax row sums to 1.
+    "gpt2": ArchitectureSpec(
+        block_path="transformer.h",
+        sequential_groups=(),  # as before this row: non-SI runs prune the whole block as one group
+        scaling_groups=(
+            ScalingGroupSpec("attn_in", "norm", ("ln_1",), ("attn.c_attn",), shift=True),
+            ScalingGroupSpec("attn_out", "rows", ("attn.c_attn[2/3]",), ("attn.c_proj",), shift=True),
+            ScalingGroupSpec("mlp_in", "norm", ("ln_2",), ("mlp.c_fc",), shift=True),
+            ScalingGroupSpec("qk", "qk", (), ("attn.c_attn[0/3]", "attn.c_attn[1/3]")),
+        ),
+    ),
 }
 
 # Tried in order when the model type is unknown (the same idea as optimum.gptq's block patterns).

@@ -142,3 +142,19 @@ def test_induce_on_gpt2_keeps_the_dense_function():
         after = model(ids).logits
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4 * before.abs().max().item())
     assert not torch.equal(model.transformer.h[0].ln_1.weight, weights["transformer.h.0.ln_1.weight"])
+
+
+def test_streamed_si_on_gpt2_equals_in_memory(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    source, out = tmp_path / "source", tmp_path / "out"
+    tiny_model("gpt2").save_pretrained(source)
+    streamed = _si("magnitude")
+    streamed.prune(str(source), save_dir=out, dataset=token_ids())
+    in_memory = AutoModelForCausalLM.from_pretrained(source)
+    pruner = _si("magnitude")
+    pruner.prune(in_memory, dataset=token_ids())
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    expected = in_memory.state_dict()
+    assert all(torch.equal(t, expected[k]) for k, t in reloaded.state_dict().items())
+    assert streamed.report.sparsity == pytest.approx(0.5)

@@ -154,17 +154,21 @@ def _si(method, **kwargs):
 
 # Magnitude is the method whose mask the distribution-level fold moves, so it exercises the MoE groups in a prune.
 @pytest.mark.parametrize("arch, method", [("mixtral", "wanda"), ("mixtral", "sparsegpt"), ("mixtral", "magnitude"),
-                                          ("qwen3_moe", "wanda"), ("qwen3_moe", "sparsegpt")])
+                                          ("qwen3_moe", "wanda"), ("qwen3_moe", "sparsegpt"),
+                                          ("qwen2_moe", "magnitude")])
 def test_si_prunes_moe_models_end_to_end(arch, method):
-    model = tiny_model(arch)
+    model = _model(arch) if arch == "qwen2_moe" else tiny_model(arch)
     pruner = _si(method)
     pruner.prune(model, dataset=token_ids())
     report = pruner.report
     assert report.sparsity == 0.5
     experts = [name for name in report.layers if ".mlp.experts." in name]
-    assert len(experts) == 2 * 4 * 3  # 2 blocks x 4 experts x gate/up/down
+    moe_blocks = 1 if arch == "qwen2_moe" else 2
+    assert len(experts) == moe_blocks * 4 * 3  # 4 experts x gate/up/down per MoE block
     assert all(record.zeros == record.numel // 2 for record in report.layers.values())
-    assert set(report.skipped) == {"model.layers.0.mlp.gate", "model.layers.1.mlp.gate"}  # routers stay dense
+    routers = {"model.layers.0.mlp.gate", "model.layers.0.mlp.shared_expert_gate"} if arch == "qwen2_moe" else \
+        {"model.layers.0.mlp.gate", "model.layers.1.mlp.gate"}
+    assert set(report.skipped) == routers  # routers stay dense
     for block in report.blocks:
         info = block.induction
         assert info is not None and info["steps"] == 8

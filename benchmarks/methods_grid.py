@@ -76,10 +76,15 @@ def runnable(method: str, pattern: str) -> bool:
     return not (method in NO_NM and PATTERNS[pattern][0] is None)
 
 
-def priority(job: tuple[str, str, bool]) -> tuple[int, int]:
-    """Rows that a target compares run first (plain before SI), then the rest of the grid in table order."""
-    in_target = any(job in (top, bottom) for _, top, bottom, _ in TARGETS)
-    return (0 if in_target else 1, int(job[2]))
+def priority(job: tuple[str, str, bool]) -> int:
+    """Run order: the rows a target compares (plain, then SI); then every method plain and with SI at 50 % and 70 %
+    (an SI/no-SI ratio for each method at the sparsities that matter most); then the rest, plain before SI."""
+    method, pattern, induction = job
+    if any(job in (top, bottom) for _, top, bottom, _ in TARGETS):
+        return int(induction)
+    if pattern in ("50%", "70%"):
+        return 2
+    return 3 + int(induction)
 
 
 def jobs(args: argparse.Namespace) -> list[tuple[str, str, bool]]:

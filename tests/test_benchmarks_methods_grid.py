@@ -26,13 +26,17 @@ def test_default_grid_is_every_method_and_pattern_with_and_without_si_except_owl
     assert args.eval_windows == bench.DEFAULT_EVAL_WINDOWS
 
 
-def test_rows_that_targets_compare_run_first_plain_before_si():
+def test_run_order_targets_first_then_every_method_at_50_and_70_then_the_rest():
     planned = bench.jobs(bench.parse_args([]))
     compared = {row for _, top, bottom, _ in bench.TARGETS for row in (top, bottom)}
     first = planned[:len(compared)]
     assert set(first) == compared
     assert [job[2] for job in first] == sorted(job[2] for job in first)  # plain rows before SI rows
-    assert planned[len(compared)] == ("magnitude", "50%", False)
+    middle = planned[len(compared):len(compared) + 2 * 7 * 2 - len([j for j in compared if j[1] in ("50%", "70%")])]
+    assert {job[1] for job in middle} == {"50%", "70%"}
+    assert middle[0] == ("magnitude", "50%", False) and ("magnitude", "50%", True) in middle
+    rest = planned[len(compared) + len(middle):]
+    assert all(job[1] not in ("50%", "70%") for job in rest) and rest[-1][2] and not rest[0][2]
 
 
 def test_induction_choice_and_method_subset():

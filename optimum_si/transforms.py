@@ -101,8 +101,8 @@ class ScalingGroup:
     """A scaling group resolved against one block: modules, parameter size and channel layout."""
 
     spec: ScalingGroupSpec
-    producers: list[nn.Module]  # the norm ("norm"), or the q/k norms ("qk" with per-head norms)
-    consumers: list[nn.Module]  # every module whose weight the group rescales, in table order
+    producers: list[nn.Module]  # the norm ("norm"), the q/k norms ("qk" with per-head norms), the rows' modules
+    consumers: list[nn.Module]  # the modules the table names as consumers (q/k for "qk"), in table order
     size: int  # number of free scale parameters
     norm_offset: float
     heads: int
@@ -228,8 +228,11 @@ def resolve_scaling_groups(block: nn.Module, model_config, groups: list[str] | N
             continue  # post-LN: the norm output is the residual stream itself, so it cannot absorb a scale
         if group_spec.applies_to != "any" and (group_spec.applies_to == "moe") != moe_block:
             continue
-        producers = [block.get_submodule(p) for p in group_spec.producer] if group_spec.kind != "rows" else []
         segments = _segments(group_spec, block, heads, kv_heads)
+        if group_spec.kind == "rows":  # the modules holding the producing rows (fused ones named once)
+            producers = list({id(m.module): m.module for s in segments for m in s.rows}.values())
+        else:
+            producers = [block.get_submodule(p) for p in group_spec.producer]
         consumers: list[nn.Module] = []
         for ref in group_spec.consumers:
             for matrix in _matrices(block, ref):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,7 +100,7 @@ def set_up_run(config: SIConfig, model: nn.Module, model_config: Any, tokenizer:
     tokenised. Raises before any weight or file is touched."""
     block_path, blocks = find_decoder_blocks(model, config.block_name)
     if config.induction:
-        config = check_induction_support(config, model_config, blocks[0])
+        config = check_induction_support(config, model_config, blocks)
     plan = build_plan(config, blocks, block_path)
     if source_checks is not None:
         source_checks(config)
@@ -115,19 +115,27 @@ def set_up_run(config: SIConfig, model: nn.Module, model_config: Any, tokenizer:
     return RunSetup(config, model_config, block_path, blocks, plan, device, ids, calibration)
 
 
-def check_induction_support(config: SIConfig, model_config: Any, first_block: nn.Module) -> SIConfig:
-    """The config to run with: SI needs a scaling-group mapping for the architecture (or the user's opt-out)."""
+def check_induction_support(config: SIConfig, model_config: Any, blocks: Sequence[nn.Module]) -> SIConfig:
+    """The config to run with: SI needs a scaling-group mapping for the architecture (or the user's opt-out), and
+    every block must match it. Each distinct block layout is checked (a Qwen-MoE model mixes dense-MLP and expert
+    blocks), so a mismatch in a late block stops the run before any weight changes."""
     from .transforms import resolve_scaling_groups
 
-    try:
-        resolve_scaling_groups(first_block, model_config, config.induction_groups)
-    except NotImplementedError:
-        if config.induction_unsupported == "skip":
-            logger.warning("No Sparsity Induction mapping for this architecture; pruning without induction.")
-            return config.replace(induction=False)
-        raise
-    except AttributeError as err:
-        raise ValueError(f"The model does not match its architecture's scaling-group table: {err}") from err
+    checked: set[tuple[tuple[str, str], ...]] = set()
+    for index, block in enumerate(blocks):
+        layout = tuple((name, type(module).__name__) for name, module in block.named_modules())
+        if layout in checked:
+            continue
+        checked.add(layout)
+        try:
+            resolve_scaling_groups(block, model_config, config.induction_groups)
+        except NotImplementedError:
+            if config.induction_unsupported == "skip":
+                logger.warning("No Sparsity Induction mapping for this architecture; pruning without induction.")
+                return config.replace(induction=False)
+            raise
+        except AttributeError as err:
+            raise ValueError(f"Block {index} does not match its architecture's scaling-group table: {err}") from err
     return config
 
 

@@ -61,7 +61,7 @@ class WeightTarget:
 
     @property
     def is_linear(self) -> bool:
-        """A plain `nn.Linear` (what Sparsity Induction's scaled wrappers and scaling groups handle)."""
+        """A plain `nn.Linear` (not a Conv1D, not an expert slice of a fused parameter)."""
         return isinstance(self.module, nn.Linear) and self.expert is None
 
     @property

@@ -224,3 +224,15 @@ def test_a_failed_or_foreign_prune_is_never_saved_as_pruned(tmp_path):
     assert not os.listdir(tmp_path)
     pruner.save(pruned, tmp_path / "c")  # a pruned model still saves (without the report it no longer has)
     assert (tmp_path / "c" / "si_config.json").is_file()
+
+
+def test_si_checks_every_block_layout_before_any_weight_changes(llama, calib):
+    """A late block that does not match the architecture's SI table stops the run up front (not at its fold)."""
+    last = llama.model.layers[-1].mlp
+    last.up_proj_renamed = last.up_proj
+    del last.up_proj
+    before = snapshot(llama)
+    with pytest.raises(ValueError, match=rf"Block {len(llama.model.layers) - 1} does not match"):
+        SIPruner(method="wanda", sparsity=0.5, induction=True, num_samples=4, seqlen=32).prune(llama, dataset=calib)
+    assert_unchanged(llama, before)
+    assert isinstance(last.up_proj_renamed, nn.Linear)

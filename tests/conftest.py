@@ -70,6 +70,36 @@ def token_ids(n: int = 8, seqlen: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, VOCAB, (n, seqlen), generator=generator)
 
 
+def saved_tensors(folder) -> dict[str, torch.Tensor]:
+    """Every tensor of the safetensors shards in `folder`, by name."""
+    from safetensors.torch import load_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            tensors.update(load_file(os.path.join(folder, name)))
+    return tensors
+
+
+def stream_and_prune_in_memory(model, make_pruner, tmp_path, dataset, **save_kwargs):
+    """Save `model` as a checkpoint, prune it streamed (`make_pruner()` each time) and in memory from the same
+    checkpoint, assert the reloaded streamed output equals the in-memory result bit for bit; returns both pruners."""
+    from transformers import AutoModelForCausalLM
+
+    source, out = tmp_path / "source", tmp_path / "out"
+    model.save_pretrained(source, **save_kwargs)
+    streamed = make_pruner()
+    streamed.prune(str(source), save_dir=out, dataset=dataset)
+    in_memory = AutoModelForCausalLM.from_pretrained(source)
+    pruner = make_pruner()
+    pruner.prune(in_memory, dataset=dataset)
+    expected = in_memory.state_dict()
+    reloaded = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert reloaded.keys() == expected.keys()
+    assert all(torch.equal(t, expected[k]) for k, t in reloaded.items())
+    return streamed, pruner
+
+
 def snapshot(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

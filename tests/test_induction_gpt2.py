@@ -15,7 +15,7 @@ from optimum_si.targets import plan_block
 from optimum_si.transforms import fold_scaling, resolve_scaling_groups
 from optimum_si.weights import UndoLog
 
-from .conftest import snapshot, tiny_model, token_ids
+from .conftest import snapshot, stream_and_prune_in_memory, tiny_model, token_ids
 
 HIDDEN = 64
 
@@ -145,16 +145,5 @@ def test_induce_on_gpt2_keeps_the_dense_function():
 
 
 def test_streamed_si_on_gpt2_equals_in_memory(tmp_path):
-    from transformers import AutoModelForCausalLM
-
-    source, out = tmp_path / "source", tmp_path / "out"
-    tiny_model("gpt2").save_pretrained(source)
-    streamed = _si("magnitude")
-    streamed.prune(str(source), save_dir=out, dataset=token_ids())
-    in_memory = AutoModelForCausalLM.from_pretrained(source)
-    pruner = _si("magnitude")
-    pruner.prune(in_memory, dataset=token_ids())
-    reloaded = AutoModelForCausalLM.from_pretrained(out)
-    expected = in_memory.state_dict()
-    assert all(torch.equal(t, expected[k]) for k, t in reloaded.state_dict().items())
+    streamed, _ = stream_and_prune_in_memory(tiny_model("gpt2"), lambda: _si("magnitude"), tmp_path, token_ids())
     assert streamed.report.sparsity == pytest.approx(0.5)

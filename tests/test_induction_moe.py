@@ -16,7 +16,7 @@ from optimum_si.targets import plan_block
 from optimum_si.transforms import fold_scaling, resolve_scaling_groups
 from optimum_si.weights import UndoLog
 
-from .conftest import _COMMON, snapshot, tiny_model, token_ids
+from .conftest import _COMMON, snapshot, stream_and_prune_in_memory, tiny_model, token_ids
 
 MOE_ARCHS = ["mixtral", "qwen3_moe", "qwen2_moe"]
 
@@ -197,17 +197,7 @@ def test_induce_on_moe_keeps_the_dense_function():
 @pytest.mark.parametrize("arch", ["mixtral", "qwen3_moe"])
 def test_streamed_si_on_moe_equals_in_memory(arch, tmp_path):
     # Magnitude folds the expert groups into the fused parameters; the streamed run writes them back per expert.
-    from transformers import AutoModelForCausalLM
-
-    source, out = tmp_path / "source", tmp_path / "out"
-    tiny_model(arch).save_pretrained(source, max_shard_size="100KB")
-    streamed = _si("magnitude")
-    streamed.prune(str(source), save_dir=out, dataset=token_ids())
-    in_memory = AutoModelForCausalLM.from_pretrained(source)
-    pruner = _si("magnitude")
-    pruner.prune(in_memory, dataset=token_ids())
-    reloaded = AutoModelForCausalLM.from_pretrained(out)
-    expected = in_memory.state_dict()
-    assert all(torch.equal(t, expected[k]) for k, t in reloaded.state_dict().items())
+    streamed, pruner = stream_and_prune_in_memory(tiny_model(arch), lambda: _si("magnitude"), tmp_path, token_ids(),
+                                                  max_shard_size="100KB")
     assert [b.induction["kept"] for b in streamed.report.blocks] == [b.induction["kept"] for b in pruner.report.blocks]
     assert streamed.report.sparsity == pytest.approx(0.5)

@@ -8,13 +8,12 @@ import os
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from optimum_si import SIPruner
 from optimum_si.engine import BlockEngine
 from optimum_si.streaming import PROGRESS_NAME
 
-from .conftest import tiny_model, token_ids
+from .conftest import saved_tensors, tiny_model, token_ids
 
 
 def _outlier_model():
@@ -35,14 +34,6 @@ def source(tmp_path):
 
 def _pruner(method="wanda"):
     return SIPruner(method=method, sparsity=0.7, sparsity_profile="owl", num_samples=8, seqlen=32, show_progress=False)
-
-
-def _written(folder):
-    tensors = {}
-    for name in os.listdir(folder):
-        if name.endswith(".safetensors"):
-            tensors.update(load_file(os.path.join(folder, name)))
-    return tensors
 
 
 def _spy(monkeypatch, module, name, calls):
@@ -75,7 +66,7 @@ def test_streamed_owl_equals_in_memory(source, tmp_path, monkeypatch, method):
 
     assert in_memory_sparsities == streamed_sparsities and len(streamed_sparsities) == 1
     assert streamed_sparsities[0] == pytest.approx([0.78, 0.62])  # non-uniform: the test tells the blocks apart
-    written = _written(out)
+    written = saved_tensors(out)
     expected = model.state_dict()
     assert written and all(torch.equal(tensor, expected[key]) for key, tensor in written.items())
     assert streamed.report.layers["model.layers.0.mlp.down_proj"].sparsity == pytest.approx(0.78, abs=0.02)
@@ -117,8 +108,8 @@ def test_a_killed_run_does_not_profile_again(source, tmp_path, monkeypatch):
 
     monkeypatch.setattr(optimum_si.owl_streaming, "outlier_ratio", no_profiling)
     _pruner().prune(str(source), save_dir=out, dataset=calib)
-    assert _written(out).keys() == _written(reference).keys()
-    assert all(torch.equal(t, _written(reference)[k]) for k, t in _written(out).items())
+    assert saved_tensors(out).keys() == saved_tensors(reference).keys()
+    assert all(torch.equal(t, saved_tensors(reference)[k]) for k, t in saved_tensors(out).items())
 
 
 def test_a_run_killed_while_profiling_resumes_after_the_profiled_blocks(source, tmp_path, monkeypatch):
@@ -144,8 +135,8 @@ def test_a_run_killed_while_profiling_resumes_after_the_profiled_blocks(source, 
     calls.clear()
     _pruner().prune(str(source), save_dir=out, dataset=calib)
     assert len(calls) == 1  # block 1 only: block 0's ratio was recorded
-    reference_tensors = _written(reference)
-    assert all(torch.equal(t, reference_tensors[k]) for k, t in _written(out).items())
+    reference_tensors = saved_tensors(reference)
+    assert all(torch.equal(t, reference_tensors[k]) for k, t in saved_tensors(out).items())
 
 
 @pytest.mark.parametrize("ratios", [[1.0, 2.0, 3.0], ["1"], [float("nan")], {"0": 1.0}])
@@ -176,7 +167,7 @@ def test_streamed_owl_with_sparsity_induction_equals_in_memory(source, tmp_path)
     out = tmp_path / "out"
     SIPruner(**recipe).prune(str(source), save_dir=out, dataset=calib)
     expected = model.state_dict()
-    written = _written(out)
+    written = saved_tensors(out)
     assert written and all(torch.equal(tensor, expected[key]) for key, tensor in written.items())
     zeros = [float((written[f"model.layers.{i}.mlp.down_proj.weight"] == 0).float().mean()) for i in (0, 1)]
     assert zeros == pytest.approx([0.78, 0.62], abs=0.02)

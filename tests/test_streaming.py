@@ -11,15 +11,7 @@ from safetensors.torch import load_file
 from optimum_si import SIPruner
 from optimum_si.streaming import INDEX_NAME, PROGRESS_NAME
 
-from .conftest import tiny_model, token_ids
-
-
-def _all_tensors(folder):
-    tensors = {}
-    for name in os.listdir(folder):
-        if name.endswith(".safetensors"):
-            tensors.update(load_file(os.path.join(folder, name)))
-    return tensors
+from .conftest import saved_tensors, tiny_model, token_ids
 
 
 @pytest.fixture
@@ -52,7 +44,7 @@ def test_streaming_equals_in_memory_bit_for_bit(source, tmp_path, method, extra)
     source_keys = set(json.loads((source / INDEX_NAME).read_text())["weight_map"])
     expected = {k: v for k, v in in_memory.state_dict().items() if k in source_keys}
     assert len(expected) == len(source_keys)
-    written = _all_tensors(out)
+    written = saved_tensors(out)
     assert set(written) == set(expected)
     assert all(torch.equal(written[k], expected[k]) for k in expected)
     assert streamed.report.sparsity == 0.5
@@ -93,7 +85,7 @@ def test_killed_run_resumes_to_the_same_checkpoint(source, tmp_path, recipe):
     assert not os.path.exists(out)  # an interrupted run never looks complete: it works in a hidden sibling
     resumed = _pruner(**recipe)
     resumed.prune(str(source), save_dir=out, dataset=calib)
-    assert {k: v.tolist() for k, v in _all_tensors(out).items()} == {k: v.tolist() for k, v in _all_tensors(reference).items()}
+    assert {k: v.tolist() for k, v in saved_tensors(out).items()} == {k: v.tolist() for k, v in saved_tensors(reference).items()}
     assert resumed.report.sparsity == 0.5 and len(resumed.report.layers) == 14
 
 
@@ -249,10 +241,10 @@ def test_fault_inside_a_block_records_nothing_for_it_and_the_rerun_prunes_it(sou
     # Options that cannot change the result (device, activation storage, progress bars) do not block the resume.
     resumed = _pruner(device="cpu", activation_storage="cpu")
     resumed.prune(str(source), save_dir=out, dataset=token_ids())
-    assert {k: v.tolist() for k, v in _all_tensors(out).items()} == {k: v.tolist() for k, v in _all_tensors(reference).items()}
+    assert {k: v.tolist() for k, v in saved_tensors(out).items()} == {k: v.tolist() for k, v in saved_tensors(reference).items()}
     report = json.loads((out / "si_report.json").read_text())
     assert len(report["layers"]) == 14 and all(layer["sparsity"] == 0.5 for layer in report["layers"].values())
-    block1 = {k: v for k, v in _all_tensors(out).items() if ".layers.1." in k and k.endswith("proj.weight")}
+    block1 = {k: v for k, v in saved_tensors(out).items() if ".layers.1." in k and k.endswith("proj.weight")}
     assert len(block1) == 7 and all(float((v == 0).float().mean()) == 0.5 for v in block1.values())
 
 
@@ -338,7 +330,7 @@ def test_resume_refuses_another_run_and_names_what_differs(source, tmp_path, mon
     reference = tmp_path / "reference"
     _pruner().prune(str(source), save_dir=reference, dataset=token_ids())
     _pruner().prune(str(source), save_dir=out, dataset=token_ids(), overwrite=True)
-    assert {k: v.tolist() for k, v in _all_tensors(out).items()} == {k: v.tolist() for k, v in _all_tensors(reference).items()}
+    assert {k: v.tolist() for k, v in saved_tensors(out).items()} == {k: v.tolist() for k, v in saved_tensors(reference).items()}
     # A finished checkpoint is compared the same way.
     assert _pruner().prune(str(source), save_dir=out, dataset=token_ids()) == str(out)  # same run: nothing to do
     with pytest.raises(FileExistsError, match="calibration data"):
@@ -418,7 +410,7 @@ def test_full_disk_while_finishing_then_a_rerun_completes_the_folder(source, tmp
     else:
         assert os.listdir(out) == ["notes.txt"]
     _pruner("magnitude").prune(str(source), save_dir=out)
-    assert {k: v.tolist() for k, v in _all_tensors(out).items()} == {k: v.tolist() for k, v in _all_tensors(reference).items()}
+    assert {k: v.tolist() for k, v in saved_tensors(out).items()} == {k: v.tolist() for k, v in saved_tensors(reference).items()}
     assert (out / "notes.txt").read_text() == "the user's own file"
     assert {"si_config.json", "si_report.json", "README.md", INDEX_NAME, "config.json"} <= set(os.listdir(out))
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")) == [".out.optimum-si.lock"]
@@ -445,7 +437,7 @@ def test_killed_while_renaming_the_shards_then_a_rerun_completes(source, tmp_pat
     assert subprocess.run([sys.executable, "-c", child], cwd=os.getcwd(), capture_output=True).returncode != 0
     assert not out.exists()
     _pruner("magnitude").prune(str(source), save_dir=out)
-    assert {k: v.tolist() for k, v in _all_tensors(out).items()} == {k: v.tolist() for k, v in _all_tensors(reference).items()}
+    assert {k: v.tolist() for k, v in saved_tensors(out).items()} == {k: v.tolist() for k, v in saved_tensors(reference).items()}
 
 
 @pytest.mark.parametrize("damage", ["truncated progress", "nested progress", "missing part", "truncated part"])
@@ -470,7 +462,7 @@ def test_corrupt_progress_is_a_clear_error_and_overwrite_starts_clean(source, tm
     with pytest.raises(ValueError, match=r"(corrupted|damaged) .*; pass overwrite=True to start over"):
         _pruner().prune(str(source), save_dir=out, dataset=token_ids())
     _pruner().prune(str(source), save_dir=out, dataset=token_ids(), overwrite=True)
-    assert {k: v.tolist() for k, v in _all_tensors(out).items()} == {k: v.tolist() for k, v in _all_tensors(reference).items()}
+    assert {k: v.tolist() for k, v in saved_tensors(out).items()} == {k: v.tolist() for k, v in saved_tensors(reference).items()}
 
 
 @pytest.mark.parametrize("entry", ["relative", "absolute"])
@@ -522,10 +514,10 @@ def test_every_tensor_keeps_its_source_dtype(source, tmp_path, norms, weights):
         tensors = load_file(source / shard)
         save_file({k: v.to(norms if "norm" in k else weights) for k, v in tensors.items()}, source / shard,
                   metadata={"format": "pt"})
-    before = _all_tensors(source)
+    before = saved_tensors(source)
     out = tmp_path / "out"
     _pruner().prune(str(source), save_dir=out, dataset=token_ids())
-    after = _all_tensors(out)
+    after = saved_tensors(out)
     assert {k: v.dtype for k, v in after.items()} == {k: v.dtype for k, v in before.items()}
     untouched = [k for k in before if "proj" not in k]  # norms and embeddings: the source bytes themselves
     assert untouched and all(torch.equal(after[k], before[k]) for k in untouched)

@@ -5,7 +5,6 @@ layout, so the output loads with `AutoModelForCausalLM.from_pretrained` and equa
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
@@ -14,15 +13,7 @@ from safetensors.torch import load_file
 from optimum_si import SIPruner
 from optimum_si.streaming import INDEX_NAME
 
-from .conftest import tiny_model, token_ids
-
-
-def _tensors(folder):
-    tensors = {}
-    for name in os.listdir(folder):
-        if name.endswith(".safetensors"):
-            tensors.update(load_file(os.path.join(folder, name)))
-    return tensors
+from .conftest import saved_tensors, tiny_model, token_ids
 
 
 def _pruner(method, **kwargs):
@@ -51,7 +42,7 @@ def test_streamed_moe_equals_in_memory(moe_source, tmp_path, method, extra):
     pruner.prune(in_memory, dataset=calib)
 
     # The output is in the source's own layout: the same keys, shapes and dtypes, per expert.
-    source_tensors, written = _tensors(moe_source), _tensors(out)
+    source_tensors, written = saved_tensors(moe_source), saved_tensors(out)
     assert written.keys() == source_tensors.keys()
     assert any(".experts.0." in key for key in written)
     assert all(written[k].shape == t.shape and written[k].dtype == t.dtype for k, t in source_tensors.items())
@@ -89,8 +80,8 @@ def test_a_killed_moe_run_resumes_from_its_per_expert_output(moe_source, tmp_pat
         _pruner("wanda").prune(str(moe_source), save_dir=out, dataset=calib)
     monkeypatch.undo()
     _pruner("wanda").prune(str(moe_source), save_dir=out, dataset=calib)  # block 0 is read back from the output
-    expected = _tensors(reference)
-    assert all(torch.equal(t, expected[k]) for k, t in _tensors(out).items()) and _tensors(out).keys() == expected.keys()
+    expected = saved_tensors(reference)
+    assert all(torch.equal(t, expected[k]) for k, t in saved_tensors(out).items()) and saved_tensors(out).keys() == expected.keys()
 
 
 def test_a_checkpoint_missing_an_expert_is_refused_before_writing(tmp_path):

@@ -58,14 +58,16 @@ class OutputErrorProbe:
     block's outputs once it is pruned. `inputs` is the engine's `BlockInputs` (hidden states and kwargs)."""
 
     @torch.no_grad()
-    def __init__(self, block: nn.Module, inputs: Any) -> None:
+    def __init__(self, block: nn.Module, inputs: Any, dense: Sequence[torch.Tensor] | None = None) -> None:
+        """`dense`: the unchanged block's outputs on every window of `inputs` when the caller computed them anyway
+        (then no forward here)."""
         group = distributed.active()  # data-parallel: the probe windows of the whole set, those this rank holds
         self.indices = probe_windows(group.batch_total if group is not None else len(inputs.hidden))
         self._any = bool(self.indices)
         if group is not None:
             self.indices = group.local_indices(self.indices)
         self._inputs = inputs
-        self._dense = [self._run(block, i) for i in self.indices]
+        self._dense = [dense[i] if dense is not None else self._run(block, i) for i in self.indices]
 
     def _run(self, block: nn.Module, index: int) -> torch.Tensor:
         hidden = self._inputs.hidden[index]

@@ -278,6 +278,7 @@ class BlockEngine:
         self.model_config = model_config
         self.prune = prune  # False: induction only (distribution level, dense function unchanged)
         self.method: PruningMethod = config.pruning_method  # with the recipe's knobs (ria_a, alps_rho0, ...)
+        self._si_probe: OutputErrorProbe | None = None  # the current block's probe fed by SI's dense pass
 
     def _groups(self, linears: dict[str, nn.Linear]) -> list[dict[str, nn.Linear]]:
         if not self.config.true_sequential or not self.sequential_groups:
@@ -324,12 +325,17 @@ class BlockEngine:
             self._prefix = f"{block_prefix}.{index}"
             block = source.load(index)
             try:
-                # The dense block's outputs on a few windows, taken before any weight changes (optimum_si.block_error).
-                error_probe = OutputErrorProbe(block, inputs) if inputs is not None and self.prune else None
+                # The dense block's outputs on a few windows, taken before any weight changes (optimum_si.block_error);
+                # SI's dense pass over the same inputs hands its outputs to the probe instead (no forward of its own).
+                self._si_probe = None
+                error_probe = OutputErrorProbe(block, inputs) if inputs is not None and self.prune and not (
+                    self.config.induction and self._dense_pass_feeds_probe()) else None
                 linears = _as_targets(linears_of(index, block))
                 inducer = None
                 if self.config.induction and inputs is not None:
                     inducer = self._induce_and_prune(index, block, f"{block_prefix}.{index}", linears, inputs, record)
+                    if error_probe is None:
+                        error_probe = self._si_probe
                 else:
                     for group in self._groups(linears):
                         t0 = time.perf_counter()
@@ -374,6 +380,11 @@ class BlockEngine:
     def _needs_stats(self) -> bool:
         return self.method.needs_data
 
+    def _dense_pass_feeds_probe(self) -> bool:
+        """Whether SI's dense pass runs the unchanged block on the pruned stream's own inputs (the local target), as
+        the output-error probe does; not when experts see every token in it, which changes the block's outputs."""
+        return self.config.induction_target != "global" and self.config.expert_calibration != "all"
+
     def _induce_and_prune(self, index: int, block: nn.Module, prefix: str, linears: dict[str, nn.Linear],
                           inputs: BlockInputs, record: BlockRecord):
         """Returns the block's `BlockInducer` (its verdict is taken after propagation), or None for induce-only runs."""
@@ -393,6 +404,8 @@ class BlockEngine:
             _check_finite(dense_outputs, f"the dense outputs of block {index}")
         else:  # one pass gives the statistics and the targets
             stats, dense_outputs = self._collect(index, block, targets, teacher, keep_outputs=True)
+        if self.prune and self._dense_pass_feeds_probe():
+            self._si_probe = OutputErrorProbe(block, inputs, dense=dense_outputs)
         if global_target:
             inputs.teacher = dense_outputs
         t1 = time.perf_counter()

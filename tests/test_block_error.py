@@ -106,3 +106,27 @@ def test_data_free_magnitude_records_no_error():
     pruner.prune(model, dataset=token_ids(4, 16))
     assert all(b.output_error is None for b in pruner.report.blocks)
     assert pruner.report.output_error_summary() is None
+
+
+@pytest.mark.parametrize("target", ["local", "global"])
+def test_si_probe_reads_the_dense_pass_instead_of_running_the_block(target, monkeypatch):
+    from optimum_si.engine import BlockEngine
+
+    def prune(feeds_probe):
+        model = tiny_model("llama")
+        if not feeds_probe:  # what the engine did before: the probe runs its own dense forward
+            monkeypatch.setattr(BlockEngine, "_dense_pass_feeds_probe", lambda self: False)
+        calls = [0]
+        for block in model.model.layers:
+            block.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+        pruner = SIPruner(method="wanda", induction=True, induction_target=target, num_samples=16, seqlen=32,
+                          show_progress=False)
+        pruner.prune(model, dataset=token_ids(16))
+        monkeypatch.undo()
+        return [b.output_error for b in pruner.report.blocks], model.state_dict(), calls[0]
+
+    errors, weights, calls = prune(True)
+    old_errors, old_weights, old_calls = prune(False)
+    assert errors == old_errors and all(torch.equal(weights[k], old_weights[k]) for k in weights)
+    saved = len(probe_windows(16)) * 2 if target == "local" else 0  # two blocks
+    assert old_calls - calls == saved

@@ -103,14 +103,18 @@ class UndoLog:
         self._keys.add(key)
 
     def _write(self, tensor: torch.Tensor) -> _Spilled | None:
-        """Append `tensor`'s bytes to the undo file; None (after a warning, and for the rest of the run) if the disk
-        refuses."""
+        """Append `tensor`'s bytes to the undo file; None if it has no byte view, or (after a warning, and for the rest
+        of the run) if the disk refuses."""
         data = tensor.to("cpu").contiguous()  # no copy for a contiguous CPU tensor: it is written before it changes
+        try:
+            raw = _as_bytes(data)
+        except (RuntimeError, TypeError):  # no plain byte view (a quantized or lazily conjugated tensor): kept in RAM
+            return None
         try:
             if self._file is None:
                 self._file = tempfile.TemporaryFile(prefix="optimum-si-undo-", dir=self.directory)
             self._file.seek(self._end)
-            self._file.write(_as_bytes(data))
+            self._file.write(raw)
         except OSError as err:
             logger.warning("Cannot write the undo copies to a temporary file (%s); keeping them in memory instead.",
                            err)

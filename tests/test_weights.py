@@ -88,6 +88,28 @@ def test_a_refused_disk_keeps_the_originals_in_memory(tmp_path, caplog):
     assert torch.equal(_bits(module.b), before)
 
 
+def test_a_tensor_without_a_byte_view_stays_in_memory_and_the_rest_still_spills(monkeypatch, opened):
+    module = _odd_module()
+    before = {name: _bits(getattr(module, name)) for name in ("a", "b")}
+    real = weights_module._as_bytes
+
+    def refuse_bf16(tensor):
+        if tensor.dtype == torch.bfloat16:
+            raise RuntimeError("no byte view")
+        return real(tensor)
+
+    monkeypatch.setattr(weights_module, "_as_bytes", refuse_bf16)
+    undo = UndoLog()
+    undo.record(module, "b")
+    undo.record(module, "a")
+    assert undo.memory_bytes == module.b.numel() * 2 and undo.spilled_bytes == module.a.numel() * 4
+    with torch.no_grad():
+        module.a.zero_()
+        module.b.zero_()
+    undo.restore()
+    assert all(torch.equal(_bits(getattr(module, name)), bits) for name, bits in before.items())
+
+
 def test_in_memory_log_when_asked(opened):
     module = _odd_module()
     before = _bits(module.c)

@@ -381,9 +381,9 @@ class BlockEngine:
         return self.method.needs_data
 
     def _dense_pass_feeds_probe(self) -> bool:
-        """Whether SI's dense pass runs the unchanged block on the pruned stream's own inputs (the local target), as
-        the output-error probe does; not when experts see every token in it, which changes the block's outputs."""
-        return self.config.induction_target != "global" and self.config.expert_calibration != "all"
+        """Whether SI's dense outputs are the unchanged block on the pruned stream's own inputs (the local target), as
+        the output-error probe needs (with expert_calibration="all" they come from a routed pass of their own)."""
+        return self.config.induction_target != "global"
 
     def _induce_and_prune(self, index: int, block: nn.Module, prefix: str, linears: dict[str, nn.Linear],
                           inputs: BlockInputs, record: BlockRecord):
@@ -398,8 +398,12 @@ class BlockEngine:
         global_target = self.prune and self.config.induction_target == "global"
         teacher = BlockInputs(inputs.teacher if inputs.teacher is not None else inputs.hidden, inputs.kwargs) \
             if global_target else inputs
-        if global_target and not self._statistics_from_teacher():
-            stats = self._collect(index, block, targets, inputs)
+        separate = global_target and not self._statistics_from_teacher()
+        # With expert_calibration="all" the statistics pass sends every token to every expert, so its outputs are not
+        # the block's: the targets then need a pass of their own, with the model's routing.
+        all_tokens = self.config.expert_calibration == "all" and any(t.expert is not None for t in targets.values())
+        if separate or all_tokens:
+            stats = self._collect(index, block, targets, inputs if separate else teacher)
             dense_outputs = run_block(block, teacher)
             _check_finite(dense_outputs, f"the dense outputs of block {index}")
         else:  # one pass gives the statistics and the targets

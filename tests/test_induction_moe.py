@@ -201,3 +201,29 @@ def test_streamed_si_on_moe_equals_in_memory(arch, tmp_path):
                                                   max_shard_size="100KB")
     assert [b.induction["kept"] for b in streamed.report.blocks] == [b.induction["kept"] for b in pruner.report.blocks]
     assert streamed.report.sparsity == pytest.approx(0.5)
+
+
+def test_si_targets_are_the_routed_dense_outputs_when_experts_calibrate_on_every_token(monkeypatch):
+    """expert_calibration="all" sends every token to every expert in the statistics pass; SI must still train
+    against what the dense block really outputs (the model's own routing), so the targets come from their own pass."""
+    import copy
+
+    from optimum_si.engine import _block_output
+    from optimum_si.induction import BlockInducer
+
+    model = tiny_model("mixtral")
+    dense_block = copy.deepcopy(model.model.layers[0])
+    seen = []
+    original = BlockInducer.run
+
+    def spy(self, block, linears, dense_weights, keeps, stats, hidden, kwargs, dense_outputs, *rest):
+        if not seen:
+            seen.append(([h.clone() for h in hidden], kwargs, [o.clone() for o in dense_outputs]))
+        return original(self, block, linears, dense_weights, keeps, stats, hidden, kwargs, dense_outputs, *rest)
+
+    monkeypatch.setattr(BlockInducer, "run", spy)
+    _si("wanda", expert_calibration="all").prune(model, dataset=token_ids())
+    hidden, kwargs, targets = seen[0]
+    with torch.no_grad():
+        routed = [_block_output(dense_block(h, **kwargs[h.shape[0]])) for h in hidden]
+    assert all(torch.equal(t, r) for t, r in zip(targets, routed, strict=True))

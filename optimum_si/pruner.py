@@ -95,8 +95,8 @@ class SIPruner:
                 return runner.prune(model, tokenizer, dataset, save_dir=save_dir, max_shard_size=max_shard_size,
                                     overwrite=overwrite, revision=revision, token=token)
             finally:
-                self.report, self._tokenizer, self._calibration_ids = (runner.report, runner._tokenizer,
-                                                                       runner._calibration_ids)
+                self.report, self._report_model = runner.report, runner._report_model
+                self._tokenizer, self._calibration_ids = runner._tokenizer, runner._calibration_ids
         if isinstance(model, (str, os.PathLike)):
             if save_dir is None:
                 raise ValueError("Streaming a checkpoint needs an output folder: prune(path, save_dir='out/', ...).")

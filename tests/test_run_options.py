@@ -76,3 +76,15 @@ def test_nm_notation_warns_when_n_is_not_half_of_m(caplog, monkeypatch):
         config = SIConfig(mask_structure="1:4")
     assert config.sparsity == 0.75
     assert "keeps 1 of every 4" in caplog.text and "llm-compressor" in caplog.text
+
+
+def test_a_run_with_run_options_replaces_which_model_the_report_describes(tmp_path):
+    """prune(A); prune(B, device=...) must leave the pruner describing B: save(A) is refused, save(B) works."""
+    first, second = tiny_model("llama"), tiny_model("llama", seed=1)
+    pruner = SIPruner(method="wanda", sparsity=0.5, num_samples=4, seqlen=32, show_progress=False)
+    pruner.prune(first, dataset=token_ids())
+    pruner.prune(second, dataset=token_ids(), device="cpu")
+    with pytest.raises(ValueError, match="another model"):
+        pruner.save(first, tmp_path / "first")
+    pruner.save(second, tmp_path / "second")
+    assert (tmp_path / "second" / "si_config.json").is_file()

@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TABLES = {"quality-table": "quality.md", "si-table": "si_gains.md", "speed-table": "speed.md",
           "refresh-table": "refresh_cost.md", "ablation-table": "ablation.md", "streaming-table": "streaming_memory.md",
           "cloze-table": "cloze.md",
-          "methods-table": "methods_quality.md"}
+          "methods-table": "methods_grid.md"}
 
 
 def main() -> None:

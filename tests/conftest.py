@@ -100,6 +100,18 @@ def stream_and_prune_in_memory(model, make_pruner, tmp_path, dataset, **save_kwa
     return streamed, pruner
 
 
+def fold_and_compare(model, fold, ids):
+    """Run `fold(model)` (a function-preserving transform) between two forwards on `ids`; returns what `fold`
+    returned, the logits before and after, and the names of the state-dict entries it changed."""
+    before_weights = snapshot(model)
+    with torch.no_grad():
+        before = model(ids).logits
+        result = fold(model)
+        after = model(ids).logits
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before_weights[k])}
+    return result, before, after, changed
+
+
 def snapshot(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

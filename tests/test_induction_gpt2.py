@@ -15,7 +15,7 @@ from optimum_si.targets import plan_block
 from optimum_si.transforms import fold_scaling, resolve_scaling_groups
 from optimum_si.weights import UndoLog
 
-from .conftest import snapshot, stream_and_prune_in_memory, tiny_model, token_ids
+from .conftest import fold_and_compare, snapshot, stream_and_prune_in_memory, tiny_model, token_ids
 
 HIDDEN = 64
 
@@ -40,14 +40,8 @@ def test_folding_random_scales_and_shifts_keeps_gpt2(dtype, tol):
         for name, param in model.named_parameters():
             if name.endswith("bias"):
                 param.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(len(name)))
-    ids = token_ids(2, 24)
-    before_weights = snapshot(model)
-    with torch.no_grad():
-        before = model(ids).logits
-        names = _random_fold(model)
-        after = model(ids).logits
+    names, before, after, changed = fold_and_compare(model, _random_fold, token_ids(2, 24))
     assert names == {"attn_in", "attn_out", "mlp_in", "qk"}  # no mlp_out: GELU
-    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before_weights[k])}
     for name in ("ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias", "attn.c_attn.weight", "attn.c_attn.bias",
                  "attn.c_proj.weight", "attn.c_proj.bias", "mlp.c_fc.weight", "mlp.c_fc.bias"):
         assert f"transformer.h.0.{name}" in changed

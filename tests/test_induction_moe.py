@@ -16,7 +16,7 @@ from optimum_si.targets import plan_block
 from optimum_si.transforms import fold_scaling, resolve_scaling_groups
 from optimum_si.weights import UndoLog
 
-from .conftest import _COMMON, snapshot, stream_and_prune_in_memory, tiny_model, token_ids
+from .conftest import _COMMON, fold_and_compare, snapshot, stream_and_prune_in_memory, tiny_model, token_ids
 
 MOE_ARCHS = ["mixtral", "qwen3_moe", "qwen2_moe"]
 
@@ -53,14 +53,8 @@ def _random_fold(model, groups=None, seed=0):
 @pytest.mark.parametrize("arch", MOE_ARCHS)
 def test_folding_random_scales_keeps_the_dense_moe_model(arch, dtype, tol):
     model = _model(arch, dtype)
-    ids = token_ids(2, 24)
-    before_weights = snapshot(model)
-    with torch.no_grad():
-        before = model(ids).logits
-        names = _random_fold(model)
-        after = model(ids).logits
+    names, before, after, changed = fold_and_compare(model, _random_fold, token_ids(2, 24))
     assert names == {"attn_in", "attn_out", "mlp_in", "mlp_out", "qk"}
-    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before_weights[k])}
     assert {"model.layers.0.mlp.gate.weight", "model.layers.0.mlp.experts.gate_up_proj",
             "model.layers.0.mlp.experts.down_proj"} <= changed
     torch.testing.assert_close(after, before, rtol=0, atol=tol * before.abs().max().item())

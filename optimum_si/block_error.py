@@ -11,7 +11,7 @@ next block, is run once more on those windows).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -58,16 +58,24 @@ class OutputErrorProbe:
     block's outputs once it is pruned. `inputs` is the engine's `BlockInputs` (hidden states and kwargs)."""
 
     @torch.no_grad()
-    def __init__(self, block: nn.Module, inputs: Any, dense: Sequence[torch.Tensor] | None = None) -> None:
-        """`dense`: the unchanged block's outputs on every window of `inputs` when the caller computed them anyway
-        (then no forward here)."""
-        group = distributed.active()  # data-parallel: the probe windows of the whole set, those this rank holds
-        self.indices = probe_windows(group.batch_total if group is not None else len(inputs.hidden))
-        self._any = bool(self.indices)
-        if group is not None:
-            self.indices = group.local_indices(self.indices)
+    def __init__(self, block: nn.Module, inputs: Any,
+                 dense: Sequence[torch.Tensor] | Mapping[int, torch.Tensor] | None = None) -> None:
+        """`dense`: the unchanged block's outputs when the caller computed them anyway (then no forward here): a
+        sequence over every window of `inputs`, or a mapping holding at least the `local_windows`."""
+        group = distributed.active()
+        self._any = bool(probe_windows(group.batch_total if group is not None else len(inputs.hidden)))
+        self.indices = self.local_windows(len(inputs.hidden))
         self._inputs = inputs
         self._dense = [dense[i] if dense is not None else self._run(block, i) for i in self.indices]
+
+    @staticmethod
+    def local_windows(count: int) -> list[int]:
+        """Indices, among this process's `count` windows, of the probe windows (data-parallel: the probe windows of
+        the whole set, those this rank holds)."""
+        group = distributed.active()
+        if group is None:
+            return probe_windows(count)
+        return group.local_indices(probe_windows(group.batch_total))
 
     def _run(self, block: nn.Module, index: int) -> torch.Tensor:
         hidden = self._inputs.hidden[index]

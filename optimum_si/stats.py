@@ -6,7 +6,7 @@ post-attention norm) share one `InputStats`: the squared norms and the Hessian a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import torch
@@ -89,11 +89,12 @@ class InputStatsCollector:
     forward. Input sharing is decided on the first forward by tensor identity and reused afterwards. With
     `stop_when_done`, the hook raises `StopForward` as soon as all hooked Linears have seen their input, so the
     caller can skip the rest of the block (e.g. computing `down_proj` itself); never with experts, which need the
-    whole forward.
+    whole forward, and not on the passes numbered in `run_to_end` (counted by `end_pass()` from 0), whose outputs the
+    caller wants.
     """
 
     def __init__(self, linears: dict[str, Any], with_hessian: bool, stop_when_done: bool = True,
-                 all_tokens_to_experts: bool = False) -> None:
+                 all_tokens_to_experts: bool = False, run_to_end: Collection[int] = ()) -> None:
         self.modules: dict[str, nn.Module] = {}
         self._experts: dict[tuple[int, str, int | None], list[str]] = {}  # (module id, param, expert) -> names
         self._expert_params: dict[tuple[int, str], tuple[nn.Module, str]] = {}
@@ -107,6 +108,8 @@ class InputStatsCollector:
         self.linears = linears
         self.with_hessian = with_hessian
         self.stop_when_done = stop_when_done and not self._experts
+        self.run_to_end = frozenset(run_to_end)
+        self._pass = 0
         self.stats: dict[str, InputStats] = {}
         self._owners: set[str] = set()  # Linears that accumulate; the others alias an owner's stats
         self._seen: set[str] = set()
@@ -131,7 +134,7 @@ class InputStatsCollector:
         if name in self._owners:
             self.stats[name].add(x)
         self._seen.add(name)
-        if self.stop_when_done and len(self._seen) == len(self.linears):
+        if self.stop_when_done and len(self._seen) == len(self.linears) and self._pass not in self.run_to_end:
             raise StopForward
 
     def _expert_input(self, key: tuple[int, str, int | None], x: torch.Tensor) -> None:
@@ -145,6 +148,7 @@ class InputStatsCollector:
         self.stats[names[0]].add(x)
 
     def end_pass(self) -> None:
+        self._pass += 1
         self._live_inputs.clear()
         self._seen.clear()
         self._first_pass = False

@@ -2,6 +2,10 @@
 
     python -m benchmarks.speed                      # Wanda and SparseGPT at 50 %, alternating implementations
     python -m benchmarks.speed --methods wanda --repeats 2
+    python -m benchmarks.speed --induction --repeats 2   # also SI + method, with float32 and bfloat16 training
+
+Rows run interleaved (reference, optimum-si, SI, SI with bf16 training, then again for each repeat), so a change
+in the shared machine's speed during the run hits every implementation alike; the ratios are of the means.
 
 Each run is its own process (SmolLM2-135M, the calibration windows of benchmarks/protocol.py); the time is the
 pruning call only (model load excluded), peak RSS is the process maximum. Results go to
@@ -20,7 +24,12 @@ import time
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def run_one(impl: str, method: str, induction: bool) -> dict:
+# --one MODE -> (induction, induction_precision)
+MODES = {"plain": (False, "float32"), "si": (True, "float32"), "si-bf16": (True, "bfloat16")}
+
+
+def run_one(impl: str, method: str, mode: str) -> dict:
+    induction, precision = MODES[mode]
     from benchmarks import protocol
 
     protocol.setup_environment()
@@ -35,10 +44,10 @@ def run_one(impl: str, method: str, induction: bool) -> dict:
     else:
         from optimum_si import SIPruner
 
-        SIPruner(method=method, induction=induction, num_samples=protocol.CALIB_SAMPLES, seqlen=protocol.CALIB_SEQLEN,
+        SIPruner(method=method, induction=induction, induction_precision=precision, num_samples=protocol.CALIB_SAMPLES, seqlen=protocol.CALIB_SEQLEN,
                  show_progress=False).prune(model, dataset=calib)
     seconds = time.perf_counter() - started
-    return {"impl": impl, "method": method, "induction": induction, "prune_s": seconds,
+    return {"impl": impl, "method": method, "induction": induction, "induction_precision": precision, "prune_s": seconds,
             "peak_rss_mb": protocol.peak_rss_mb(), "rss_after_load_mb": rss_before, **protocol.machine()}
 
 
@@ -46,6 +55,8 @@ def markdown(records: list[dict]) -> str:
     lines = ["| method | implementation | prune s | peak RSS MB |", "|---|---|---:|---:|"]
     for r in records:
         name = r["impl"] + (" + SI" if r["induction"] else "")
+        if r["induction"] and r.get("induction_precision") == "bfloat16":
+            name += " (bf16 training)"
         lines.append(f"| {r['method']} 50% | {name} | {r['prune_s']:.1f} | {r['peak_rss_mb']:.0f} |")
     lines.append("")
     for method in sorted({r["method"] for r in records}):
@@ -54,10 +65,12 @@ def markdown(records: list[dict]) -> str:
         if ref and ours:
             lines.append(f"- {method}: optimum-si is {sum(ref) / len(ref) / (sum(ours) / len(ours)):.2f}x faster than the "
                          f"reference-structured loop (mean of {len(ours)} run(s) each, alternating).")
-        si = [r["prune_s"] for r in records if r["method"] == method and r["induction"]]
-        if si and ours:
-            lines.append(f"- {method}: SI + {method} takes {sum(si) / len(si) / (sum(ours) / len(ours)):.2f}x the time of "
-                         f"plain {method}.")
+        for precision, label in (("float32", ""), ("bfloat16", " with bf16 training")):
+            si = [r["prune_s"] for r in records if r["method"] == method and r["induction"]
+                  and r.get("induction_precision", "float32") == precision]
+            if si and ours:
+                lines.append(f"- {method}: SI{label} + {method} takes {sum(si) / len(si) / (sum(ours) / len(ours)):.2f}x "
+                             f"the time of plain {method} (mean of {len(si)} run(s)).")
     first = records[0] if records else {}
     lines.append("")
     lines.append(f"SmolLM2-135M-Instruct fp32, 32 x 512 calibration tokens, torch {first.get('torch')}, "
@@ -69,14 +82,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=["wanda", "sparsegpt"])
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--induction", action="store_true", help="also time SI + method")
+    parser.add_argument("--induction", action="store_true",
+                        help="also time SI + method, with float32 and with bfloat16 training (induction_precision)")
     parser.add_argument("--name", default="speed")
     parser.add_argument("--update", action="store_true",
                         help="keep the other methods' rows of an existing results file (this run's methods are replaced)")
-    parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs=3, metavar=("IMPL", "METHOD", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one[0], args.one[1], args.one[2] == "si")))
+        print(json.dumps(run_one(*args.one)))
         return
     records = []
     os.makedirs(RESULTS_DIR, exist_ok=True)
@@ -85,9 +99,9 @@ def main() -> None:
         with open(path, encoding="utf-8") as handle:
             records = [r for r in json.load(handle) if r["method"] not in args.methods]
     for method in args.methods:
-        jobs = [("reference", "plain"), ("optimum-si", "plain")] * args.repeats
-        if args.induction:
-            jobs.append(("optimum-si", "si"))
+        modes = ["plain", "si", "si-bf16"] if args.induction else ["plain"]
+        jobs = [("reference", "plain")] + [("optimum-si", mode) for mode in modes]
+        jobs *= args.repeats
         for impl, mode in jobs:
             out = subprocess.run([sys.executable, "-m", "benchmarks.speed", "--one", impl, method, mode],
                                  check=True, capture_output=True, text=True)

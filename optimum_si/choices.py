@@ -11,7 +11,8 @@ from __future__ import annotations
 from enum import Enum
 
 __all__ = ["Choice", "ActivationStorage", "SparsityProfile", "ExpertCalibration", "InductionRefresh", "InductionInit",
-           "InductionTarget", "InductionStatistics", "InductionUnsupported", "InductionOptimizer", "CHOICE_FIELDS"]
+           "InductionTarget", "InductionStatistics", "InductionUnsupported", "InductionOptimizer", "InductionPrecision",
+           "CHOICE_FIELDS"]
 
 
 class Choice(str, Enum):
@@ -73,6 +74,11 @@ class InductionOptimizer(Choice):
     DAMPED_ADAM = "damped-adam"
 
 
+class InductionPrecision(Choice):
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+
+
 # SIConfig field -> its Choice type
 CHOICE_FIELDS: dict[str, type[Choice]] = {
     "activation_storage": ActivationStorage,
@@ -84,4 +90,5 @@ CHOICE_FIELDS: dict[str, type[Choice]] = {
     "induction_statistics": InductionStatistics,
     "induction_unsupported": InductionUnsupported,
     "induction_optimizer": InductionOptimizer,
+    "induction_precision": InductionPrecision,
 }

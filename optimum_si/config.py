@@ -22,6 +22,7 @@ from .choices import (
     ExpertCalibration,
     InductionInit,
     InductionOptimizer,
+    InductionPrecision,
     InductionRefresh,
     InductionStatistics,
     InductionTarget,
@@ -196,6 +197,10 @@ class SIConfig:
         "Optimiser of the learned scales: 'adam', or 'damped-adam' (steps in proportion to the gradient evidence "
         "for weakly exercised channels, so they stay near 1; see optimum_si/optim.py and docs/si-design.md).",
         default="damped-adam")
+    induction_precision: InductionPrecision = _help(
+        "Compute dtype of the scale training's forward and backward passes: 'float32', or 'bfloat16' (autocast; "
+        "about halves the training time where matmuls run in bf16: AMX CPUs, recent GPUs). Statistics, masks, the "
+        "keep/revert verdict, the fold and the propagation stay float32 (docs/performance.md).", default="float32")
     induction_validation_fraction: float = _help(
         "Fraction of the calibration windows held out from training: the keep/revert verdict of each block compares "
         "the block loss with and without the learned scales on them (0: judge on training windows).", default=0.25)

@@ -12,7 +12,7 @@ import re
 import tempfile
 from typing import Any
 
-__all__ = ["validate_device", "check_device_available", "check_runtime"]
+__all__ = ["validate_device", "check_device_available", "check_runtime", "check_training_precision"]
 
 # Device types a block can execute on. "meta" has no storage: pruning "there" would replace the weights with empty
 # tensors that the undo log cannot bring back, so it is refused with its own message.
@@ -77,3 +77,18 @@ def check_runtime(config: Any) -> None:
                 f"activation_dir={folder!r} cannot be written ({existing} is not a writable folder); name a writable "
                 "folder with room for the calibration activations."
             )
+
+
+def check_training_precision(config: Any, device: Any) -> None:
+    """ValueError when SI is to train in bfloat16 on a GPU without bf16 support (autocast would silently fall back
+    to float32 there)."""
+    import torch
+
+    device = torch.device(device)
+    if not (config.induction and config.induction_precision == "bfloat16" and device.type == "cuda"):
+        return
+    if not torch.cuda.is_bf16_supported():
+        raise ValueError(
+            f"induction_precision='bfloat16': the GPU {device} has no bfloat16 support; use "
+            "induction_precision='float32'."
+        )

@@ -134,9 +134,11 @@ class ScaledLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Scaling activations and outputs avoids a weight-sized gradient per step.
+        # Under autocast (induction_precision="bfloat16") the product comes out in bf16: keep it so (y.dtype), or
+        # the fp32 row scale would promote every later operation of the block back to fp32.
         y = nn.functional.linear(x * self.log_col.exp().to(x.dtype), self.masked_weight().to(x.dtype))
-        y = y * self.log_row.exp().to(x.dtype)
-        return y if self.bias is None else y + self.bias.to(x.dtype)
+        y = y * self.log_row.exp().to(y.dtype)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
 # The record BlockInducer fills is the report's typed per-block SI record.
@@ -323,9 +325,13 @@ class BlockInducer:
         return record.kept
 
     def _forward(self, x: torch.Tensor, grad: bool = False) -> torch.Tensor:
-        with torch.set_grad_enabled(grad):
+        """The block on one window; `grad`: a training step, run in `induction_precision` (the verdict's and the
+        probe's forwards stay in the block's own dtype)."""
+        low = grad and self.config.induction_precision == "bfloat16"
+        with torch.set_grad_enabled(grad), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=low):
             out = self._block(x, **self._kwargs[x.shape[0]])
-        return out[0] if isinstance(out, (tuple, list)) else out
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        return out.float() if low else out
 
     def _probe_loss(self, outputs: list[torch.Tensor]) -> float:
         """Mean block loss over the probe windows (of every rank, so that all ranks take the same verdict)."""

@@ -23,6 +23,7 @@ from .activations import resolve_storage
 from .architectures import spec_for
 from .calibration import build_calibration
 from .config import SIConfig
+from .devices import check_training_precision
 from .engine import BlockEngine, BlockInputs, capture_block_inputs, find_decoder_blocks
 from .offload import offload_execution_device
 from .plan import PrunePlan
@@ -105,6 +106,7 @@ def set_up_run(config: SIConfig, model: nn.Module, model_config: Any, tokenizer:
     if source_checks is not None:
         source_checks(config)
     device = execution_device(config, blocks)
+    check_training_precision(config, device)
     ids, calibration = None, None
     if config.needs_calibration:
         ids, calibration = build_calibration(

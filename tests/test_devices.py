@@ -8,7 +8,7 @@ import torch
 
 from optimum_si import SIConfig, SIPruner
 from optimum_si.config import CONFIG_NAME
-from optimum_si.devices import check_device_available, check_runtime, validate_device
+from optimum_si.devices import check_device_available, check_runtime, check_training_precision, validate_device
 
 from .conftest import assert_unchanged, snapshot, tiny_model, token_ids
 
@@ -99,3 +99,14 @@ def test_all_zero_calibration_inputs_are_refused_naming_the_layer(method):
     # The fix the message names works.
     SIPruner(method=method, num_samples=2, seqlen=16, show_progress=False,
              ignore=["model.layers.0.mlp.*"]).prune(model, dataset=token_ids(2, 16))
+
+
+def test_bfloat16_training_is_refused_on_a_gpu_without_bf16(monkeypatch):
+    config = SIConfig(induction=True, induction_precision="bfloat16")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with pytest.raises(ValueError, match="no bfloat16 support; use induction_precision='float32'"):
+        check_training_precision(config, "cuda:0")
+    check_training_precision(config, "cpu")  # CPU autocast always has bf16
+    check_training_precision(SIConfig(induction=True), "cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    check_training_precision(config, "cuda:0")

@@ -107,6 +107,7 @@ def test_unsupported_architecture_errors_or_skips():
         ({"induction_lr": float("nan")}, "induction_lr"),
         ({"induction_spectral_weight": -1}, "induction_spectral_weight"),
         ({"induction_refresh": "slow"}, "induction_refresh"),
+        ({"induction_precision": "fp8"}, "induction_precision must be one of .float32., .bfloat16."),
         ({"induction_groups": ["attn"]}, "unknown group"),
         ({"true_sequential": True}, "true_sequential=False"),
     ],
@@ -343,3 +344,23 @@ def test_the_fold_helps_magnitude_only():
         assert any(r != 1.0 for r in ratios[name])  # the mask does move
     assert {name: get_method(name).fold_changes_mask for name in ratios} == {
         "ria": False, "zpruner": False, "wanda": False, "magnitude": True}
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_training_precision_applies_to_the_training_steps_only(precision):
+    """induction_precision='bfloat16' autocasts the training forward/backward; every other pass of the block (the
+    statistics, the verdict, the propagation) and the written weights stay float32."""
+    model = tiny_model("llama")
+    seen: list[tuple[bool, torch.dtype]] = []
+    act = model.model.layers[0].mlp.act_fn
+    act.register_forward_pre_hook(lambda _m, args: seen.append((torch.is_grad_enabled(), args[0].dtype)))
+    pruner = _si(induction_precision=precision)
+    pruner.prune(model, dataset=token_ids())
+    training = {dtype for grad, dtype in seen if grad}
+    others = {dtype for grad, dtype in seen if not grad}
+    assert training == {torch.bfloat16 if precision == "bfloat16" else torch.float32}
+    assert others == {torch.float32}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    info = pruner.report.blocks[0].induction
+    assert info["steps"] == 8 and info["loss_after"] < info["loss_before"]
+    assert pruner.report.sparsity == 0.5

@@ -203,10 +203,6 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_one(method, pattern, induction == "1", args.eval_windows)))
         return
     planned = jobs(args)
-    if args.dry_run:
-        for job in planned:
-            print(" ".join(command(*job, args.eval_windows)))
-        return
     records: list[dict] = []
     path = os.path.join(RESULTS_DIR, f"{args.name}.json")
     if args.update and os.path.isfile(path):
@@ -215,6 +211,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.skip_done:
         done = {(r["method"], r["pattern"], r["induction"]) for r in records}
         planned = [job for job in planned if job not in done]
+    if args.dry_run:  # after --skip-done, so that it lists what a real run would do
+        for job in planned:
+            print(" ".join(command(*job, args.eval_windows)))
+        return
     for method, pattern, induction in planned:
         out = subprocess.run(command(method, pattern, induction, args.eval_windows), capture_output=True, text=True)
         if out.returncode != 0:  # one failed row (e.g. a combination a method refuses) must not lose the others

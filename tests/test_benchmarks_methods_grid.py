@@ -61,6 +61,11 @@ def test_dry_run_prints_one_subprocess_command_per_row_and_runs_nothing(capsys, 
     assert len(lines) == 4 and not list(tmp_path.iterdir())
     assert lines[0] == f"{sys.executable} -m benchmarks.methods_grid --one alps 70% 0 --eval-windows 4"
     assert lines[3].endswith("--one sparsegpt 70% 1 --eval-windows 4")
+    # With --update --skip-done it lists only the rows the results file lacks.
+    (tmp_path / "methods_grid.json").write_text(json.dumps({"records": [_record("alps", "70%", False, 9.0)]}))
+    bench.main(["--methods", "alps", "--patterns", "70%", "--update", "--skip-done", "--dry-run"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith("--one alps 70% 1 --eval-windows 20")
 
 
 class _Done:

@@ -16,6 +16,19 @@ def test_ties_drop_exactly_k_and_are_stable():
     assert keep.tolist() == [[False, False, False, True, True, True]]
 
 
+def test_selection_equals_a_stable_sort_when_only_some_rows_tie_at_the_cut():
+    # Rows 0 and 2 tie at the cut, rows 1 and 3 do not: the tie rule applies to the tied rows alone.
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.rand(4, 12, generator=generator)
+    scores[0] = torch.tensor([2.0, 1, 1, 1, 3, 1, 5, 1, 4, 1, 6, 7])
+    scores[2] = 1.0
+    scores[3, 5] = float("nan")  # sorts last, so it is always kept (and the run's finiteness checks see it)
+    for k in range(1, 12):
+        order = torch.sort(scores, dim=-1, stable=True).indices[:, :k]
+        want = torch.ones_like(scores, dtype=torch.bool).scatter_(1, order, False)
+        assert torch.equal(lowest_k_mask(scores, k), want), k
+
+
 def test_two_four_golden():
     # torchao's golden case: weight 1..8, equal activations, 2:4 keeps the two largest of each group of four.
     scores = torch.arange(1.0, 9.0).reshape(1, 8)

@@ -1,6 +1,7 @@
 """Where a pruning run's seconds go, block by block: forward passes counted and every second given to one phase.
 
     python -m benchmarks.profile_blocks --blocks 3 --methods wanda sparsegpt --induction
+    python -m benchmarks.profile_blocks --blocks 3 --methods wanda sparsegpt --reference   # and the reference loop
 
 SmolLM2-135M cut to its first `--blocks` decoder blocks (the last of them is not propagated, as in a full run), the
 calibration windows of benchmarks/protocol.py. Functions of the engine and of SI are wrapped, not changed: each
@@ -142,7 +143,38 @@ def instrument(profile: Profile, blocks):
             del block.forward
 
 
-def run_one(method: str, induction: bool, blocks: int) -> dict:
+@contextlib.contextmanager
+def instrument_reference(profile: Profile, blocks, windows_per_pass: int):
+    """The reference loop (benchmarks/reference_loop.py) has no engine functions to wrap: a block's first
+    `windows_per_pass` forwards are its statistics pass, the next ones its propagation."""
+    from benchmarks import reference_loop
+
+    restore: list = []
+    _wrap(reference_loop._LayerStats, "add_batch", profile, "statistics accumulation (hooks)", restore)
+    _wrap(reference_loop, "_prune_layer", profile, "prune / solve", restore)
+    for index, block in enumerate(blocks):
+        forward, calls = block.forward, [0]
+
+        def counted(*args, _forward=forward, _index=index, _calls=calls, **kwargs):
+            if _calls[0] == 0:
+                profile.set_block(_index)
+            phase = "statistics pass" if _calls[0] < windows_per_pass else "propagate"
+            _calls[0] += 1
+            profile.windows[(profile.block, phase)] += (args[0] if args else kwargs["hidden_states"]).shape[0]
+            with profile.phase(f"{phase} [block forward]"):
+                return _forward(*args, **kwargs)
+
+        block.forward = counted
+    try:
+        yield
+    finally:
+        for owner, attr, original in reversed(restore):
+            setattr(owner, attr, original)
+        for block in blocks:
+            del block.forward
+
+
+def run_one(method: str, induction: bool, blocks: int, reference: bool = False, precision: str = "float32") -> dict:
     from benchmarks import protocol
     from optimum_si import SIPruner
 
@@ -153,13 +185,22 @@ def run_one(method: str, induction: bool, blocks: int) -> dict:
     del layers[blocks:]
     model.config.num_hidden_layers = blocks
     profile = Profile()
-    pruner = SIPruner(method=method, induction=induction, num_samples=protocol.CALIB_SAMPLES,
-                      seqlen=protocol.CALIB_SEQLEN, show_progress=False)
-    with instrument(profile, list(layers)):
+    if reference:  # the reference loop propagates its last block too; the table only reads the blocks before it
+        from benchmarks.reference_loop import reference_prune
+
+        context = instrument_reference(profile, list(layers), protocol.CALIB_SAMPLES)
+        prune = functools.partial(reference_prune, model, calib, method)
+    else:
+        pruner = SIPruner(method=method, induction=induction, induction_precision=precision,
+                          num_samples=protocol.CALIB_SAMPLES,
+                          seqlen=protocol.CALIB_SEQLEN, show_progress=False)
+        context = instrument(profile, list(layers))
+        prune = functools.partial(pruner.prune, model, dataset=calib)
+    with context:
         started = time.perf_counter()
         profile.last = started
         with profile.phase(TOP):
-            pruner.prune(model, dataset=calib)
+            prune()
         total = time.perf_counter() - started
     rows = []
     for (block, phase), seconds in profile.seconds.items():
@@ -169,18 +210,23 @@ def run_one(method: str, induction: bool, blocks: int) -> dict:
                      "windows": profile.windows.get(key, 0) if forward else 0,
                      "partial_windows": profile.partial.get(key, 0) if forward else 0,
                      "calls": profile.calls.get((block, phase), 0)})
-    report = pruner.report
-    return {"method": method, "induction": induction, "blocks": blocks, "total_s": total,
-            "windows_per_pass": protocol.CALIB_SAMPLES, "rows": rows,
-            "engine_block_seconds": [b.seconds for b in report.blocks],
-            "induction_steps": [b.induction.steps if b.induction is not None else None for b in report.blocks],
-            "peak_rss_mb": protocol.peak_rss_mb(), **protocol.machine()}
+    record = {"method": method, "induction": induction, "induction_precision": precision, "reference": reference,
+              "blocks": blocks, "total_s": total,
+              "windows_per_pass": protocol.CALIB_SAMPLES, "rows": rows, "peak_rss_mb": protocol.peak_rss_mb(),
+              **protocol.machine()}
+    if not reference:
+        record["engine_block_seconds"] = [b.seconds for b in pruner.report.blocks]
+        record["induction_steps"] = [b.induction.steps if b.induction is not None else None
+                                     for b in pruner.report.blocks]
+    return record
 
 
 def markdown(records: list[dict]) -> str:
     out = []
     for r in records:
-        name = ("SI + " if r["induction"] else "") + r["method"]
+        name = ("SI + " if r["induction"] else "") + r["method"] + (" (reference loop)" if r.get("reference") else "")
+        if r["induction"] and r.get("induction_precision") == "bfloat16":
+            name += " (bf16 training)"
         propagated = [str(i) for i in range(r["blocks"] - 1)]  # the last block is not propagated
         per_block: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         for row in r["rows"]:
@@ -214,18 +260,23 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=["wanda", "sparsegpt"])
-    parser.add_argument("--induction", action="store_true", help="also profile SI + method")
+    parser.add_argument("--induction", action="store_true",
+                        help="also profile SI + method, with float32 and with bfloat16 training")
+    parser.add_argument("--reference", action="store_true",
+                        help="also profile benchmarks/reference_loop.py on the same blocks")
     parser.add_argument("--blocks", type=int, default=3)
     parser.add_argument("--name", default="profile_blocks")
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one[0], args.one[1] == "si", int(args.one[2]))))
+        mode = args.one[1]
+        print(json.dumps(run_one(args.one[0], mode.startswith("si"), int(args.one[2]), mode == "reference",
+                                 "bfloat16" if mode == "si-bf16" else "float32")))
         return
     os.makedirs(RESULTS_DIR, exist_ok=True)
     records = []
     for method in args.methods:
-        for mode in ["plain"] + (["si"] if args.induction else []):
+        for mode in (["reference"] if args.reference else []) + ["plain"] + (["si", "si-bf16"] if args.induction else []):
             out = subprocess.run([sys.executable, "-m", "benchmarks.profile_blocks", "--one", method, mode,
                                   str(args.blocks)], check=True, capture_output=True, text=True)
             records.append(json.loads(out.stdout.strip().splitlines()[-1]))

@@ -63,6 +63,15 @@ def _obs_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float, block: int = 1
     return W
 
 
+def _prune_layer(linear: nn.Linear, stats: _LayerStats, method: str, sparsity: float) -> None:
+    if method == "wanda":
+        metric = linear.weight.abs() * torch.sqrt(stats.scaler_row.reshape(1, -1))
+        indices = torch.sort(metric, dim=-1, stable=True)[1][:, : int(metric.shape[1] * sparsity)]
+        linear.weight.scatter_(1, indices, 0)
+    else:
+        linear.weight.copy_(_obs_prune(linear.weight, stats.H, sparsity))
+
+
 @torch.no_grad()
 def reference_prune(model: nn.Module, calibration: torch.Tensor, method: str, sparsity: float = 0.5) -> None:
     """Prune `model` (a Llama-family causal LM) in place the way the reference scripts do."""
@@ -91,11 +100,6 @@ def reference_prune(model: nn.Module, calibration: torch.Tensor, method: str, sp
         for h in handles:
             h.remove()
         for name, linear in subset.items():
-            if method == "wanda":
-                metric = linear.weight.abs() * torch.sqrt(wrapped[name].scaler_row.reshape(1, -1))
-                indices = torch.sort(metric, dim=-1, stable=True)[1][:, : int(metric.shape[1] * sparsity)]
-                linear.weight.scatter_(1, indices, 0)
-            else:
-                linear.weight.copy_(_obs_prune(linear.weight, wrapped[name].H, sparsity))
+            _prune_layer(linear, wrapped[name], method, sparsity)
         inps = [layer(x, **cache) for x in inps]
         inps = [o[0] if isinstance(o, tuple) else o for o in inps]

@@ -31,5 +31,25 @@ def test_profile_counts_passes_and_accounts_for_every_second(induction):
         assert profile.windows[("0", "statistics + dense outputs pass")] == 8
         assert profile.windows[("0", "SI train forward")] == 6  # a quarter of the windows is held out
     else:
-        assert profile.partial[("0", "statistics pass")] == 8  # stops at the last Linear's input
+        # stops at the last Linear's input, except on the probe window (the output-error probe reads its outputs)
+        assert profile.partial[("0", "statistics pass")] == 7
     assert "forward" not in vars(layers[0])  # the wrappers are gone
+
+
+def test_reference_profile_splits_the_two_passes_and_accounts_for_every_second():
+    from benchmarks.reference_loop import reference_prune
+
+    model = tiny_model("llama")
+    layers = model.model.layers
+    profile = profile_blocks.Profile()
+    with profile_blocks.instrument_reference(profile, list(layers), windows_per_pass=8):
+        started = profile.last = time.perf_counter()
+        with profile.phase(profile_blocks.TOP):
+            reference_prune(model, token_ids(), "wanda")
+        total = time.perf_counter() - started
+    assert abs(sum(profile.seconds.values()) - total) < 1e-3
+    for block in ("0", "1"):  # the reference loop propagates every block, the last one too
+        assert profile.windows[(block, "statistics pass")] == 8 and profile.windows[(block, "propagate")] == 8
+        assert profile.seconds[(block, "prune / solve")] > 0
+    assert "forward" not in vars(layers[0])
+    assert float((layers[0].mlp.down_proj.weight == 0).float().mean()) == 0.5

@@ -81,6 +81,13 @@ def _wrap(owner: Any, attr: str, profile: Profile, name, restore: list) -> None:
     setattr(owner, attr, wrapper)
 
 
+def _unwrap(restore: list, blocks) -> None:
+    for owner, attr, original in reversed(restore):
+        setattr(owner, attr, original)
+    for block in blocks:
+        del block.forward
+
+
 @contextlib.contextmanager
 def instrument(profile: Profile, blocks):
     from optimum_si import engine, induction, optim, stats
@@ -137,10 +144,7 @@ def instrument(profile: Profile, blocks):
     try:
         yield
     finally:
-        for owner, attr, original in reversed(restore):
-            setattr(owner, attr, original)
-        for block in blocks:
-            del block.forward
+        _unwrap(restore, blocks)
 
 
 @contextlib.contextmanager
@@ -168,10 +172,7 @@ def instrument_reference(profile: Profile, blocks, windows_per_pass: int):
     try:
         yield
     finally:
-        for owner, attr, original in reversed(restore):
-            setattr(owner, attr, original)
-        for block in blocks:
-            del block.forward
+        _unwrap(restore, blocks)
 
 
 def run_one(method: str, induction: bool, blocks: int, reference: bool = False, precision: str = "float32") -> dict:

@@ -51,30 +51,54 @@ def run_one(impl: str, method: str, mode: str) -> dict:
             "peak_rss_mb": protocol.peak_rss_mb(), "rss_after_load_mb": rss_before, **protocol.machine()}
 
 
+def _label(record: dict) -> str:
+    name = record["impl"] + (" + SI" if record["induction"] else "")
+    if record["induction"] and record.get("induction_precision") == "bfloat16":
+        name += " (bf16 training)"
+    return name
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
 def markdown(records: list[dict]) -> str:
-    lines = ["| method | implementation | prune s | peak RSS MB |", "|---|---|---:|---:|"]
+    """One row per method and implementation: mean prune seconds (range) and mean peak RSS over its runs, and the
+    ratios the issue's targets compare (means of the interleaved runs)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
     for r in records:
-        name = r["impl"] + (" + SI" if r["induction"] else "")
-        if r["induction"] and r.get("induction_precision") == "bfloat16":
-            name += " (bf16 training)"
-        lines.append(f"| {r['method']} 50% | {name} | {r['prune_s']:.1f} | {r['peak_rss_mb']:.0f} |")
+        groups.setdefault((r["method"], _label(r)), []).append(r)
+    lines = ["| method | implementation | runs | prune s (mean) | range | peak RSS MB (mean) |",
+             "|---|---|---:|---:|---|---:|"]
+    for (method, label), rows in groups.items():
+        seconds = [r["prune_s"] for r in rows]
+        lines.append(f"| {method} 50% | {label} | {len(rows)} | {_mean(seconds):.1f} | {min(seconds):.1f}-{max(seconds):.1f} "
+                     f"| {_mean([r['peak_rss_mb'] for r in rows]):.0f} |")
     lines.append("")
     for method in sorted({r["method"] for r in records}):
-        ref = [r["prune_s"] for r in records if r["method"] == method and r["impl"] == "reference"]
-        ours = [r["prune_s"] for r in records if r["method"] == method and r["impl"] == "optimum-si" and not r["induction"]]
+        def mean_of(label: str, key: str = "prune_s") -> float | None:
+            rows = groups.get((method, label))
+            return _mean([r[key] for r in rows]) if rows else None
+
+        ref, ours = mean_of("reference"), mean_of("optimum-si")
         if ref and ours:
-            lines.append(f"- {method}: optimum-si is {sum(ref) / len(ref) / (sum(ours) / len(ours)):.2f}x faster than the "
-                         f"reference-structured loop (mean of {len(ours)} run(s) each, alternating).")
-        for precision, label in (("float32", ""), ("bfloat16", " with bf16 training")):
-            si = [r["prune_s"] for r in records if r["method"] == method and r["induction"]
-                  and r.get("induction_precision", "float32") == precision]
+            lines.append(f"- {method}: optimum-si is {ref / ours:.2f}x faster than the reference-structured loop.")
+        for label in ("optimum-si + SI", "optimum-si + SI (bf16 training)"):
+            si = mean_of(label)
             if si and ours:
-                lines.append(f"- {method}: SI{label} + {method} takes {sum(si) / len(si) / (sum(ours) / len(ours)):.2f}x "
-                             f"the time of plain {method} (mean of {len(si)} run(s)).")
+                lines.append(f"- {method}: {label.removeprefix('optimum-si + ')} + {method} takes {si / ours:.2f}x the "
+                             f"time of plain {method}.")
+        ref_rss = mean_of("reference", "peak_rss_mb")
+        if ref_rss:
+            ratios = [f"{label.removeprefix('optimum-si').removeprefix(' + ') or 'plain'} {rss / ref_rss:.2f}x"
+                      for label in ("optimum-si", "optimum-si + SI", "optimum-si + SI (bf16 training)")
+                      if (rss := mean_of(label, "peak_rss_mb"))]
+            lines.append(f"- {method}: peak RSS against the reference loop: {', '.join(ratios)}.")
     first = records[0] if records else {}
     lines.append("")
     lines.append(f"SmolLM2-135M-Instruct fp32, 32 x 512 calibration tokens, torch {first.get('torch')}, "
-                 f"{first.get('threads')} threads, {first.get('cores')} cores; one process per row.")
+                 f"{first.get('threads')} threads, {first.get('cores')} cores; one process per run, the implementations "
+                 "interleaved in every repeat; ratios of the means.")
     return "\n".join(lines) + "\n"
 
 
@@ -87,8 +111,15 @@ def main() -> None:
     parser.add_argument("--name", default="speed")
     parser.add_argument("--update", action="store_true",
                         help="keep the other methods' rows of an existing results file (this run's methods are replaced)")
+    parser.add_argument("--render", action="store_true", help="only rewrite <name>.md from <name>.json")
     parser.add_argument("--one", nargs=3, metavar=("IMPL", "METHOD", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.render:
+        with open(os.path.join(RESULTS_DIR, f"{args.name}.json"), encoding="utf-8") as handle:
+            records = json.load(handle)
+        with open(os.path.join(RESULTS_DIR, f"{args.name}.md"), "w", encoding="utf-8") as handle:
+            handle.write(markdown(records))
+        return
     if args.one:
         print(json.dumps(run_one(*args.one)))
         return

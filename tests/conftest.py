@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import torch
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The golden checksums must not depend on which x86 CPU runs the tests: MKL and torch pick kernels by CPU vendor and
+# instruction set (an AMD EPYC and an Intel Xeon give different last bits for the same Cholesky or matmul), so both
+# are pinned to their AVX2 code paths, which every x86-64 CPU of the last decade runs (MKL's conditional numerical
+# reproducibility, torch's CPU capability, oneDNN's ISA). Set before torch is imported: MKL reads it once.
+os.environ.setdefault("MKL_CBWR", "AVX2")
+os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
+os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Tiny models run far faster on one thread: on a loaded 2-core machine a tiny F.linear took 32 ms with 2 threads vs
 # 0.014 ms with 1 (thread hand-off dominates). One thread also makes float reductions, and so the golden masks,

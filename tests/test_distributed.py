@@ -303,3 +303,31 @@ def test_a_failed_run_resumes_under_torchrun(runs):
     assert resumed.keys() == reference.keys() and resumed
     for key in reference:
         torch.testing.assert_close(resumed[key], reference[key], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("scenario", ["wanda", "sparsegpt", "alps", "owl", "moe-wanda", "moe-sparsegpt", "induce",
+                                      "uneven", "si"])
+def test_two_process_results_match_golden(runs, scenario):
+    """The 2-process results bit for bit, from tests/golden/pruned_weights.json (a refactor must keep them)."""
+    import hashlib
+
+    from .test_golden import _check
+
+    weights = _load(runs, scenario, 2)[0]["weights"]
+    digest = hashlib.sha256()
+    for name, tensor in sorted(weights.items()):
+        digest.update(name.encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    _check(f"dp2:{scenario}", digest.hexdigest())
+
+
+def test_two_process_stream_matches_golden(runs):
+    import hashlib
+
+    from .test_golden import _check
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(_shards(os.path.join(runs, "streamed-2")).items()):
+        digest.update(name.encode())
+        digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+    _check("dp2:stream", digest.hexdigest())

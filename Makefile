@@ -10,4 +10,4 @@ test:
 run: setup
 	$(PY) examples/prune_smollm2.py
 bench: setup
-	$(PY) -m benchmarks.quality
+	$(PY) -m benchmarks.runner quality

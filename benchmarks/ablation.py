@@ -1,39 +1,47 @@
-"""What each part of Sparsity Induction buys: SI with one part switched off at a time, same protocol as quality.py.
+"""What each part of Sparsity Induction buys: SI with one part switched off at a time, on the quality study's protocol.
 
     python -m benchmarks.ablation --method magnitude --pattern 50%      # about 4 minutes per row on 2 cores
     python -m benchmarks.ablation --method wanda --pattern 2:4 --variants no-refresh classical-refresh
 
-The "full SI" and "no SI" rows are read from benchmarks/results/quality.json (same protocol, deterministic), so
-run quality.py first. Results: benchmarks/results/ablation.json and ablation.md (one section per method/pattern).
+Each variant is one row run by `benchmarks.runner` (its own process, the protocol of
+benchmarks/studies/quality/study.json). The "full SI" and "no SI" rows are read from the quality study's records
+(same protocol, deterministic), so run `python -m benchmarks.runner quality` first. Results:
+benchmarks/results/ablation.json and ablation.md (one section per method/pattern).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
+from pathlib import Path
 
-from benchmarks.quality import RESULTS_DIR, _subprocess_record
+from benchmarks import runner
+from benchmarks.studies.patterns import pattern_fields
 
-# name -> (SIConfig overrides, what it shows)
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# name -> (InductionConfig fields it changes, what it shows)
 VARIANTS = {
-    "no-init": ({"induction_init": "none"}, "no distribution-level (equivalent, data-initialised) scaling"),
-    "no-feature": ({"induction_row_scales": False, "induction_col_scales": False},
+    "no-init": ({"init": "none"}, "no distribution-level (equivalent, data-initialised) scaling"),
+    "no-feature": ({"row_scales": False, "col_scales": False},
                    "distribution level only: no learned feature-level scales"),
-    "cols-only": ({"induction_row_scales": False}, "learned input-column scales only"),
-    "rows-only": ({"induction_col_scales": False}, "learned output-row scales only (the mask never moves)"),
-    "no-refresh": ({"induction_refresh": "none"}, "scales learned, mask frozen after the base pruner"),
-    "classical-refresh": ({"induction_refresh": "classical"}, "mask refreshed by re-collecting statistics"),
-    "spectral": ({"induction_spectral_weight": 0.1}, "with the spectral-norm term (weight 0.1)"),
-    "local-target": ({"induction_target": "local"}, "dense block on the pruned stream's inputs as target"),
+    "cols-only": ({"row_scales": False}, "learned input-column scales only"),
+    "rows-only": ({"col_scales": False}, "learned output-row scales only (the mask never moves)"),
+    "no-refresh": ({"refresh": "none"}, "scales learned, mask frozen after the base pruner"),
+    "classical-refresh": ({"refresh": "classical"}, "mask refreshed by re-collecting statistics"),
+    "spectral": ({"spectral_weight": 0.1}, "with the spectral-norm term (weight 0.1)"),
+    "global-target": ({"target": "global"}, "the dense model's own block outputs as target"),
 }
 
 
-def _load(path: str) -> list[dict]:
-    if not os.path.isfile(path):
-        return []
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+def _load(path: Path) -> list[dict]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+
+
+def variant_row(method: str, pattern: str, variant: str) -> dict:
+    """The runner row of one variant: SI with the variant's InductionConfig changes."""
+    return {"key": f"{method}-{pattern}-{variant}", "label": f"SI + {method} {pattern}, {variant}",
+            "tags": {"method": method, "pattern": pattern, "induction": True, "variant": variant},
+            "recipe": {"method": method, **pattern_fields(pattern), "induction": VARIANTS[variant][0]}}
 
 
 def markdown(records: list[dict], quality: list[dict]) -> str:
@@ -57,11 +65,12 @@ def markdown(records: list[dict], quality: list[dict]) -> str:
             lines.append(row("full SI", "defaults", full["ppl"]))
         for r in records:
             if (r["method"], r["pattern"]) == (method, pattern):
-                lines.append(row(r["variant"], VARIANTS[r["variant"]][1], r["ppl"]))
+                what = VARIANTS[r["variant"]][1] if r["variant"] in VARIANTS else "(a variant no longer defined)"
+                lines.append(row(r["variant"], what, r["ppl"]))
         sections.append("\n".join(lines))
-    footer = ("SmolLM2-135M-Instruct, the quality.py protocol (32 x 512 Python-docs calibration tokens, seed 0; 40 x 512 "
-              "Jargon evaluation tokens); one process per row. Shifts are not ablated: Llama-family blocks have no "
-              "biases to fold them into (docs/si-design.md).")
+    footer = ("SmolLM2-135M-Instruct, the quality study's protocol (32 x 512 Python-docs calibration tokens, seed 0; "
+              "40 x 512 Jargon evaluation tokens); one process per row. Shifts are not ablated: Llama-family blocks "
+              "have no biases to fold them into (docs/si-design.md).")
     return "\n\n".join(sections) + "\n\n" + footer + "\n"
 
 
@@ -71,20 +80,18 @@ def main() -> None:
     parser.add_argument("--pattern", default="50%", choices=["50%", "2:4", "4:8"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
-    path = os.path.join(RESULTS_DIR, "ablation.json")
+    quality_study = runner.load_study("quality")
+    quality = runner.read_records(quality_study.results_path)
+    path = RESULTS_DIR / "ablation.json"
     records = _load(path)
-    quality = _load(os.path.join(RESULTS_DIR, "quality.json"))
     for variant in args.variants:
-        record = _subprocess_record(args.method, args.pattern, True, VARIANTS[variant][0], None)
-        record["variant"] = variant
+        record = runner.run_in_subprocess(quality_study.protocol, variant_row(args.method, args.pattern, variant))
         key = (args.method, args.pattern, variant)
         records = [r for r in records if (r["method"], r["pattern"], r["variant"]) != key] + [record]
         print(f"{args.method} {args.pattern} {variant:18s} ppl={record['ppl']:9.3f} prune={record['prune_s']:.0f}s",
               flush=True)
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(records, handle, indent=2)
-        with open(os.path.join(RESULTS_DIR, "ablation.md"), "w", encoding="utf-8") as handle:
-            handle.write(markdown(records, quality))
+        runner.write_atomic(path, json.dumps(records, indent=2))
+        runner.write_atomic(RESULTS_DIR / "ablation.md", markdown(records, quality))
 
 
 if __name__ == "__main__":

@@ -146,7 +146,8 @@ def write_task(items: list[dict], folder: str | os.PathLike, task: str = TASK_NA
 
 
 def jargon_items(count: int, seed: int) -> list[dict]:
-    from benchmarks import assets, protocol
+    from benchmarks import protocol
+    from tests import assets
 
     start, end = protocol.EVALUATION_REGION["jargon"]
     return build_items(assets.read_corpus("jargon")[start:end], count, seed)
@@ -154,24 +155,23 @@ def jargon_items(count: int, seed: int) -> list[dict]:
 
 def run(items: list[dict], folder: Path, pattern: str, calibration: str) -> list[dict]:
     from benchmarks import protocol
+    from benchmarks.studies.patterns import pattern_fields
     from optimum_si import SIConfig, SIPruner
     from optimum_si.evaluation import zero_shot
 
     protocol.setup_environment()
-    structure = {"50%": "unstructured", "2:4": "2:4", "4:8": "4:8"}[pattern]
     records = []
     for name, method, induction in (("dense", None, False), ("wanda", "wanda", False), ("wanda + SI", "wanda", True)):
         model, tokenizer = protocol.load_model_and_tokenizer()
         record = {"model": name, "pattern": "-" if method is None else pattern, "calibration": calibration}
         if method is not None:
-            config = SIConfig(method=method, mask_structure=structure, induction=induction,
-                              num_samples=protocol.CALIB_SAMPLES, seqlen=protocol.CALIB_SEQLEN, seed=protocol.SEED,
-                              show_progress=False)
-            pruner = SIPruner(config)
+            config = SIConfig(method=method, **pattern_fields(pattern), induction=induction,
+                              num_samples=protocol.CALIB_SAMPLES, seqlen=protocol.CALIB_SEQLEN, seed=protocol.SEED)
+            pruner = SIPruner(config, show_progress=False)
             pruner.prune(model, tokenizer=tokenizer, dataset=protocol.domain_calibration_ids(tokenizer, calibration))
             record.update(sparsity=pruner.report.sparsity, prune_s=pruner.report.total_seconds)
-            if induction:
-                record["si_options"] = {k: v for k, v in config.to_dict().items() if k.startswith("induction_")}
+            if induction:  # the resolved SI options, so the record stays readable after the defaults change
+                record["si_options"] = config.induction.to_dict()
         t0 = time.perf_counter()
         scores = zero_shot(model, tokenizer, tasks=[TASK_NAME], include_path=str(folder))[TASK_NAME]
         record.update(scores, eval_s=time.perf_counter() - t0)
@@ -213,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build-only", action="store_true", help="write the task files, run nothing")
     args = parser.parse_args(argv)
 
-    from benchmarks import assets, protocol
+    from benchmarks import protocol
+    from tests import assets
 
     items = jargon_items(args.items, args.seed)
     folder = write_task(items, args.task_dir or Path(assets.default_cache_dir()) / "cloze")

@@ -1,4 +1,4 @@
-"""Data-parallel pruning of SmolLM2-135M with 1 and 2 processes (issue 13), on the project's protocol.
+"""Data-parallel pruning of SmolLM2-135M with 1 and 2 processes, on the project's protocol.
 
     python -m benchmarks.distributed                          # wanda, sparsegpt, si-wanda x 1 and 2 processes
     python -m benchmarks.distributed --methods wanda --procs 1 2 3
@@ -6,7 +6,7 @@
 
 Each row is one `torchrun --standalone --nproc_per_node N` launch (gloo on CPU) of this module with `--one`; every
 rank prunes with the public API (same model, same full calibration set) and writes, per block, its compute time
-(statistics, prune, propagation, induction: the engine's own timers) and the payload bytes of the collectives it took
+(statistics, prune, propagation, induction: the block walker's own timers) and the payload bytes of the collectives it took
 part in (`DataParallel.bytes_communicated`, sampled at each block's start); rank 0 also measures the perplexity, which must
 match the 1-process row (docs/distributed.md: reduction order changes the last bits only). Threads: the machine's
 cores are shared, `--threads` per process (default cores // N), so rows compare the same hardware. Results:
@@ -58,8 +58,9 @@ def run_rank(method: str, out: str, threads: int, eval_windows: int | None) -> N
     import torch
 
     from benchmarks import protocol
-    from optimum_si import SIConfig, SIPruner, distributed, engine
+    from optimum_si import SIConfig, SIPruner, distributed
     from optimum_si.evaluation import perplexity
+    from optimum_si.pipeline.sources.in_memory import InMemoryBlocks
 
     torch.set_num_threads(threads)
     protocol.setup_environment()
@@ -68,10 +69,10 @@ def run_rank(method: str, out: str, threads: int, eval_windows: int | None) -> N
     calib, evaluation = protocol.calibration_ids(tokenizer), protocol.eval_ids(tokenizer)
     base, induction = METHODS[method]
     config = SIConfig(method=base, sparsity=0.5, induction=induction, num_samples=protocol.CALIB_SAMPLES,
-                      seqlen=protocol.CALIB_SEQLEN, seed=protocol.SEED, show_progress=False)
+                      seqlen=protocol.CALIB_SEQLEN, seed=protocol.SEED)
     marks: list[int] = []  # bytes sent so far, at each block's start
     groups: list = []
-    load = engine.InMemoryBlocks.load
+    load = InMemoryBlocks.load
 
     def counting_load(self, index):  # the benchmark's probe only: the library keeps one running total
         group = distributed.active()
@@ -80,12 +81,14 @@ def run_rank(method: str, out: str, threads: int, eval_windows: int | None) -> N
         marks.append(group.bytes_communicated if group is not None else 0)
         return load(self, index)
 
-    engine.InMemoryBlocks.load = counting_load  # type: ignore[method-assign]
-    pruner = SIPruner(config)
+    InMemoryBlocks.load = counting_load  # type: ignore[method-assign]
+    pruner = SIPruner(config, show_progress=False)
     started = time.perf_counter()
-    pruner.prune(model, tokenizer=tokenizer, dataset=calib)
+    try:
+        pruner.prune(model, tokenizer=tokenizer, dataset=calib)
+    finally:
+        InMemoryBlocks.load = load  # type: ignore[method-assign]
     prune_s = time.perf_counter() - started
-    engine.InMemoryBlocks.load = load  # type: ignore[method-assign]
     total = groups[0].bytes_communicated if groups else 0
     sent = [b - a for a, b in zip(marks, [*marks[1:], total])]
     record = {

@@ -1,4 +1,4 @@
-"""RIA, Z-Pruner, OWL + Wanda and ALPS against their authors' released code, on the SmolLM2 protocol (issue 12).
+"""RIA, Z-Pruner, OWL + Wanda and ALPS against their authors' released code, on the SmolLM2 protocol.
 
     python -m benchmarks.fidelity --authors-code DIR --method ria --pattern 50% --side reference
     python -m benchmarks.fidelity --method ria --pattern 50% --side library
@@ -38,8 +38,9 @@ of which changes a pruning decision:
      with its module-global `args` set; ALPS_admm wrapped only to time each call.
   6. The model in fp32 (the repositories load fp16 or "auto").
 The library side is `SIConfig(method=..., sparsity=..., mask_structure=..., induction=False, num_samples=32,
-seqlen=512, seed=0)` (owl: method "wanda" with sparsity_profile "owl"); `--set FIELD=VALUE` adds recipe fields, e.g.
-`--set alps_pcg_rtol=0` for the table's "library with the code's 10-step CG" row.
+seqlen=512, seed=0)` (owl: method "wanda" with sparsity_profile "owl"); `--set FIELD=VALUE` adds recipe fields, a
+dotted FIELD reaching into a nested config, e.g. `--set method_args.pcg_rtol=0` for the table's "library with the
+code's 10-step CG" row (recorded before the nested recipe format as `alps_pcg_rtol=0`).
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="attention kernel (the table's perturbation check reruns the reference with eager)")
     parser.add_argument("--save-mask", metavar="FILE.npz", help="save the zero pattern of every decoder-block Linear")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="library side: an extra SIConfig field (JSON value), e.g. alps_pcg_rtol=0")
+                        help="library side: an extra SIConfig field (JSON value; FIELD may be dotted into a nested "
+                             "config), e.g. method_args.pcg_rtol=0")
     parser.add_argument("--table", metavar="RECORDS_DIR", help="print the markdown table of the records (*.json) there")
     args = parser.parse_args(argv)
     if args.table is not None:
@@ -261,18 +263,28 @@ def _prune_reference(args, model, tokenizer, calib, sparsity: float, n: int, m: 
             "authors_commit_is_the_measured_one": commit == tested, **extra}
 
 
+def recipe_fields(method: str, settings: list[str]) -> dict:
+    """The library side's SIConfig fields: the method's, with each `FIELD=VALUE` of `--set` applied (a dotted FIELD
+    such as `method_args.pcg_rtol` sets a knob of a nested config)."""
+    fields = json.loads(json.dumps(LIBRARY[method]))  # a deep copy: nested dicts are filled in below
+    for item in settings:
+        path, value = item.split("=", 1)
+        *parents, name = path.split(".")
+        target = fields
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[name] = json.loads(value)
+    return fields
+
+
 def _prune_library(args, model, tokenizer, calib, sparsity: float | None, structure: str) -> dict:
     from benchmarks import protocol
     from optimum_si import SIConfig, SIPruner
 
-    fields = dict(LIBRARY[args.method])
-    for item in args.set:
-        key, value = item.split("=", 1)
-        fields[key] = json.loads(value)
+    fields = recipe_fields(args.method, args.set)
     config = SIConfig(**fields, sparsity=sparsity, mask_structure=structure, induction=False,
-                      num_samples=protocol.CALIB_SAMPLES, seqlen=protocol.CALIB_SEQLEN, seed=protocol.SEED,
-                      show_progress=False)
-    pruner = SIPruner(config)
+                      num_samples=protocol.CALIB_SAMPLES, seqlen=protocol.CALIB_SEQLEN, seed=protocol.SEED)
+    pruner = SIPruner(config, show_progress=False)
     t0 = time.perf_counter()
     pruner.prune(model, tokenizer=tokenizer, dataset=calib)
     return {"prune_s": time.perf_counter() - t0, "report_prune_s": pruner.report.total_seconds, "set": args.set,

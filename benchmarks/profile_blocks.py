@@ -4,7 +4,7 @@
     python -m benchmarks.profile_blocks --blocks 3 --methods wanda sparsegpt --reference   # and the reference loop
 
 SmolLM2-135M cut to its first `--blocks` decoder blocks (the last of them is not propagated, as in a full run), the
-calibration windows of benchmarks/protocol.py. Functions of the engine and of SI are wrapped, not changed: each
+calibration windows of benchmarks/protocol.py. Functions of the block walker and of SI are wrapped, not changed: each
 second between two events goes to the innermost phase open at the time (its own time, children excluded), and each
 call of a decoder block counts its windows towards the phase that made it. A "pass" is one forward of the block
 over every calibration window. Results go to benchmarks/results/<name>.json and <name>.md.
@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-TOP = "engine loop, other"  # time inside prune() that no narrower phase claims
+TOP = "walker loop, other"  # time inside prune() that no narrower phase claims
+DENSE_PASS = "dense pass (SI: statistics and dense outputs)"  # the walker's pass for a stage that needs dense outputs
 
 
 class Profile:
@@ -88,44 +89,54 @@ def _unwrap(restore: list, blocks) -> None:
         del block.forward
 
 
+def _wrap_where_imported(function: Any, profile: Profile, name, restore: list) -> None:
+    """Wrap `function` in every optimum_si module that holds it under its own name (`from ... import function`)."""
+    for module in [m for n, m in sys.modules.items() if n.startswith("optimum_si") and m is not None]:
+        if getattr(module, function.__name__, None) is function:
+            _wrap(module, function.__name__, profile, name, restore)
+
+
 @contextlib.contextmanager
 def instrument(profile: Profile, blocks):
-    from optimum_si import engine, induction, optim, stats
-    from optimum_si.block_error import OutputErrorProbe
+    from optimum_si.induction import inducer, optim, stage
+    from optimum_si.modeling import capture
+    from optimum_si.observers.output_error import OutputErrorProbe
+    from optimum_si.observers.stats import InputStats
+    from optimum_si.pipeline import walker
+    from optimum_si.pipeline.sources.in_memory import InMemoryBlocks
+    from optimum_si.pipeline.statistics import StatisticsPass
 
     restore: list = []
-    capture = engine.capture_block_inputs
-    for module in [m for n, m in sys.modules.items() if n.startswith("optimum_si") and m is not None]:
-        if getattr(module, "capture_block_inputs", None) is capture:  # imported by name where the run is set up
-            _wrap(module, "capture_block_inputs", profile, "capture block-0 inputs", restore)
-    _wrap(engine.BlockEngine, "_collect", profile,
+    _wrap_where_imported(capture.capture_block_inputs, profile, "capture block-0 inputs", restore)
+    _wrap(StatisticsPass, "collect", profile,
           lambda *a, **k: "statistics + dense outputs pass" if k.get("keep_outputs") else "statistics pass", restore)
-    _wrap(engine.BlockEngine, "_prune_group", profile, "prune / solve", restore)
-    _wrap(engine.BlockEngine, "_induce_and_prune", profile, "SI set-up (dense copies)", restore)
-    _wrap(engine.BlockEngine, "_conclude_induction", profile, "SI verdict", restore)
-    # run_block straight from the engine loop is the propagation; inside the SI set-up it is the teacher pass.
-    _wrap(engine, "run_block", profile, lambda *a, **k: {TOP: "propagate",
-                                                         "SI set-up (dense copies)": "teacher pass"}.get(
-                                                             profile.parent()), restore)
+    _wrap(walker, "prune_group", profile, "prune / solve", restore)
+    _wrap(walker.BlockWalker, "_dense_pass", profile, DENSE_PASS, restore)
+    _wrap(stage.InductionStage, "before_prune", profile, "SI set-up (dense copies)", restore)
+    _wrap(stage.InductionStage, "conclude", profile, "SI verdict", restore)
+    # run_block straight from the walker loop is the propagation; inside the dense pass of the global SI target it
+    # is the teacher pass.
+    _wrap(walker, "run_block", profile, lambda *a, **k: {TOP: "propagate", DENSE_PASS: "teacher pass"}.get(
+        profile.parent()), restore)
     _wrap(OutputErrorProbe, "__init__", profile, "error probe (dense outputs)", restore)
     _wrap(OutputErrorProbe, "measure", profile, "error probe (measure)", restore)
-    _wrap(stats.InputStats, "add", profile, "statistics accumulation (hooks)", restore)
-    _wrap(induction, "fold_distribution_level", profile, "SI distribution fold", restore)
-    _wrap(induction.BlockInducer, "run", profile, "SI other (wrappers, histograms, fold)", restore)
-    _wrap(induction.BlockInducer, "_forward", profile,
+    _wrap(InputStats, "add", profile, "statistics accumulation (hooks)", restore)
+    _wrap(stage, "fold_distribution_level", profile, "SI distribution fold", restore)
+    _wrap(inducer.BlockInducer, "run", profile, "SI other (wrappers, histograms, fold)", restore)
+    _wrap(inducer.BlockInducer, "_forward", profile,
           lambda *a, **k: "SI train forward" if (len(a) > 2 and a[2]) or k.get("grad") else "SI probe forward", restore)
-    _wrap(induction.BlockInducer, "_refresh", profile, "SI mask refresh", restore)
+    _wrap(inducer.BlockInducer, "_refresh", profile, "SI mask refresh", restore)
     _wrap(torch.Tensor, "backward", profile, "SI backward", restore)
     _wrap(optim.DampedAdam, "step", profile, "SI optimiser step", restore)
     _wrap(torch.optim.Adam, "step", profile, "SI optimiser step", restore)
-    load = engine.InMemoryBlocks.load
-    restore.append((engine.InMemoryBlocks, "load", load))
+    load = InMemoryBlocks.load
+    restore.append((InMemoryBlocks, "load", load))
 
     def loading(self, index):
         profile.set_block(index)
         return load(self, index)
 
-    engine.InMemoryBlocks.load = loading
+    InMemoryBlocks.load = loading
     for block in blocks:
         forward = block.forward
 
@@ -136,7 +147,7 @@ def instrument(profile: Profile, blocks):
             try:
                 with profile.phase(f"{key[1]} [block forward]"):
                     return _forward(*args, **kwargs)
-            except stats.StopForward:
+            except capture.StopForward:
                 profile.partial[key] += 1
                 raise
 
@@ -149,7 +160,7 @@ def instrument(profile: Profile, blocks):
 
 @contextlib.contextmanager
 def instrument_reference(profile: Profile, blocks, windows_per_pass: int):
-    """The reference loop (benchmarks/reference_loop.py) has no engine functions to wrap: a block's first
+    """The reference loop (benchmarks/reference_loop.py) has no walker functions to wrap: a block's first
     `windows_per_pass` forwards are its statistics pass, the next ones its propagation."""
     from benchmarks import reference_loop
 
@@ -175,8 +186,11 @@ def instrument_reference(profile: Profile, blocks, windows_per_pass: int):
         _unwrap(restore, blocks)
 
 
-def run_one(method: str, induction: bool, blocks: int, reference: bool = False, precision: str = "float32") -> dict:
+def run_one(method: str, mode: str, blocks: int) -> dict:
+    """Profile `method` in `mode` ("reference": the reference loop, else a mode of benchmarks.speed: "plain", "si",
+    "si-bf16") on the first `blocks` decoder blocks, in this process."""
     from benchmarks import protocol
+    from benchmarks.speed import MODES, recipe
     from optimum_si import SIPruner
 
     protocol.setup_environment()
@@ -186,15 +200,14 @@ def run_one(method: str, induction: bool, blocks: int, reference: bool = False, 
     del layers[blocks:]
     model.config.num_hidden_layers = blocks
     profile = Profile()
+    reference = mode == "reference"
     if reference:  # the reference loop propagates its last block too; the table only reads the blocks before it
         from benchmarks.reference_loop import reference_prune
 
         context = instrument_reference(profile, list(layers), protocol.CALIB_SAMPLES)
         prune = functools.partial(reference_prune, model, calib, method)
     else:
-        pruner = SIPruner(method=method, induction=induction, induction_precision=precision,
-                          num_samples=protocol.CALIB_SAMPLES,
-                          seqlen=protocol.CALIB_SEQLEN, show_progress=False)
+        pruner = SIPruner(recipe(method, mode), show_progress=False)
         context = instrument(profile, list(layers))
         prune = functools.partial(pruner.prune, model, dataset=calib)
     with context:
@@ -211,6 +224,7 @@ def run_one(method: str, induction: bool, blocks: int, reference: bool = False, 
                      "windows": profile.windows.get(key, 0) if forward else 0,
                      "partial_windows": profile.partial.get(key, 0) if forward else 0,
                      "calls": profile.calls.get((block, phase), 0)})
+    induction, precision = MODES.get(mode, (False, "float32"))
     record = {"method": method, "induction": induction, "induction_precision": precision, "reference": reference,
               "blocks": blocks, "total_s": total,
               "windows_per_pass": protocol.CALIB_SAMPLES, "rows": rows, "peak_rss_mb": protocol.peak_rss_mb(),
@@ -270,9 +284,7 @@ def main() -> None:
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        mode = args.one[1]
-        print(json.dumps(run_one(args.one[0], mode.startswith("si"), int(args.one[2]), mode == "reference",
-                                 "bfloat16" if mode == "si-bf16" else "float32")))
+        print(json.dumps(run_one(args.one[0], args.one[1], int(args.one[2]))))
         return
     os.makedirs(RESULTS_DIR, exist_ok=True)
     records = []

@@ -1,9 +1,9 @@
-"""The SmolLM2-135M benchmark protocol, shared by every benchmark script.
+"""The SmolLM2-135M benchmark protocol, shared by every benchmark script and every study of `benchmarks.runner`.
 
 Calibration: the first 4,000,000 characters of the cleaned Python 3.11 docs, tokenised once, 32 windows of 512
 tokens at `random.Random(0).randint(0, T - 513)` starts. Evaluation: the cleaned Jargon File tokenised once, the
 first 40 non-overlapping windows of 512 tokens. Token ids are cached next to the assets so every run (and every
-implementation compared) sees identical windows.
+implementation compared) sees identical windows. The assets themselves come from `tests/assets.py`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from benchmarks import assets
+from tests import assets
 
 CALIB_SAMPLES, CALIB_SEQLEN, SEED = 32, 512, 0
 EVAL_WINDOWS, EVAL_SEQLEN = 40, 512
@@ -65,7 +65,7 @@ def _cached_ids(name: str, build) -> torch.Tensor:
 
 
 def calibration_ids(tokenizer, samples: int = CALIB_SAMPLES, seqlen: int = CALIB_SEQLEN, seed: int = SEED) -> torch.Tensor:
-    from optimum_si.calibration import draw_windows
+    from optimum_si.data.windows import draw_windows
 
     stream = _cached_ids("pydocs-4M", lambda: torch.as_tensor(
         tokenizer(assets.read_calibration_text(), verbose=False)["input_ids"], dtype=torch.long))
@@ -77,12 +77,13 @@ def eval_ids(tokenizer) -> torch.Tensor:
         tokenizer(assets.read_eval_text(), verbose=False)["input_ids"], dtype=torch.long))
 
 
-# The cross-domain protocol (benchmarks/cross_domain.py): each corpus has a calibration region and a disjoint
+# The cross-domain protocol (the studies of benchmarks.runner): each corpus has a calibration region and a disjoint
 # evaluation region (character offsets into the cleaned text), so no evaluation window ever holds text a calibration
 # window came from, in-domain cells included. The Jargon and Python-docs regions keep the single-domain protocol above
 # (calibration on the first 4 M characters of the docs, evaluation on the start of the Jargon File); the Jargon
 # calibration region starts at character 400,000 (environment.md's in-domain check), far past the 40 x 512
-# evaluation tokens (~80,000 characters).
+# evaluation tokens (~80,000 characters). Tokenising a region gives the same ids as the whole text there (checked for
+# the first 40 x 512 Jargon tokens), so every study that scores the Jargon region scores `eval_ids`'s windows.
 DOMAINS = ("pydocs", "jargon", "kjv")
 CALIBRATION_REGION = {"pydocs": (0, 4_000_000), "jargon": (400_000, None), "kjv": (0, 3_000_000)}
 EVALUATION_REGION = {"pydocs": (4_000_000, 4_400_000), "jargon": (0, 400_000), "kjv": (3_000_000, 3_400_000)}
@@ -98,7 +99,7 @@ def _region_ids(tokenizer, corpus: str, region: tuple[int, int | None], kind: st
 def domain_calibration_ids(tokenizer, corpus: str, samples: int = CALIB_SAMPLES, seqlen: int = CALIB_SEQLEN,
                            seed: int = SEED) -> torch.Tensor:
     """Calibration windows drawn from the calibration region of `corpus` (the single-domain protocol's for pydocs)."""
-    from optimum_si.calibration import draw_windows
+    from optimum_si.data.windows import draw_windows
 
     return draw_windows(_region_ids(tokenizer, corpus, CALIBRATION_REGION[corpus], "calib"), samples, seqlen, seed)
 
@@ -106,6 +107,21 @@ def domain_calibration_ids(tokenizer, corpus: str, samples: int = CALIB_SAMPLES,
 def domain_eval_ids(tokenizer, corpus: str) -> torch.Tensor:
     """The token stream of the evaluation region of `corpus` (the first windows of it are scored)."""
     return _region_ids(tokenizer, corpus, EVALUATION_REGION[corpus], "eval")
+
+
+def study_protocol(calibration: str = "pydocs", evaluation: tuple[str, ...] = ("jargon",),
+                   eval_windows: int = EVAL_WINDOWS, threads: int = 1) -> dict:
+    """The `protocol` section of a study spec (benchmarks/studies/*/study.json) with this module's constants:
+    calibration windows from the calibration region of `calibration`, the first `eval_windows` windows of the
+    evaluation region of each corpus in `evaluation`, `threads` torch threads per row."""
+    return {
+        "model": "SmolLM2-135M-Instruct, fp32 (tests/assets.py)",
+        "calibration": {"corpus": calibration, "region": "calibration", "samples": CALIB_SAMPLES,
+                        "seqlen": CALIB_SEQLEN, "seed": SEED},
+        "evaluation": {"corpora": list(evaluation), "region": "evaluation", "windows": eval_windows,
+                       "seqlen": EVAL_SEQLEN},
+        "threads": threads,
+    }
 
 
 def peak_rss_mb() -> float:

@@ -4,7 +4,8 @@ It reproduces what those scripts (locuslab/wanda `lib/prune.py`, IST-DASLab/spar
 written here from their published description, not copied: one statistics object per Linear (q/k/v each keep
 their own Hessian), forward hooks that see every layer's full forward, a full dense pass per block, a
 `<= threshold` mask, the per-column OBS loop on the untransposed weight, and a re-run of every block (including
-the last). Quality is not the point here; `benchmarks/quality.py` checks ours against the published numbers.
+the last). Quality is not the point here; the quality study (`python -m benchmarks.runner quality`) checks ours
+against the published numbers.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
-"""The with/without-SI table (ratios against the targets) from benchmarks/results/quality.json.
+"""The with/without-SI table (ratios against the targets) from the quality study's records.
 
     python -m benchmarks.si_table        # prints it and writes benchmarks/results/si_gains.md
+
+Reads benchmarks/studies/quality/results.json (`python -m benchmarks.runner quality`).
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ import json
 import os
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-# Issue targets (SI / no-SI perplexity, lower is better) and the paper's own ratios on LLaMA-7B (si-method.md Table 1).
+QUALITY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "studies", "quality", "results.json")
+# SI's targets (SI / no-SI perplexity, lower is better) and the paper's own ratios on LLaMA-7B (si-method.md Table 1).
 TARGETS = {("magnitude", "50%"): 0.5, ("magnitude", "2:4"): 0.5, ("wanda", "50%"): 0.95, ("wanda", "2:4"): 0.90,
            ("sparsegpt", "50%"): 0.97, ("sparsegpt", "2:4"): 0.97}
 PAPER_LLAMA7B = {("magnitude", "50%"): 12.08 / 17.28, ("magnitude", "2:4"): 18.55 / 42.54,
@@ -19,7 +22,7 @@ PAPER_LLAMA7B = {("magnitude", "50%"): 12.08 / 17.28, ("magnitude", "2:4"): 18.5
 
 
 def main() -> str:
-    with open(os.path.join(RESULTS_DIR, "quality.json"), encoding="utf-8") as handle:
+    with open(QUALITY, encoding="utf-8") as handle:
         records = json.load(handle)
     rows = ["| method | pattern | PPL | PPL with SI | ratio | target | met | paper's ratio (LLaMA-7B) |",
             "|---|---|---:|---:|---:|---:|---|---:|"]

@@ -24,8 +24,18 @@ import time
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-# --one MODE -> (induction, induction_precision)
+# --one MODE -> (induction, the precision of SI's training)
 MODES = {"plain": (False, "float32"), "si": (True, "float32"), "si-bf16": (True, "bfloat16")}
+
+
+def recipe(method: str, mode: str):
+    """The SIConfig of `method` at 50 % in `mode`, on the protocol's calibration windows."""
+    from benchmarks import protocol
+    from optimum_si import InductionConfig, SIConfig
+
+    induction, precision = MODES[mode]
+    return SIConfig(method=method, induction=InductionConfig(precision=precision) if induction else False,
+                    num_samples=protocol.CALIB_SAMPLES, seqlen=protocol.CALIB_SEQLEN, seed=protocol.SEED)
 
 
 def run_one(impl: str, method: str, mode: str) -> dict:
@@ -44,8 +54,7 @@ def run_one(impl: str, method: str, mode: str) -> dict:
     else:
         from optimum_si import SIPruner
 
-        SIPruner(method=method, induction=induction, induction_precision=precision, num_samples=protocol.CALIB_SAMPLES, seqlen=protocol.CALIB_SEQLEN,
-                 show_progress=False).prune(model, dataset=calib)
+        SIPruner(recipe(method, mode), show_progress=False).prune(model, dataset=calib)
     seconds = time.perf_counter() - started
     return {"impl": impl, "method": method, "induction": induction, "induction_precision": precision, "prune_s": seconds,
             "peak_rss_mb": protocol.peak_rss_mb(), "rss_after_load_mb": rss_before, **protocol.machine()}
@@ -64,7 +73,7 @@ def _mean(values: list[float]) -> float:
 
 def markdown(records: list[dict]) -> str:
     """One row per method and implementation: mean prune seconds (range) and mean peak RSS over its runs, and the
-    ratios the issue's targets compare (means of the interleaved runs)."""
+    ratios against the reference loop and plain pruning (means of the interleaved runs)."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         groups.setdefault((r["method"], _label(r)), []).append(r)
@@ -107,7 +116,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["wanda", "sparsegpt"])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--induction", action="store_true",
-                        help="also time SI + method, with float32 and with bfloat16 training (induction_precision)")
+                        help="also time SI + method, with float32 and with bfloat16 training (InductionConfig.precision)")
     parser.add_argument("--name", default="speed")
     parser.add_argument("--update", action="store_true",
                         help="keep the other methods' rows of an existing results file (this run's methods are replaced)")

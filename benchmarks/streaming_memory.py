@@ -17,8 +17,8 @@ random token ids. Recorded: peak RSS (ru_maxrss of that process), a sampled brea
 RSS (safetensors tensors are mmap-ed, so source weights count as file pages), the sampled peak per block, how many
 shard files were mapped at most, per-block and total seconds (`pruner.report`), checkpoint and output sizes. The
 output folder is checked to be complete and deleted. Results: benchmarks/results/streaming_memory.json and .md,
-with the acceptance checks of issue 5: (a) peak RSS(8 blocks) <= 1.15 x peak RSS(2 blocks) per shape, (b) peak RSS
-of the 70B shape at 8 blocks below its checkpoint size on disk.
+with the acceptance checks of streaming: (a) peak RSS(8 blocks) <= 1.15 x peak RSS(2 blocks) per shape, (b) peak
+RSS of the 70B shape at 8 blocks below its checkpoint size on disk.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ import zlib
 from pathlib import Path
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# Where the block walker logs each finished block; the sampler's phases follow those lines.
+WALKER_LOGGER = "optimum_si.pipeline.walker"
 FORMAT_VERSION = 1
 STD = 0.02
 FLATNESS_LIMIT = 1.15
@@ -64,7 +66,7 @@ TINY = dict(shapes=["tiny-mha", "tiny-gqa"], depths=[2, 4, 8], samples=4, seqlen
 # ------------------------------------------------------------------------------------------------ checkpoints
 def bench_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     if cache_dir is None:
-        from benchmarks.assets import default_cache_dir
+        from tests.assets import default_cache_dir
 
         cache_dir = default_cache_dir()
     return Path(cache_dir) / "bench-checkpoints"
@@ -260,7 +262,7 @@ class RssSampler(threading.Thread):
 
 
 class _BlockPhases(logging.Handler):
-    """Moves the sampler to the next phase when the engine logs a finished block ("block i/n pruned ...")."""
+    """Moves the sampler to the next phase when the block walker logs a finished block ("block i/n pruned ...")."""
 
     def __init__(self, sampler: RssSampler) -> None:
         super().__init__(logging.INFO)
@@ -278,7 +280,8 @@ class _BlockPhases(logging.Handler):
 
 def check_output(source: str | os.PathLike, output: str | os.PathLike) -> dict:
     """Is `output` a complete pruned copy of `source`: every tensor, same shapes, and Linears of blocks at 50 %?"""
-    from optimum_si.streaming import CheckpointIndex, is_complete
+    from optimum_si.checkpoint.index import CheckpointIndex
+    from optimum_si.checkpoint.progress import is_complete
 
     src, out = CheckpointIndex(os.fspath(source)), CheckpointIndex(os.fspath(output))
     missing = sorted(set(src.shapes) - set(out.shapes))
@@ -310,12 +313,12 @@ def measure(checkpoint: str, save_dir: str, samples: int, seqlen: int, device: s
     rss_before = _status_mb()
     config = json.loads((Path(checkpoint) / "config.json").read_text())
     ids = torch.randint(0, config["vocab_size"], (samples, seqlen), generator=torch.Generator().manual_seed(seed))
-    pruner = SIPruner(SIConfig(method="wanda", sparsity=0.5, num_samples=samples, seqlen=seqlen, batch_size=batch_size,
-                               device=device, show_progress=False))
+    pruner = SIPruner(SIConfig(method="wanda", sparsity=0.5, num_samples=samples, seqlen=seqlen, batch_size=batch_size),
+                      device=device, show_progress=False)
     handler = _BlockPhases(sampler)
-    engine_logger = logging.getLogger("optimum_si.engine")
-    engine_logger.addHandler(handler)
-    engine_logger.setLevel(logging.INFO)
+    walker_logger = logging.getLogger(WALKER_LOGGER)
+    walker_logger.addHandler(handler)
+    walker_logger.setLevel(logging.INFO)
     sampler.phase = "block 0"  # setup + capture + block 0
     if device and device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -323,7 +326,7 @@ def measure(checkpoint: str, save_dir: str, samples: int, seqlen: int, device: s
     pruner.prune(checkpoint, save_dir=save_dir, dataset=ids)
     wall = time.perf_counter() - started
     sampler.stop()
-    engine_logger.removeHandler(handler)
+    walker_logger.removeHandler(handler)
     report = pruner.report
     phases = sampler.phases
     blocks = [phases[f"block {i}"] for i in range(config["num_hidden_layers"]) if f"block {i}" in phases]
@@ -367,7 +370,7 @@ def measure(checkpoint: str, save_dir: str, samples: int, seqlen: int, device: s
 def remove_output(save_dir: Path) -> None:
     """Delete a run's output folder and what optimum-si keeps beside it: the unfinished run's hidden partial folder
     (`.<name>.optimum-si-partial`), staging and old folders of an interrupted swap, and the lock and owner files."""
-    from optimum_si.folders import sibling
+    from optimum_si.checkpoint.folders import sibling
 
     target = os.path.realpath(save_dir)
     for folder in (target, *(sibling(target, kind) for kind in ("partial", "staging", "old"))):
@@ -406,7 +409,7 @@ def run_case(shape: str, depth: int, samples: int, seqlen: int, cache_dir=None, 
 
 def acceptance(records: list[dict], limit: float = FLATNESS_LIMIT) -> dict:
     """(a) flatness per shape: peak RSS at the deepest run <= limit x at the shallowest (2 vs 8 blocks in the full
-    benchmark); (b) for each shape, peak RSS at its deepest run below that checkpoint's size on disk (the issue's
+    benchmark); (b) for each shape, peak RSS at its deepest run below that checkpoint's size on disk (the streaming
     criterion is the 70B shape's)."""
     checks: dict = {"flatness": {}, "below_checkpoint": {}}
     for shape in sorted({r["shape"] for r in records}):
@@ -504,10 +507,10 @@ def main() -> None:
     parser.add_argument("--samples", type=int, help="calibration windows (default 4)")
     parser.add_argument("--seqlen", type=int, help="tokens per window (default 128; tiny 32)")
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--device", default=None, help="SIConfig(device=...): default cuda if available, else cpu")
+    parser.add_argument("--device", default=None, help="SIPruner(device=...): default cuda if available, else cpu")
     parser.add_argument("--name", help="results file stem under --results-dir")
     parser.add_argument("--results-dir", default=RESULTS_DIR)
-    parser.add_argument("--cache-dir", default=None, help="default: benchmarks.assets.default_cache_dir()")
+    parser.add_argument("--cache-dir", default=None, help="default: tests.assets.default_cache_dir()")
     parser.add_argument("--update", action="store_true", help="replace matching (shape, depth) rows of the results")
     parser.add_argument("--keep-outputs", action="store_true", help="do not delete the pruned folders")
     parser.add_argument("--build-only", action="store_true", help="only build the checkpoints")

@@ -37,15 +37,16 @@ def main(argv: list[str] | None = None) -> str:
             num_key_value_heads=2))
         tokenizer, dataset = None, torch.randint(0, 128, (8, 32))
         config = SIConfig(method=args.method, mask_structure=args.mask_structure, induction=True, num_samples=8,
-                          seqlen=32, device="cpu")
+                          seqlen=32)
+        device = "cpu"
     else:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16, device_map=device)
         tokenizer = AutoTokenizer.from_pretrained(args.model)
         dataset = args.dataset
         config = SIConfig(method=args.method, mask_structure=args.mask_structure, induction=True, num_samples=128,
-                          seqlen=2048, device=device)
-    pruner = SIPruner(config)
+                          seqlen=2048)
+    pruner = SIPruner(config, device=device)  # a run option: where blocks are computed, never part of the recipe
     pruner.prune(model, tokenizer=tokenizer, dataset=dataset)
     output = args.output or tempfile.mkdtemp(prefix="optimum-si-7b-")
     pruner.save(model, output, tokenizer=tokenizer)

@@ -26,9 +26,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from benchmarks import assets  # noqa: E402
 from optimum_si import SIConfig, SIPruner  # noqa: E402
 from optimum_si.evaluation import perplexity  # noqa: E402
+
+# The model and texts: the offline assets that `bash .ci/setup` prepares (tests/assets.py).
+from tests.assets import read_calibration_text, read_eval_text, smollm2_dir, smollm2_weights_source  # noqa: E402
 
 # The built-in default: Wanda at 50 % after Sparsity Induction (perplexity 0.90x of plain Wanda on this model; see
 # the README's results table).
@@ -54,15 +56,15 @@ def main(argv: list[str] | None = None) -> dict:
     name = f"SmolLM2-135M-Instruct-{config.method}{'-si' if config.induction else ''}-{pattern}"
     output = args.output or os.path.join("outputs", name)
 
-    model_dir = assets.smollm2_dir()
+    model_dir = smollm2_dir()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    eval_text = assets.read_eval_text()
+    eval_text = read_eval_text()
 
     dense_ppl = perplexity(model, tokenizer, eval_text, seqlen=seqlen, max_windows=eval_windows)
     pruner = SIPruner(config)
     started = time.perf_counter()
-    pruner.prune(model, tokenizer=tokenizer, dataset=[assets.read_calibration_text()])
+    pruner.prune(model, tokenizer=tokenizer, dataset=[read_calibration_text()])
     prune_seconds = time.perf_counter() - started
     pruned_ppl = perplexity(model, tokenizer, eval_text, seqlen=seqlen, max_windows=eval_windows)
     # The card names the Hub model these weights derive from, and says they came from a dequantised GGUF.
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
                 perplexity={f"dense (Jargon File, {eval_windows} x {seqlen})": dense_ppl,
                             f"pruned (Jargon File, {eval_windows} x {seqlen})": pruned_ppl},
                 card_info={"license": "apache-2.0", "model_name": name,
-                           "weights_source": assets.smollm2_weights_source(model_dir),
+                           "weights_source": smollm2_weights_source(model_dir),
                            "calibration": "Python 3.11 documentation (Debian python3.11-doc), first 4,000,000 characters"})
     summary = {"output": output, "recipe": config.mask_structure, "method": config.method,
                "sparsity": pruner.report.sparsity, "dense_ppl": dense_ppl, "pruned_ppl": pruned_ppl,

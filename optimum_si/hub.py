@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .config import CONFIG_NAME
+from .checkpoint.files import CONFIG_NAME
 
 __all__ = ["push_to_hub", "check_repo_id", "HubPushError", "DEFAULT_TIMEOUT"]
 
@@ -64,7 +64,7 @@ def _folder_lock(folder: Path) -> Iterator[None]:
     """Hold the folder's write lock during the upload, so that no optimum-si run replaces the checkpoint half-way
     through it (the Hub would get a mix of two checkpoints). A folder whose parent is read-only cannot be written by
     a run either: it is pushed without the lock."""
-    from .locking import FolderLockedError, output_lock
+    from .checkpoint.locking import FolderLockedError, output_lock
 
     lock, locked = output_lock(folder), False
     try:
@@ -121,7 +121,7 @@ def push_to_hub(
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}.")
 
-    from . import __version__
+    from .version import __version__
 
     api = HfApi(endpoint=endpoint, library_name="optimum-si", library_version=__version__)
     step = f"create the repo {repo_id}"

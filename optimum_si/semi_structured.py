@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .masks import follows_nm
+from .methods.masks import follows_nm
 
 __all__ = ["to_semi_structured"]
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .masks import follows_nm
+from .methods.masks import follows_nm
 
 __all__ = ["sparsity_report"]
 
@@ -24,7 +24,7 @@ def _weight_files(folder: str) -> list[str]:
     """The checkpoint's own weight files: the shards its index names (each must lie inside the folder), or
     `model.safetensors`; other `*.safetensors` files beside them (e.g. an adapter) are not part of the model. A folder
     with neither: every `*.safetensors` file in it."""
-    from .folders import inside
+    from .checkpoint.folders import inside
 
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.isfile(index):
@@ -41,7 +41,7 @@ def _weight_files(folder: str) -> list[str]:
 
 def _tensors_of(model_or_dir) -> Iterator[tuple[str, torch.Tensor]]:
     if isinstance(model_or_dir, nn.Module):
-        from .targets import FUSED_EXPERT_PARAMS
+        from .modeling.targets import FUSED_EXPERT_PARAMS
 
         for name, module in model_or_dir.named_modules():
             if isinstance(module, nn.Linear):

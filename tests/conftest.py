@@ -148,3 +148,145 @@ def llama():
 @pytest.fixture
 def calib():
     return token_ids()
+
+
+@pytest.fixture
+def dense_dir(tmp_path):
+    """A tiny Llama folder with a character tokenizer, and a text file, for the command line."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {chr(ord("a") + i): i for i in range(26)} | {"[UNK]": 26}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+    path = tmp_path / "dense"
+    tiny_model("llama").save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog " * 40)
+    return path, text
+
+
+def char_tokenizer():
+    """A real (fast) tokenizer with one token per lower-case letter or space, ids below the tiny models' vocab."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {chr(ord("a") + i): i for i in range(26)} | {" ": 26, "[UNK]": 27, "</s>": 28}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", eos_token="</s>")
+
+
+# A one-task lm-evaluation-harness YAML (multiple choice over a local JSON file `{data}`).
+TINY_TASK = """task: si_tiny_choice
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: choices
+doc_to_target: answer
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+
+
+def pruned_tiny(method="wanda", **kwargs):
+    """A tiny Llama pruned in memory, and its pruner."""
+    from optimum_si import SIPruner
+
+    model = tiny_model("llama")
+    pruner = SIPruner(method=method, num_samples=8, seqlen=32, show_progress=False, **kwargs)
+    pruner.prune(model, dataset=token_ids())
+    return model, pruner
+
+
+def record_disk_events(monkeypatch):
+    """(what, real path) for every fsync, rename and folder deletion, in order."""
+    import shutil
+
+    events = []
+    real = {"fsync": os.fsync, "replace": os.replace, "rename": os.rename, "rmtree": shutil.rmtree}
+
+    def fsync(fd):
+        events.append(("sync", os.readlink(f"/proc/self/fd/{fd}")))
+        real["fsync"](fd)
+
+    def moved(kind):
+        def move(src, dst, *args, **kwargs):
+            events.append(("rename", os.path.realpath(dst)))
+            return real[kind](src, dst, *args, **kwargs)
+        return move
+
+    def rmtree(path, *args, **kwargs):
+        events.append(("delete", os.path.realpath(path)))
+        return real["rmtree"](path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", moved("replace"))
+    monkeypatch.setattr(os, "rename", moved("rename"))
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    return events
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path):
+    """A fake Hub serving `REPOS`; HF_ENDPOINT points at it and the Hub is online for this test only. Both libraries
+    read the endpoint and offline flag into constants at import time, so the constants are patched as well."""
+    import huggingface_hub.constants as hub_constants
+
+    datasets = pytest.importorskip("datasets")
+    from tests.fake_hub import handler
+
+    requests: list[str] = []
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler(requests))
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    for module, name, value in [
+        (hub_constants, "ENDPOINT", url), (hub_constants, "HF_HUB_OFFLINE", False),
+        (hub_constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}"),
+        (hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub")),
+        (datasets.config, "HF_ENDPOINT", url), (datasets.config, "HF_HUB_OFFLINE", False),
+        (datasets.config, "HF_DATASETS_OFFLINE", False),
+        (datasets.config, "HUB_DATASETS_URL", url + "/datasets/{repo_id}/resolve/{revision}/{path}"),
+        (datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets"),
+    ]:
+        monkeypatch.setattr(module, name, value)
+    try:
+        yield requests
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+
+
+def fail_pruning_in_block(monkeypatch, block: int, error: BaseException | None = None) -> None:
+    """Make the base method raise `error` (default RuntimeError("killed")) inside decoder block `block`, after the
+    earlier blocks were pruned: a fault, or a kill, in the middle of a run."""
+    from optimum_si.pipeline import walker
+
+    original = walker.prune_group
+
+    def failing(method, prefix, *args, **kwargs):
+        if prefix.endswith(f".{block}"):
+            raise error if error is not None else RuntimeError("killed")
+        return original(method, prefix, *args, **kwargs)
+
+    monkeypatch.setattr(walker, "prune_group", failing)

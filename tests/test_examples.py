@@ -21,7 +21,7 @@ def _run(script: str, *args: str) -> str:
 
 @pytest.mark.slow
 def test_prune_smollm2_quick(tmp_path):
-    from benchmarks import assets
+    from tests import assets
 
     try:
         assets.smollm2_dir()
@@ -33,7 +33,7 @@ def test_prune_smollm2_quick(tmp_path):
     stdout = _run("prune_smollm2.py", "--quick", "--output", str(out))
     assert "perplexity" in stdout
     recipe = json.loads((out / "si_config.json").read_text())
-    assert recipe["induction"] is True and recipe["method"] == "wanda"
+    assert recipe["induction"]["epochs"] >= 1 and recipe["method"] == "wanda"
     assert {"README.md", "si_report.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(out))
     card = (out / "README.md").read_text()
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "Q4_1 GGUF" in card

@@ -15,8 +15,7 @@ import pytest
 import torch
 
 from optimum_si import SIPruner
-
-from .conftest import tiny_model, token_ids
+from tests.conftest import tiny_model, token_ids
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "pruned_weights.json")
 # Every SI option that shapes the result is pinned, so that a change of defaults is not read as a regression.
@@ -148,7 +147,7 @@ def _check(key: str, digest: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(STREAMED))
 def test_streamed_output_matches_golden(name, tmp_path):
-    from .conftest import saved_tensors
+    from tests.conftest import saved_tensors
 
     arch, options = STREAMED[name]
     tiny_model(arch).save_pretrained(tmp_path / "source")
@@ -165,7 +164,7 @@ def test_streamed_output_matches_golden(name, tmp_path):
 def test_offloaded_matches_golden(options):
     from accelerate import cpu_offload
 
-    from optimum_si.offload import offloaded_state_dict
+    from optimum_si.modeling.offload import offloaded_state_dict
 
     model = cpu_offload(tiny_model("llama"), execution_device="cpu")
     SIPruner(num_samples=8, seqlen=32, show_progress=False, **options).prune(model, dataset=token_ids())

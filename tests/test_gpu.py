@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from optimum_si import SIPruner
-
-from .conftest import tiny_model, token_ids
+from tests.conftest import tiny_model, token_ids
 
 pytestmark = pytest.mark.gpu
 

@@ -258,8 +258,7 @@ def test_validates_folder_and_repo_id(tmp_path, checkpoint):
 
 def test_pruner_save_with_push_uploads_the_real_checkpoint(fake_hub, tmp_path):
     from optimum_si import SIPruner
-
-    from .conftest import tiny_model, token_ids
+    from tests.conftest import tiny_model, token_ids
 
     model = tiny_model("llama")
     pruner = SIPruner(method="wanda", num_samples=4, seqlen=16, show_progress=False)
@@ -330,7 +329,7 @@ def test_bookkeeping_files_are_not_published(fake_hub, checkpoint, upload_path):
 
 
 def test_push_refuses_a_folder_that_a_run_is_writing(fake_hub, checkpoint):
-    from optimum_si.locking import output_lock
+    from optimum_si.checkpoint.locking import output_lock
 
     with output_lock(checkpoint):
         with pytest.raises(HubPushError, match="being written by another optimum-si run"):

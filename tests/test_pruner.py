@@ -3,9 +3,8 @@ import torch
 from torch import nn
 
 from optimum_si import SIConfig, SIPruner
-from optimum_si.masks import follows_nm
-
-from .conftest import ARCHS, assert_unchanged, snapshot, tiny_model, token_ids
+from optimum_si.methods.masks import follows_nm
+from tests.conftest import ARCHS, assert_unchanged, snapshot, tiny_model, token_ids
 
 METHODS = ["magnitude", "wanda", "sparsegpt"]
 
@@ -123,7 +122,7 @@ def test_meta_device_model():
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
-    from .conftest import tiny_config
+    from tests.conftest import tiny_config
 
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(tiny_config("llama"))

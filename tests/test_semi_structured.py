@@ -3,8 +3,7 @@ import torch
 
 from optimum_si import SIPruner
 from optimum_si.semi_structured import to_semi_structured
-
-from .conftest import tiny_model
+from tests.conftest import tiny_model
 
 
 def test_dense_model_is_rejected_with_the_fix():

@@ -1,8 +1,7 @@
 import pytest
 
 from optimum_si import SIPruner, sparsity_report
-
-from .conftest import tiny_model, token_ids
+from tests.conftest import tiny_model, token_ids
 
 
 @pytest.mark.parametrize("structure", ["unstructured", "2:4"])

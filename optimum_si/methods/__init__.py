@@ -1,12 +1,13 @@
-"""Pruning methods as registered objects: traits the engine reads, and a score or a solve (see `base.py`).
+"""Base pruners. Each method is one folder: its registered class (traits, config, glue) and its pure tensor math
+side by side; `masks` is the mask selection they share, `registry` the names a recipe may use.
 
-Built in: magnitude, Wanda, SparseGPT. A new method is one file with a `PruningMethod` subclass decorated with
-`register_method`; a user's own metric registers the same way from outside the package.
+Imports: `fields`, and `observers` for types only. Torch-free at import (the command line looks methods up before
+loading torch); the math modules import torch when a method runs.
 """
 
 from __future__ import annotations
 
-from .base import PruningMethod, Solved
+from .base import MethodConfig, Pattern, PruningMethod, Solved
 from .registry import available_methods, get_method, register_method
 
-__all__ = ["PruningMethod", "Solved", "register_method", "get_method", "available_methods"]
+__all__ = ["PruningMethod", "MethodConfig", "Pattern", "Solved", "register_method", "get_method", "available_methods"]

@@ -1,33 +1,55 @@
-"""`PruningMethod`: what the engine, Sparsity Induction, the CLI and the model card need to know about a base pruner.
+"""`PruningMethod`: what the walker, Sparsity Induction, the command line and the model card need to know about a
+base pruner, and `MethodConfig`, the base of a method's own knobs.
 
-A method is an object with declared traits and one of two verbs:
+A method is an object with declared traits, its config, and one of two verbs:
 
-- `score(weight, stats)`: importance of every weight (higher = kept), for *mask-only* methods. The engine selects
+- `score(weight, stats)`: importance of every weight (higher = kept), for *mask-only* methods. The walker selects
   the mask (exact count, per row or per matrix, or N:M) and zeroes the rest; Sparsity Induction re-scores with the
   same function while its scales move (eq. 11), so a metric is written once.
-- `solve(weights, stats, config)`: the pruned weights themselves, for methods that update the kept weights
-  (SparseGPT's OBS updates); `updates_weights = True`.
+- `solve(weights, stats, pattern)`: the pruned weights themselves, for methods that update the kept weights
+  (SparseGPT's OBS updates, ALPS); `updates_weights = True`.
 
-Traits are class attributes, read by the engine instead of comparing method names. Nothing here imports torch:
-the command line validates a recipe (and so looks methods up) before torch is loaded.
+A method never sees the recipe: it gets its own config (`self.config`) and, for each call, the `Pattern` of the
+matrices at hand (their sparsity, or N:M). Nothing here imports torch: the command line validates a recipe (and so
+looks methods up) before torch is loaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..fields import ConfigBase
 
 if TYPE_CHECKING:
     import torch
 
-    from ..config import SIConfig
-    from ..stats import InputStats
+    from ..observers.stats import InputStats
 
-__all__ = ["PruningMethod", "Solved"]
+__all__ = ["PruningMethod", "MethodConfig", "Pattern", "Solved"]
 
 # (name inside the group, pruned weight, keep mask, output-error estimate or None)
 Solved = tuple[str, "torch.Tensor", "torch.Tensor", "float | None"]
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """The sparsity asked of the matrices at hand: `sparsity` (the fraction zeroed), or N kept of every M consecutive
+    inputs (`n_m`, which then decides the sparsity)."""
+
+    sparsity: float
+    n_m: tuple[int, int] | None = None
+
+
+@dataclass
+class MethodConfig(ConfigBase):
+    """A method's own knobs (none by default). A method with knobs subclasses it with validated fields; the recipe
+    holds it as `SIConfig.method_args` and the command line makes `--<prefix>-<field>` flags of its fields."""
+
+    def check_pattern(self, n_m: tuple[int, int] | None) -> None:
+        """ValueError when a knob cannot work with the recipe's N:M structure (called when the recipe is built)."""
 
 
 class PruningMethod:
@@ -44,12 +66,14 @@ class PruningMethod:
             otherwise). Wanda's mask is invariant to the fold, SparseGPT's and ALPS's are covariant with it up to
             damping; RIA's and Z-Pruner's masks do move, but into another metric than the authors' with no
             measured gain (docs/si-design.md §7), so all of them prune the unfolded weights.
-        si_statistics: with SI's global target and induction_statistics="auto", where the statistics come from:
-            "dense" (the teacher pass, no extra forward; measured equal for Wanda) or "pruned" (the pruned model's
-            own inputs, as the plain method sees them).
+        si_statistics: with SI's global target and statistics="auto", where the statistics come from: "dense" (the
+            teacher pass, no extra forward; measured equal for Wanda) or "pruned" (the pruned model's own inputs, as
+            the plain method sees them).
         citation: the reference printed in the model card.
-        config_fields: the `SIConfig` fields that set this method's knobs, mapped to its constructor's keyword
-            arguments (read by `configure`; the attribute of each knob has the keyword's name).
+        config_class: the `MethodConfig` subclass of the method's knobs.
+
+    `PruningMethod(config)` or `PruningMethod(knob=value, ...)` makes a method with those knobs; `name=` registers a
+    variant under its own name, e.g. `register_method(RIA(per_row=True, name="ria-row"))`.
     """
 
     name: ClassVar[str] = ""
@@ -60,23 +84,30 @@ class PruningMethod:
     fold_changes_mask: ClassVar[bool] = False
     si_statistics: ClassVar[str] = "pruned"
     citation: ClassVar[str] = ""
-    config_fields: ClassVar[dict[str, str]] = {}
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
 
-    def configure(self, config: SIConfig) -> PruningMethod:
-        """This method with the recipe's knobs applied (`SIConfig.pruning_method` calls it).
+    def __init__(self, config: MethodConfig | dict[str, Any] | None = None, *, name: str | None = None,
+                 **knobs: Any) -> None:
+        if config is not None and knobs:
+            raise TypeError(f"{type(self).__name__}: pass its knobs either as a {self.config_class.__name__} or as "
+                            "keyword arguments, not both.")
+        if config is None:
+            config = self.config_class.from_dict(knobs, f"{type(self).__name__} knob")
+        elif isinstance(config, dict):
+            config = self.config_class.from_dict(config)
+        elif not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got "
+                            f"{type(config).__name__}.")
+        self.config = config
+        if name is not None:
+            self.name = name  # type: ignore[misc]  # a variant's instance value shadows the class default
 
-        A new object when a knob differs from its `SIConfig` default, so that the registered method never carries
-        one run's settings into the next; a knob left at its default keeps this object's own value (the authors'
-        default for a built-in method, the variant's for a variant registered under its own name)."""
-        if not self.config_fields:
+    def configure(self, config: MethodConfig | None) -> PruningMethod:
+        """This method with the knobs `config`: itself when they are its own (so the registered object never carries
+        one run's settings into the next), else a new object of the same kind and name."""
+        if config is None or config == self.config:
             return self
-        defaults = {f.name: f.default for f in dataclasses.fields(config)}
-        changes = {arg: getattr(config, field) for field, arg in self.config_fields.items()
-                   if getattr(config, field) != defaults[field]}
-        if not changes:
-            return self
-        knobs = {arg: getattr(self, arg) for arg in self.config_fields.values()}
-        return type(self)(**{**knobs, **changes}, name=self.name)  # type: ignore[call-arg]
+        return type(self)(config, name=self.name)
 
     # ------------------------------------------------------------------ mask-only methods
     def score(self, weight: torch.Tensor, stats: InputStats | None) -> torch.Tensor:
@@ -86,16 +117,17 @@ class PruningMethod:
 
     # ------------------------------------------------------------------ weight-updating methods
     def solve(self, weights: dict[str, torch.Tensor], stats: dict[str, InputStats],
-              config: SIConfig) -> Iterator[Solved]:
-        """Pruned weights of a group of layers (`weights` by name, `stats` their input statistics), yielded one
-        layer at a time so each can be written and freed before the next is made. Only for `updates_weights`."""
+              pattern: Pattern) -> Iterator[Solved]:
+        """Pruned weights of a group of layers (`weights` by name, `stats` their input statistics), all pruned to
+        `pattern`, yielded one layer at a time so each can be written and freed before the next is made. Only for
+        `updates_weights`."""
         raise NotImplementedError(f"{type(self).__name__} declares updates_weights but does not implement solve().")
 
     # ------------------------------------------------------------------ the model card
-    def card_rows(self, config: SIConfig) -> list[tuple[str, str]]:
+    def card_rows(self, pattern: Pattern) -> list[tuple[str, str]]:
         """(label, value) rows of the method's own settings for the card's recipe table."""
         return []
 
     def __repr__(self) -> str:
-        return f"<pruning method {self.name!r}>"
-
+        knobs = ", ".join(f"{f.name}={getattr(self.config, f.name)!r}" for f in dataclasses.fields(self.config))
+        return f"<pruning method {self.name!r}{' (' + knobs + ')' if knobs else ''}>"

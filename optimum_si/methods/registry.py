@@ -12,21 +12,24 @@
 
     SIPruner(method="my-metric", sparsity=0.5).prune(model, dataset=...)
 
-The built-in methods register on first lookup (their modules are imported lazily, so that looking a method up, as
-the command line does while checking its arguments, never imports torch).
+The built-in methods are registered when this module is imported (their modules import no torch, so looking a method
+up, as the command line does while checking its arguments, stays fast).
 """
 
 from __future__ import annotations
 
-import importlib
-
+from .alps import ALPS
 from .base import PruningMethod
+from .magnitude import Magnitude
+from .ria import RIA
+from .sparsegpt import SparseGPT
+from .wanda import Wanda
+from .zpruner import ZPruner
 
-__all__ = ["register_method", "get_method", "available_methods"]
+__all__ = ["register_method", "get_method", "available_methods", "BUILTIN_METHODS"]
 
-# name -> module that registers it when imported
-_BUILTIN = {"magnitude": ".magnitude", "wanda": ".wanda", "sparsegpt": ".sparsegpt", "ria": ".ria", "zpruner": ".zpruner",
-            "alps": ".alps"}
+# In the order the command line and the docs list them.
+BUILTIN_METHODS: tuple[type[PruningMethod], ...] = (Magnitude, Wanda, SparseGPT, RIA, ZPruner, ALPS)
 _REGISTRY: dict[str, PruningMethod] = {}
 
 
@@ -46,8 +49,6 @@ def register_method(method: type[PruningMethod] | PruningMethod, *, overwrite: b
     verb = "solve" if instance.updates_weights else "score"
     if getattr(type(instance), verb) is getattr(PruningMethod, verb):
         raise TypeError(f"{name}: a method with updates_weights={instance.updates_weights} must implement {verb}().")
-    if name in _BUILTIN and type(instance).__module__ != f"{__package__}{_BUILTIN[name]}":
-        _load_builtins()  # a user's method named like a built-in must meet the built-in, not be replaced by it later
     if name in _REGISTRY and not overwrite and type(_REGISTRY[name]) is not type(instance):
         raise ValueError(f"A pruning method named {name!r} is already registered; pass overwrite=True to replace it.")
     _REGISTRY[name] = instance
@@ -56,7 +57,6 @@ def register_method(method: type[PruningMethod] | PruningMethod, *, overwrite: b
 
 def get_method(name: str) -> PruningMethod:
     """The registered method called `name` (case-insensitive); ValueError naming the choices otherwise."""
-    _load_builtins()
     key = name.lower() if isinstance(name, str) else name
     if key not in _REGISTRY:
         raise ValueError(f"method must be one of {', '.join(map(repr, available_methods()))}, got {name!r}.")
@@ -65,12 +65,8 @@ def get_method(name: str) -> PruningMethod:
 
 def available_methods() -> tuple[str, ...]:
     """Names of the registered methods: the built-ins first, then the user's in registration order."""
-    _load_builtins()
-    return tuple(sorted(_REGISTRY, key=lambda name: (name not in _BUILTIN, list(_BUILTIN).index(name)
-                                                     if name in _BUILTIN else 0)))
+    return tuple(_REGISTRY)
 
 
-def _load_builtins() -> None:
-    for name, module in _BUILTIN.items():
-        if name not in _REGISTRY:
-            importlib.import_module(module, __package__)
+for _builtin in BUILTIN_METHODS:
+    register_method(_builtin)

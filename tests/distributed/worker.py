@@ -56,7 +56,8 @@ def run(scenario: str, out: str, rank: int) -> dict | None:
         return None
     if scenario == "owl":  # the dense profiling pass is sharded too
         model = tiny_model("llama")
-        pruner = SIPruner(method="wanda", sparsity=0.5, sparsity_profile="owl", owl_lambda=0.2, show_progress=False)
+        pruner = SIPruner(method="wanda", sparsity=0.5, sparsity_profile="owl", profile_args={"lam": 0.2},
+                          show_progress=False)
         pruner.prune(model, dataset=token_ids(8, 32))
         return _result(model)
     if scenario == "uneven":  # 7 windows in batches of 2: 4 batches (2 + 2 on two ranks; 2 + 1 + 1 on three)
@@ -85,16 +86,16 @@ def run(scenario: str, out: str, rank: int) -> dict | None:
         return None
     if scenario in ("stream_fail", "stream_resume"):
         if scenario == "stream_fail" and rank == 1:  # fails in block 1's statistics pass, after block 0 was written;
-            from optimum_si.engine import BlockEngine  # rank 0 is then waiting in that pass's reduction
+            from optimum_si.pipeline.statistics import StatisticsPass  # rank 0 then waits in that pass's reduction
 
-            collect = BlockEngine._collect
+            collect = StatisticsPass.collect
 
             def failing(self, index, *args, **kwargs):
                 if index == 1:
                     raise ValueError("injected failure on rank 1")
                 return collect(self, index, *args, **kwargs)
 
-            BlockEngine._collect = failing  # type: ignore[method-assign]
+            StatisticsPass.collect = failing  # type: ignore[method-assign]
         SIPruner(method="sparsegpt", sparsity=0.5, show_progress=False).prune(
             os.path.join(out, "source"), save_dir=os.path.join(out, "resumed"), dataset=token_ids(8, 32))
         return None

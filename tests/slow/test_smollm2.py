@@ -19,7 +19,7 @@ SEQLEN, WINDOWS = 256, 8
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from benchmarks import assets
+    from tests import assets
 
     try:
         model_dir = assets.smollm2_dir()

@@ -1,0 +1,86 @@
+"""The cross-domain grids: for each SI variant, SI / no-SI perplexity per calibration -> evaluation corpus pair,
+and each row's worst off-diagonal cell against the bar (SI at most 0.98 x its base method on text it was not
+calibrated on). `readme_grid` is the default variant's grid that the README and docs/si-design.md show."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks import protocol
+from benchmarks.studies.patterns import pattern_order
+
+BAR = 0.98
+BASE = "none"  # the variant of the runs without SI
+
+
+def _base(records: list[dict], method: str, pattern: str, calibration: str) -> dict | None:
+    """The no-SI run a cell compares with: same method, pattern and calibration, or the data-free run ("-")."""
+    for record in records:
+        if (record["method"], record["pattern"], record["variant"]) == (method, pattern, BASE) and \
+                record["calibration"] in (calibration, "-"):
+            return record
+    return None
+
+
+def _variant_settings(record: dict) -> dict:
+    """What a variant changes: the SIConfig overrides the earlier cross-domain script recorded (`extra`), else the
+    `induction` settings of the row's recipe."""
+    if "extra" in record:
+        return record["extra"]
+    induction = (record.get("recipe") or {}).get("induction")
+    return induction if isinstance(induction, dict) else {}
+
+
+def grid(records: list[dict], variant: str) -> tuple[str, dict]:
+    """Markdown grid of SI/no-SI ratios for `variant`, and a summary (worst off-diagonal ratio per row)."""
+    pairs = [(c, e) for c in protocol.DOMAINS for e in protocol.DOMAINS]
+    header = "| method | pattern | " + " | ".join(f"{c} → {e}{' (in-domain)' if c == e else ''}" for c, e in pairs) + \
+        " | worst off-diagonal |"
+    lines = [header, "|---|---|" + "---:|" * (len(pairs) + 1)]
+    runs = {(r["method"], r["pattern"], r["calibration"], r["variant"]): r for r in records}
+    summary = {}
+    cells = sorted({(r["method"], r["pattern"]) for r in records if r["variant"] == variant},
+                   key=lambda k: (k[0], pattern_order(k[1])))
+    for method, pattern in cells:
+        texts, worst = [], None
+        for calibration, evaluation in pairs:
+            si = runs.get((method, pattern, calibration, variant))
+            base = _base(records, method, pattern, calibration)
+            if si is None or base is None:
+                texts.append("–")
+                continue
+            ratio = si["ppl"][evaluation] / base["ppl"][evaluation]
+            texts.append(f"{ratio:.3f} ({base['ppl'][evaluation]:.1f} → {si['ppl'][evaluation]:.1f})")
+            if calibration != evaluation:
+                worst = ratio if worst is None else max(worst, ratio)
+        summary[f"{method} {pattern}"] = worst
+        mark = "–" if worst is None else f"{worst:.3f} ({'meets' if worst <= BAR else 'misses'} ≤ {BAR})"
+        lines.append(f"| {method} | {pattern} | " + " | ".join(texts) + f" | {mark} |")
+    return "\n".join(lines) + "\n", summary
+
+
+def protocol_note(records: list[dict]) -> str:
+    first = records[0] if records else {}
+    corpora = "the reference texts." if all(r.get("corpora_match_reference", True) for r in records) else \
+        "**not the reference texts** (a Debian build changed): not comparable with other tables."
+    return (f"SmolLM2-135M-Instruct fp32; calibration {first.get('samples')} x {first.get('seqlen')} tokens (seed "
+            f"{first.get('seed')}) from the calibration region of each corpus; evaluation on the first "
+            f"{first.get('eval_windows')} x {first.get('eval_seqlen')} tokens of each evaluation region (disjoint from "
+            f"every calibration region); one process per run. Corpora: {corpora}")
+
+
+def render(study, records: list[dict]) -> str:
+    parts = []
+    for variant in sorted({r["variant"] for r in records if r["variant"] != BASE}):
+        settings = next((_variant_settings(r) for r in records if r["variant"] == variant), {})
+        table, _summary = grid(records, variant)
+        parts.append(f"**SI variant `{variant}`** ({json.dumps(settings) if settings else 'defaults'}): SI / no-SI "
+                     f"perplexity, (no SI → SI)\n\n{table}")
+    parts.append(protocol_note(records))
+    return "\n\n".join(parts) + "\n"
+
+
+def readme_grid(records: list[dict], variant: str = "default") -> str:
+    """The grid of `variant` and the protocol note of its runs, as the README and docs/si-design.md embed them."""
+    table, _summary = grid(records, variant)
+    return table + "\n" + protocol_note([r for r in records if r["variant"] in (BASE, variant)])

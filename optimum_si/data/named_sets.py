@@ -1,0 +1,280 @@
+"""Named text sets (C4, WikiText-2, Pile-val), any Hub dataset and any local dataset folder, for calibration and
+perplexity.
+
+Loading goes through `datasets.load_dataset` (`load_from_disk` for a folder written by `save_to_disk`). Text is drawn
+the way each set is used in the pruning literature (the SparseGPT / Wanda / AWQ loaders):
+
+- C4 calibration: seeded random documents of the first training shard that are longer than a window, one window at a
+  seeded random offset in each. C4 evaluation: the first 1100 validation documents joined with spaces, 256 windows.
+- WikiText-2: calibration windows at seeded random starts of the train split joined with single spaces (as in the GPTQ
+  lineage, whose test split, and so our perplexity, is joined with blank lines).
+- Pile-val (AWQ): documents shuffled with the seed, concatenated, cut into consecutive windows; no evaluation split.
+- Any other Hub dataset or local folder: its texts joined with blank lines, windows at seeded random starts (the same as
+  a list of strings).
+
+Every load also returns a provenance dict (name, repo, config, split, revision, windows, seed) that the recipe, the
+report and the model card record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["TextSet", "NAMED_SETS", "text_set", "is_text_set_reference", "calibration_ids", "evaluation_ids"]
+
+logger = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class TextSet:
+    """Where a text set comes from and how its text is drawn."""
+
+    path: str  # Hub dataset id, or a local folder
+    config: str | None = None
+    split: str = "train"
+    column: str | None = None  # None: `text`/`content`/`sentence`, or the only string column
+    data_files: str | None = None  # one file of a large repo (C4's first shard), relative to the repo root
+    # None means the repo's main branch and is recorded as "main" (plus the commit it resolved to, when the Hub says).
+    revision: str | None = None
+    name: str | None = None  # the short name of a named set
+    sampling: str = "stream"  # "stream" | "documents" (C4) | "shuffled" (Pile-val)
+    joiner: str = "\n\n"
+    max_documents: int | None = None  # use only the first documents (C4 evaluation)
+    max_windows: int | None = None  # evaluation windows at most (C4 evaluation)
+
+
+# C4 and WikiText are pinned to the commits that public pruning/quantisation scripts pin (allenai/c4 1588ec45...,
+# the commit torchtitan and others read; Salesforce/wikitext b08601e0..., the parquet layout), so a named set means the
+# same text next year. pile-val-backup is not pinned: no commit could be confirmed from here (these machines cannot
+# reach the Hub); it follows `main`, and the provenance records the commit the Hub resolves it to.
+C4_REVISION = "1588ec454efa1a09f29cd18ddd04fe05fc8653a2"
+WIKITEXT_REVISION = "b08601e04326c79dfdd32d625aee71d232d685c3"
+NAMED_SETS: dict[str, dict[str, TextSet | None]] = {
+    "c4": {
+        "calibration": TextSet("allenai/c4", config="en", split="train", column="text",
+                               data_files="en/c4-train.00000-of-01024.json.gz", revision=C4_REVISION, name="c4",
+                               sampling="documents"),
+        "evaluation": TextSet("allenai/c4", config="en", split="validation", column="text",
+                              data_files="en/c4-validation.00000-of-00008.json.gz", revision=C4_REVISION, name="c4",
+                              joiner=" ", max_documents=1100, max_windows=256),
+    },
+    "wikitext2": {
+        "calibration": TextSet("Salesforce/wikitext", config="wikitext-2-raw-v1", split="train", column="text",
+                               revision=WIKITEXT_REVISION, name="wikitext2", joiner=" "),
+        "evaluation": TextSet("Salesforce/wikitext", config="wikitext-2-raw-v1", split="test", column="text",
+                              revision=WIKITEXT_REVISION, name="wikitext2", joiner="\n\n"),
+    },
+    "pileval": {
+        "calibration": TextSet("mit-han-lab/pile-val-backup", split="validation", column="text", revision=None,
+                               name="pileval", sampling="shuffled"),
+        "evaluation": None,
+    },
+}
+
+
+def is_text_set_reference(value: Any) -> bool:
+    """True for what `text_set` accepts: a `TextSet`, a named set, an existing folder, or a string that looks like a
+    Hub dataset id and is not an existing file."""
+    if isinstance(value, TextSet):
+        return True
+    if not isinstance(value, (str, os.PathLike)):
+        return False
+    value = os.fspath(value)
+    if value in NAMED_SETS or os.path.isdir(value):
+        return True
+    # "notes/calib.txt" that does not exist is a mistyped file, not a Hub id: keep the file error for it.
+    text_file = os.path.splitext(value)[1].lower() in (".txt", ".text", ".md")
+    return bool(_HUB_ID.match(value)) and not text_file and not os.path.exists(value)
+
+
+def text_set(reference: str | TextSet, purpose: str = "calibration", **overrides: Any) -> TextSet:
+    """The `TextSet` for a named set, a Hub dataset id or a local folder; `overrides` set its fields (e.g.
+    `split="validation"`, `column="content"`, `config=...`, `revision=...`)."""
+    if isinstance(reference, TextSet):
+        return dataclasses.replace(reference, **overrides) if overrides else reference
+    reference = os.fspath(reference)
+    if reference in NAMED_SETS:
+        found = NAMED_SETS[reference][purpose]
+        if found is None:
+            usable = sorted(n for n, sets in NAMED_SETS.items() if sets[purpose] is not None)
+            raise ValueError(f"{reference!r} has no {purpose} split in the literature; use one of {usable}, or a Hub "
+                             "dataset id with split=...")
+        return dataclasses.replace(found, **overrides) if overrides else found
+    if not is_text_set_reference(reference):
+        raise ValueError(f"{reference!r} is neither a named set ({', '.join(NAMED_SETS)}), a local folder, nor a Hub "
+                         "dataset id such as 'owner/name'.")
+    # A Hub id or folder without a split: train for calibration, test for evaluation.
+    return TextSet(reference, **{"split": "train" if purpose == "calibration" else "test", **overrides})
+
+
+def _load_texts(source: TextSet) -> tuple[list[str], str | None]:
+    """The texts of `source` (at most `max_documents`), and the commit they came from when the Hub reported it."""
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError('Named and Hub datasets need `datasets`: pip install "optimum-si[eval]".') from None
+    local, commit = os.path.isdir(source.path), None
+    if local and (os.path.isfile(os.path.join(source.path, "dataset_info.json"))
+                  or os.path.isfile(os.path.join(source.path, "dataset_dict.json"))):
+        data = datasets.load_from_disk(source.path)  # a folder written by `save_to_disk`
+        if isinstance(data, datasets.DatasetDict):
+            if source.split not in data:
+                raise ValueError(f"{source.path!r} has the splits {list(data)}, not {source.split!r}; pass split=...")
+            data = data[source.split]
+    else:
+        data_files = {source.split: source.data_files} if source.data_files else None
+        # Resolved first and loaded at, so the recorded commit is the one read even if the branch moves meanwhile.
+        commit = _commit_of(source)
+        try:
+            data = datasets.load_dataset(source.path, source.config, data_files=data_files, split=source.split,
+                                         revision=None if local else (commit or source.revision))
+        except (FileNotFoundError, ValueError, ConnectionError, OSError) as err:
+            fix = ("HF_HUB_OFFLINE is set and it is not in the datasets cache: load it once with network"
+                   if datasets.config.HF_HUB_OFFLINE else "Check the name, split and config (and the network)")
+            raise ValueError(
+                f"Could not load the dataset {source.path!r} (config {source.config!r}, split {source.split!r}): "
+                f"{err}. {fix}, or pass a local folder or text file."
+            ) from err
+    if source.max_documents is not None:
+        data = data.select(range(min(source.max_documents, len(data))))
+    return _column(data, source), commit
+
+
+def _column(data: Any, source: TextSet) -> list[str]:
+    if source.column is None:
+        from .text import dataset_texts  # here, not at the top: the CLI checks references before loading torch
+
+        return dataset_texts(data)
+    if source.column not in data.column_names:
+        raise ValueError(f"The dataset {source.path!r} has no column {source.column!r} (columns: {data.column_names}); "
+                         "pass column=...")
+    return list(data[source.column])
+
+
+def _commit_of(source: TextSet) -> str | None:
+    """The Hub commit `source.revision` resolves to, for the record; None for local data, offline, or when the Hub
+    does not say (recording it must never fail a load that succeeded)."""
+    if os.path.isdir(source.path):
+        return None
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        return HfApi().dataset_info(source.path, revision=source.revision).sha
+    except Exception as err:  # noqa: BLE001 - any Hub or network failure only loses the record
+        logger.info("Could not read the commit of %s (%s); recording the revision only.", source.path, err)
+        return None
+
+
+def _provenance(source: TextSet, commit: str | None, windows: int, seqlen: int, seed: int | None) -> dict[str, Any]:
+    """What the recipe, the report and the card record; a local folder is recorded by its name, never its path."""
+    local = os.path.isdir(source.path)
+    record = {
+        "name": source.name or (os.path.basename(os.path.normpath(source.path)) if local else source.path),
+        "repo": None if local else source.path,
+        "config": source.config,
+        "split": source.split,
+        "column": source.column,
+        "data_files": source.data_files,
+        "revision": None if local else (source.revision or "main"),
+        "commit": commit,
+        "sampling": source.sampling,
+        "windows": windows,
+        "seqlen": seqlen,
+    }
+    if seed is not None:
+        record["seed"] = seed
+    return record
+
+
+def _encode(tokenizer: Any, text: str) -> torch.Tensor:
+    import torch  # here, not at the top: the CLI checks references before loading torch
+
+    return torch.as_tensor(tokenizer(text, verbose=False)["input_ids"], dtype=torch.long).reshape(-1)
+
+
+def _document_windows(texts: list[str], tokenizer: Any, num_samples: int, seqlen: int, seed: int) -> torch.Tensor:
+    """One window per seeded random document that is longer than `seqlen`, at a seeded random offset in it."""
+    import torch
+
+    rng = random.Random(seed)
+    windows, misses = [], 0
+    while len(windows) < num_samples:
+        ids = _encode(tokenizer, texts[rng.randint(0, len(texts) - 1)])
+        if ids.numel() <= seqlen:
+            misses += 1
+            # Bounded: a set whose documents are all shorter than a window would otherwise never finish.
+            if misses > 1000 + 100 * num_samples:
+                raise ValueError(f"Too few documents are longer than seqlen={seqlen} tokens; lower seqlen.")
+            continue
+        start = rng.randint(0, ids.numel() - seqlen - 1)
+        windows.append(ids[start:start + seqlen])
+    return torch.stack(windows)
+
+
+def _shuffled_windows(texts: list[str], tokenizer: Any, num_samples: int, seqlen: int, seed: int) -> torch.Tensor:
+    """Documents in a seeded random order, concatenated until there are enough tokens, cut into consecutive windows."""
+    import torch
+
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    pieces, total = [], 0
+    for index in order:
+        ids = _encode(tokenizer, texts[index].strip())
+        pieces.append(ids)
+        total += ids.numel()
+        if total >= num_samples * seqlen:
+            break
+    if total < num_samples * seqlen:
+        raise ValueError(f"The dataset has {total} tokens, fewer than {num_samples} windows of {seqlen}; lower "
+                         "num_samples or seqlen.")
+    return torch.cat(pieces)[:num_samples * seqlen].reshape(num_samples, seqlen)
+
+
+def calibration_ids(reference: str | TextSet, tokenizer: Any, num_samples: int, seqlen: int,
+                    seed: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    """`[num_samples, seqlen]` calibration token ids drawn from a text set, and their provenance."""
+    from .windows import draw_windows
+
+    if tokenizer is None:
+        raise ValueError("A named or Hub calibration dataset is text, so a tokenizer is needed: pass "
+                         "prune(..., tokenizer=tokenizer).")
+    source = text_set(reference)
+    texts, commit = _load_texts(source)
+    if not texts:
+        raise ValueError(f"The dataset {source.path!r} (split {source.split!r}) has no texts.")
+    if source.sampling == "documents":
+        ids = _document_windows(texts, tokenizer, num_samples, seqlen, seed)
+    elif source.sampling == "shuffled":
+        ids = _shuffled_windows(texts, tokenizer, num_samples, seqlen, seed)
+    else:
+        ids = draw_windows(_encode(tokenizer, source.joiner.join(texts)), num_samples, seqlen, seed)
+    logger.info("Calibration: %d windows of %d tokens from %s (%s).", num_samples, seqlen, source.path, source.split)
+    return ids, _provenance(source, commit, ids.shape[0], seqlen, seed)
+
+
+def evaluation_ids(reference: str | TextSet, tokenizer: Any, seqlen: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The evaluation token stream of a text set (its texts joined as in the literature, cut to its window limit), and
+    its provenance; the windows themselves are cut by `optimum_si.evaluation.perplexity`."""
+    import torch
+
+    if tokenizer is None or isinstance(tokenizer, torch.Tensor):
+        raise ValueError("Perplexity on a named or Hub dataset needs a tokenizer, not token ids.")
+    source = text_set(reference, purpose="evaluation")
+    texts, commit = _load_texts(source)
+    ids = _encode(tokenizer, source.joiner.join(texts))
+    if source.max_windows is not None:
+        ids = ids[:source.max_windows * seqlen]
+    return ids, _provenance(source, commit, ids.numel() // seqlen, seqlen, None)

@@ -1,0 +1,531 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from optimum_si import SIPruner
+from optimum_si.checkpoint.files import INDEX_NAME, PROGRESS_NAME
+from tests.conftest import fail_pruning_in_block, saved_tensors, tiny_model, token_ids
+
+
+@pytest.fixture
+def source(tmp_path):
+    path = tmp_path / "dense"
+    tiny_model("llama").save_pretrained(path, max_shard_size="40KB")
+    assert os.path.isfile(path / INDEX_NAME)
+    return path
+
+
+def _partial(out):
+    return out.parent / f".{out.name}.optimum-si-partial"
+
+
+def _pruner(method="wanda", **kwargs):
+    return SIPruner(method=method, num_samples=8, seqlen=32, show_progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("method, extra", [("wanda", {}), ("sparsegpt", {"mask_structure": "2:4"}),
+                                           ("magnitude", {}), ("wanda", {"induction": True})])
+def test_streaming_equals_in_memory_bit_for_bit(source, tmp_path, method, extra):
+    from transformers import AutoModelForCausalLM
+
+    calib = token_ids()
+    out = tmp_path / "out"
+    streamed = _pruner(method, **extra)
+    assert streamed.prune(str(source), save_dir=out, dataset=calib, max_shard_size="60KB") == str(out)
+    in_memory = AutoModelForCausalLM.from_pretrained(source)
+    _pruner(method, **extra).prune(in_memory, dataset=calib)
+    source_keys = set(json.loads((source / INDEX_NAME).read_text())["weight_map"])
+    expected = {k: v for k, v in in_memory.state_dict().items() if k in source_keys}
+    assert len(expected) == len(source_keys)
+    written = saved_tensors(out)
+    assert set(written) == set(expected)
+    assert all(torch.equal(written[k], expected[k]) for k in expected)
+    assert streamed.report.sparsity == 0.5
+    index = json.loads((out / INDEX_NAME).read_text())
+    assert set(index["weight_map"]) == set(expected)
+    assert {"config.json", "si_config.json", "si_report.json", "README.md"} <= set(os.listdir(out))
+    assert not os.path.exists(out / PROGRESS_NAME)
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    ids = token_ids(1, 16)
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, in_memory(ids).logits)
+
+
+@pytest.mark.parametrize("recipe", [{"method": "sparsegpt"}, {"method": "wanda", "induction": True}])
+def test_killed_run_resumes_to_the_same_checkpoint(source, tmp_path, recipe):
+    calib = token_ids()
+    torch.save(calib, tmp_path / "calib.pt")
+    reference = tmp_path / "reference"
+    _pruner(**recipe).prune(str(source), save_dir=reference, dataset=calib)
+    out = tmp_path / "out"
+    child = textwrap.dedent(f"""
+        import os, signal, torch
+        import optimum_si.checkpoint.progress as st
+        original = st.write_progress
+        def write_then_die(save_dir, progress):
+            original(save_dir, progress)
+            if progress["finished_blocks"] == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+        st.write_progress = write_then_die
+        from optimum_si import SIPruner
+        SIPruner(**{recipe!r}, num_samples=8, seqlen=32, show_progress=False).prune(
+            {str(source)!r}, save_dir={str(out)!r}, dataset=torch.load({str(tmp_path / 'calib.pt')!r}))
+    """)
+    result = subprocess.run([sys.executable, "-c", child], cwd=os.getcwd(), capture_output=True)
+    assert result.returncode != 0
+    progress = json.loads((_partial(out) / PROGRESS_NAME).read_text())
+    assert progress["finished_blocks"] == 1
+    assert not os.path.exists(out)  # an interrupted run never looks complete: it works in a hidden sibling
+    resumed = _pruner(**recipe)
+    resumed.prune(str(source), save_dir=out, dataset=calib)
+    assert {k: v.tolist() for k, v in saved_tensors(out).items()} == {k: v.tolist() for k, v in saved_tensors(reference).items()}
+    assert resumed.report.sparsity == 0.5 and len(resumed.report.layers) == 14
+
+
+def test_complete_folder_with_another_recipe_needs_overwrite(source, tmp_path):
+    out = tmp_path / "out"
+    _pruner("magnitude").prune(str(source), save_dir=out)
+    assert _pruner("magnitude").prune(str(source), save_dir=out) == str(out)  # same recipe: nothing to do
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        _pruner("magnitude", mask_structure="2:4").prune(str(source), save_dir=out)
+    _pruner("magnitude", mask_structure="2:4").prune(str(source), save_dir=out, overwrite=True)
+    assert json.loads((out / "si_config.json").read_text())["mask_structure"] == "2:4"
+
+
+def test_a_rerun_with_nothing_left_to_do_still_reports_the_run(source, tmp_path, monkeypatch, capsys):
+    from optimum_si.checkpoint import folders
+    from optimum_si.cli import main
+
+    out = tmp_path / "out"
+    first = _pruner()
+    first.prune(str(source), save_dir=tmp_path / "reference", dataset=token_ids())
+    real_publish = folders.publish
+
+    def killed_before_the_swap(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(folders, "publish", killed_before_the_swap)
+    with pytest.raises(KeyboardInterrupt):
+        _pruner().prune(str(source), save_dir=out, dataset=token_ids())
+    monkeypatch.setattr(folders, "publish", real_publish)
+    for _ in ("finished before the swap: only swapped in", "complete: nothing to do"):
+        again = _pruner()
+        again.prune(str(source), save_dir=out, dataset=token_ids())
+        assert again.report.sparsity == first.report.sparsity == 0.5
+        assert again.report.layers == first.report.layers and len(again.report.blocks) == 2
+    args = ["prune", "--model", str(source), "--output", str(tmp_path / "cli"), "--method", "magnitude", "--stream",
+            "--no-show-progress"]
+    assert main(args) == 0 and main(args) == 0  # the same command twice: the second has nothing to do
+    assert "achieved sparsity 0.5000" in capsys.readouterr().out.splitlines()[-1]
+
+
+def _break(source, how):
+    index = json.loads((source / INDEX_NAME).read_text())
+    shard = source / sorted(set(index["weight_map"].values()))[0]
+    if how == "missing":
+        os.remove(shard)
+    elif how == "truncated":
+        shard.write_bytes(shard.read_bytes()[:100])
+    elif how == "shape":
+        config = json.loads((source / "config.json").read_text())
+        config["intermediate_size"] = 96
+        (source / "config.json").write_text(json.dumps(config))
+    elif how == "not-causal":
+        config = json.loads((source / "config.json").read_text())
+        config["model_type"] = "vit"
+        config["architectures"] = ["ViTModel"]
+        (source / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("how, error, message", [
+    ("missing", FileNotFoundError, "missing"),
+    ("truncated", ValueError, "truncated or corrupted"),
+    ("shape", ValueError, "do not match"),
+    ("not-causal", ValueError, "not a causal LM"),
+])
+def test_broken_sources_fail_before_writing(source, tmp_path, how, error, message):
+    _break(source, how)
+    out = tmp_path / "out"
+    with pytest.raises(error, match=message):
+        _pruner("wanda").prune(str(source), save_dir=out, dataset=token_ids())
+    assert not out.exists()
+
+
+def test_not_enough_disk(source, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10, 10, 1000))
+    with pytest.raises(OSError, match="Not enough disk space"):
+        _pruner("magnitude").prune(str(source), save_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_source_that_cannot_be_downloaded_names_the_endpoint(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(OSError, match=r"could not be downloaded from the Hub at http://127\.0\.0\.1:9"):
+        _pruner("magnitude").prune("someone/no-such-model", save_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_streaming_needs_save_dir(source):
+    with pytest.raises(ValueError, match="save_dir"):
+        _pruner("magnitude").prune(str(source))
+
+
+# ---------------------------------------------------------------------------------------------- integrity
+def _files(folder):
+    """Every file under `folder` with its bytes (to prove a folder was left exactly as it was)."""
+    return {os.path.relpath(os.path.join(root, name), folder): open(os.path.join(root, name), "rb").read()
+            for root, _dirs, names in os.walk(folder) for name in names}
+
+
+def _fail_in_block(monkeypatch, block, error):
+    """Make the base pruner raise `error` inside decoder block `block` (after the earlier blocks were pruned)."""
+    fail_pruning_in_block(monkeypatch, block, error)
+
+
+def _full_disk_writing_block(monkeypatch, block):
+    import errno
+
+    import safetensors.torch
+
+    original = safetensors.torch.save_file
+
+    def save_file(tensors, path, *args, **kwargs):
+        if any(f".layers.{block}." in key for key in tensors):
+            original(tensors, path, *args, **kwargs)  # a part file cut short, then the disk is full
+            with open(path, "r+b") as handle:
+                handle.truncate(100)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+
+
+@pytest.mark.parametrize("error", [RuntimeError("CUDA out of memory"), KeyboardInterrupt(), "full disk"])
+def test_fault_inside_a_block_records_nothing_for_it_and_the_rerun_prunes_it(source, tmp_path, monkeypatch, error):
+    reference = tmp_path / "reference"
+    _pruner().prune(str(source), save_dir=reference, dataset=token_ids())
+    out = tmp_path / "out"
+    if error == "full disk":
+        _full_disk_writing_block(monkeypatch, 1)
+        error = OSError()
+    else:
+        _fail_in_block(monkeypatch, 1, error)
+    with pytest.raises(type(error)):
+        _pruner().prune(str(source), save_dir=out, dataset=token_ids())
+    progress = json.loads((_partial(out) / PROGRESS_NAME).read_text())
+    assert progress["finished_blocks"] == 1 and not [k for k in progress["layers"] if ".layers.1." in k]
+    assert not out.exists()
+    monkeypatch.undo()
+    # Options that cannot change the result (device, activation storage, progress bars) do not block the resume.
+    resumed = _pruner(device="cpu", activation_storage="cpu")
+    resumed.prune(str(source), save_dir=out, dataset=token_ids())
+    assert {k: v.tolist() for k, v in saved_tensors(out).items()} == {k: v.tolist() for k, v in saved_tensors(reference).items()}
+    report = json.loads((out / "si_report.json").read_text())
+    assert len(report["layers"]) == 14 and all(layer["sparsity"] == 0.5 for layer in report["layers"].values())
+    block1 = {k: v for k, v in saved_tensors(out).items() if ".layers.1." in k and k.endswith("proj.weight")}
+    assert len(block1) == 7 and all(float((v == 0).float().mean()) == 0.5 for v in block1.values())
+
+
+def test_a_planned_linear_left_dense_is_never_recorded_finished(source, tmp_path, monkeypatch):
+    from optimum_si.pipeline import walker
+
+    original = walker.prune_group
+
+    def skips_one(method, prefix, group, *args, **kwargs):  # a bug that forgets a Linear of block 1
+        if prefix.endswith(".1"):
+            group = {k: v for k, v in group.items() if k != "mlp.down_proj"}
+        return original(method, prefix, group, *args, **kwargs)
+
+    monkeypatch.setattr(walker, "prune_group", skips_one)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match=r"Block 1 has 1 planned Linear\(s\) that were not pruned .*down_proj"):
+        _pruner("magnitude").prune(str(source), save_dir=out)
+    assert json.loads((_partial(out) / PROGRESS_NAME).read_text())["finished_blocks"] == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["same", "contains", "inside"])
+def test_save_dir_that_is_contains_or_lies_inside_the_source_is_refused(source, tmp_path, where):
+    save_dir = {"same": source, "contains": tmp_path, "inside": source / "out"}[where]
+    before = _files(tmp_path)
+    with pytest.raises(ValueError, match="source checkpoint .* must never be modified"):
+        _pruner("magnitude").prune(str(source), save_dir=save_dir, overwrite=True)
+    assert _files(tmp_path) == before
+
+
+@pytest.mark.parametrize("where", ["source", "out", "partial"])
+def test_activations_on_disk_are_never_written_into_the_source_or_the_output(source, tmp_path, where):
+    out = tmp_path / "out"
+    scratch = {"source": source / "acts", "out": out / "acts", "partial": _partial(out) / "acts"}[where]
+    before = _files(source)
+    with pytest.raises(ValueError, match="activation_dir .* lies inside"):
+        _pruner(activation_storage="disk", activation_dir=str(scratch)).prune(str(source), save_dir=out,
+                                                                                dataset=token_ids())
+    assert _files(source) == before and not out.exists() and not _partial(out).exists()
+
+
+def test_failed_checks_with_overwrite_leave_the_old_checkpoint(source, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    out = tmp_path / "out"
+    _pruner("magnitude").prune(str(source), save_dir=out)
+    _fail_in_block(monkeypatch, 1, RuntimeError("boom"))
+    with pytest.raises(RuntimeError):  # leaves an unfinished run of another recipe in the partial folder
+        _pruner("magnitude", mask_structure="2:4").prune(str(source), save_dir=out, overwrite=True)
+    monkeypatch.undo()
+    before = _files(tmp_path)
+    with pytest.raises(ValueError, match="calibration"):
+        _pruner("wanda").prune(str(source), save_dir=out, overwrite=True)  # dataset=None
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10, 10, 1000))
+    with pytest.raises(OSError, match="Not enough disk space"):
+        _pruner("magnitude", sparsity=0.6).prune(str(source), save_dir=out, overwrite=True)
+    assert _files(tmp_path) == before
+
+
+def test_resume_refuses_another_run_and_names_what_differs(source, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    _fail_in_block(monkeypatch, 1, RuntimeError("boom"))
+    with pytest.raises(RuntimeError):
+        _pruner().prune(str(source), save_dir=out, dataset=token_ids())
+    monkeypatch.undo()
+    with pytest.raises(FileExistsError, match=r"differs from this run in the calibration data; pass overwrite=True"):
+        _pruner().prune(str(source), save_dir=out, dataset=token_ids(seed=1))
+    with pytest.raises(FileExistsError, match=r"the recipe \(sparsity: 0.5 -> 0.6\)"):
+        _pruner(sparsity=0.6).prune(str(source), save_dir=out, dataset=token_ids())
+    # The source's config (or tokenizer) edited: the blocks pruned so far were computed with the old one.
+    config = (source / "config.json").read_text()
+    (source / "config.json").write_text(config.replace('"rms_norm_eps": 1e-06', '"rms_norm_eps": 1e-05'))
+    assert (source / "config.json").read_text() != config
+    with pytest.raises(FileExistsError, match="the source checkpoint"):
+        _pruner().prune(str(source), save_dir=out, dataset=token_ids())
+    (source / "config.json").write_text(config)
+    # Another model of the same architecture in the same folder: same names, sizes and headers, other values.
+    tiny_model("llama", seed=1).save_pretrained(source, max_shard_size="40KB")
+    with pytest.raises(FileExistsError, match="the source checkpoint"):
+        _pruner().prune(str(source), save_dir=out, dataset=token_ids())
+    reference = tmp_path / "reference"
+    _pruner().prune(str(source), save_dir=reference, dataset=token_ids())
+    _pruner().prune(str(source), save_dir=out, dataset=token_ids(), overwrite=True)
+    assert {k: v.tolist() for k, v in saved_tensors(out).items()} == {k: v.tolist() for k, v in saved_tensors(reference).items()}
+    # A finished checkpoint is compared the same way.
+    assert _pruner().prune(str(source), save_dir=out, dataset=token_ids()) == str(out)  # same run: nothing to do
+    with pytest.raises(FileExistsError, match="calibration data"):
+        _pruner().prune(str(source), save_dir=out, dataset=token_ids(seed=2))
+
+
+def _full_disk_at(monkeypatch, step):
+    """Raise ENOSPC at one step of finishing a streaming run (what a full disk, or a kill, would interrupt)."""
+    import errno
+
+    import optimum_si.checkpoint.progress as st
+    import optimum_si.export.save
+    import optimum_si.reporting.report
+    from optimum_si.checkpoint.folders import MANIFEST_NAME
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    calls = []
+
+    def on(function_name, matches, nth=1):
+        original = getattr(os, function_name)
+
+        def patched(src, dst=None, *args, **kwargs):
+            if matches(os.fspath(src), os.fspath(dst) if dst is not None else ""):
+                calls.append(src)
+                if len(calls) == nth:
+                    full()
+            return original(src, *(() if dst is None else (dst,)), *args, **kwargs)
+
+        monkeypatch.setattr(os, function_name, patched)
+
+    name = os.path.basename
+    if step == "renames":  # the second of three part -> model-0000i-of-00003 renames
+        on("replace", lambda s, d: name(s).startswith("part-") and name(d).startswith("model-"), nth=2)
+    elif step == "index":
+        on("replace", lambda s, d: name(d) == INDEX_NAME)
+    elif step == "side files":
+        monkeypatch.setattr(st, "copy_side_files", full)
+    elif step == "report":
+        monkeypatch.setattr(optimum_si.reporting.report.PruneReport, "save", full)
+    elif step == "card":
+        monkeypatch.setattr(optimum_si.export.save, "build_model_card", full)
+    elif step == "recipe":
+        on("replace", lambda s, d: name(d) == "si_config.json")
+    elif step == "manifest":
+        on("replace", lambda s, d: name(d) == MANIFEST_NAME)
+    elif step == "progress removal":
+        on("remove", lambda s, d: name(s) == PROGRESS_NAME)
+    elif step == "link":  # neither a hard link nor a copy of the user's file fits
+        import shutil
+
+        monkeypatch.setattr(os, "link", full)
+        monkeypatch.setattr(shutil, "copy2", full)
+    elif step == "swap, first rename":
+        on("rename", lambda s, d: name(d).endswith("optimum-si-old"))
+    elif step == "swap, second rename":
+        on("rename", lambda s, d: name(s).endswith("optimum-si-partial"))
+
+
+@pytest.mark.parametrize("step", ["renames", "index", "side files", "report", "card", "recipe", "manifest",
+                                  "progress removal", "link", "swap, first rename", "swap, second rename"])
+def test_full_disk_while_finishing_then_a_rerun_completes_the_folder(source, tmp_path, monkeypatch, step):
+    reference = tmp_path / "reference"
+    _pruner("magnitude").prune(str(source), save_dir=reference)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's own file")
+    _full_disk_at(monkeypatch, step)
+    with pytest.raises(OSError, match="No space left"):
+        _pruner("magnitude").prune(str(source), save_dir=out)
+    monkeypatch.undo()
+    # Never a folder that looks complete (or loads) before it is: the user's folder as it was, or no folder at all
+    # for an instant between the two renames of the swap (the old one waits under a known name).
+    if step == "swap, second rename":
+        assert not out.exists() and (tmp_path / ".out.optimum-si-old" / "notes.txt").is_file()
+    else:
+        assert os.listdir(out) == ["notes.txt"]
+    _pruner("magnitude").prune(str(source), save_dir=out)
+    assert {k: v.tolist() for k, v in saved_tensors(out).items()} == {k: v.tolist() for k, v in saved_tensors(reference).items()}
+    assert (out / "notes.txt").read_text() == "the user's own file"
+    assert {"si_config.json", "si_report.json", "README.md", INDEX_NAME, "config.json"} <= set(os.listdir(out))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")) == [".out.optimum-si.lock"]
+
+
+def test_killed_while_renaming_the_shards_then_a_rerun_completes(source, tmp_path):
+    reference = tmp_path / "reference"
+    _pruner("magnitude").prune(str(source), save_dir=reference)
+    out = tmp_path / "out"
+    child = textwrap.dedent(f"""
+        import os, signal
+        original, count = os.replace, []
+        def replace_then_die(src, dst):
+            original(src, dst)
+            if os.path.basename(src).startswith("part-") and os.path.basename(dst).startswith("model-"):
+                count.append(dst)
+                if len(count) == 2:
+                    os.kill(os.getpid(), signal.SIGKILL)
+        os.replace = replace_then_die
+        from optimum_si import SIPruner
+        SIPruner(method="magnitude", num_samples=8, seqlen=32, show_progress=False).prune(
+            {str(source)!r}, save_dir={str(out)!r})
+    """)
+    assert subprocess.run([sys.executable, "-c", child], cwd=os.getcwd(), capture_output=True).returncode != 0
+    assert not out.exists()
+    _pruner("magnitude").prune(str(source), save_dir=out)
+    assert {k: v.tolist() for k, v in saved_tensors(out).items()} == {k: v.tolist() for k, v in saved_tensors(reference).items()}
+
+
+@pytest.mark.parametrize("damage", ["truncated progress", "nested progress", "missing part", "truncated part"])
+def test_corrupt_progress_is_a_clear_error_and_overwrite_starts_clean(source, tmp_path, monkeypatch, damage):
+    reference = tmp_path / "reference"
+    _pruner().prune(str(source), save_dir=reference, dataset=token_ids())
+    out = tmp_path / "out"
+    _fail_in_block(monkeypatch, 1, RuntimeError("boom"))
+    with pytest.raises(RuntimeError):
+        _pruner().prune(str(source), save_dir=out, dataset=token_ids())
+    monkeypatch.undo()
+    progress = _partial(out) / PROGRESS_NAME
+    part = _partial(out) / json.loads(progress.read_text())["shards"][0]["file"]
+    if damage == "truncated progress":
+        progress.write_text(progress.read_text()[:50])
+    elif damage == "nested progress":
+        progress.write_text("[" * 100_000 + "]" * 100_000)
+    elif damage == "missing part":
+        os.remove(part)
+    else:
+        part.write_bytes(part.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"(corrupted|damaged) .*; pass overwrite=True to start over"):
+        _pruner().prune(str(source), save_dir=out, dataset=token_ids())
+    _pruner().prune(str(source), save_dir=out, dataset=token_ids(), overwrite=True)
+    assert {k: v.tolist() for k, v in saved_tensors(out).items()} == {k: v.tolist() for k, v in saved_tensors(reference).items()}
+
+
+@pytest.mark.parametrize("entry", ["relative", "absolute"])
+def test_index_entries_outside_the_source_folder_are_refused(source, tmp_path, entry):
+    other = tmp_path / "other"
+    tiny_model("llama", seed=1).save_pretrained(other)
+    index = json.loads((source / INDEX_NAME).read_text())
+    key = "model.embed_tokens.weight"
+    index["weight_map"][key] = "../other/model.safetensors" if entry == "relative" else str(other / "model.safetensors")
+    (source / INDEX_NAME).write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="not inside"):
+        _pruner("magnitude").prune(str(source), save_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name, message", [(INDEX_NAME, f"{INDEX_NAME} is corrupted"),
+                                           ("config.json", "no usable config.json")])
+def test_a_deeply_nested_index_or_config_is_a_clear_error(source, tmp_path, name, message):
+    (source / name).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match=message):
+        _pruner("magnitude").prune(str(source), save_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_tampered_progress_cannot_bring_an_outside_file_in(source, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    _fail_in_block(monkeypatch, 1, RuntimeError("boom"))
+    with pytest.raises(RuntimeError):
+        _pruner("magnitude").prune(str(source), save_dir=out)
+    monkeypatch.undo()
+    secret = tmp_path / "secret.safetensors"
+    secret.write_bytes(b"not yours")
+    path = _partial(out) / PROGRESS_NAME
+    progress = json.loads(path.read_text())
+    progress["shards"][0]["file"] = "../secret.safetensors"
+    path.write_text(json.dumps(progress))
+    with pytest.raises(ValueError, match="corrupted"):
+        _pruner("magnitude").prune(str(source), save_dir=out)
+    _pruner("magnitude").prune(str(source), save_dir=out, overwrite=True)
+    assert secret.read_bytes() == b"not yours"
+    assert not [name for name in os.listdir(out) if "secret" in name]
+
+
+@pytest.mark.parametrize("norms, weights", [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16)])
+def test_every_tensor_keeps_its_source_dtype(source, tmp_path, norms, weights):
+    from safetensors.torch import save_file
+
+    for shard in set(json.loads((source / INDEX_NAME).read_text())["weight_map"].values()):
+        tensors = load_file(source / shard)
+        save_file({k: v.to(norms if "norm" in k else weights) for k, v in tensors.items()}, source / shard,
+                  metadata={"format": "pt"})
+    before = saved_tensors(source)
+    out = tmp_path / "out"
+    _pruner().prune(str(source), save_dir=out, dataset=token_ids())
+    after = saved_tensors(out)
+    assert {k: v.dtype for k, v in after.items()} == {k: v.dtype for k, v in before.items()}
+    untouched = [k for k in before if "proj" not in k]  # norms and embeddings: the source bytes themselves
+    assert untouched and all(torch.equal(after[k], before[k]) for k in untouched)
+    pruned = [k for k in before if "proj" in k]
+    assert all(float((after[k] == 0).float().mean()) == 0.5 for k in pruned)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to name synced files")
+def test_every_part_is_on_disk_before_the_progress_file_names_it(source, tmp_path, monkeypatch):
+    from tests.conftest import record_disk_events
+
+    out = tmp_path / "out"
+    partial = os.path.realpath(_partial(out))
+    events = record_disk_events(monkeypatch)
+    _pruner("magnitude").prune(str(source), save_dir=out)
+    progress_writes = [i for i, event in enumerate(events) if event == ("rename", os.path.join(partial, PROGRESS_NAME))]
+    assert len(progress_writes) == 3  # two blocks and the non-block tensors
+    for count, at in enumerate(progress_writes, start=1):
+        synced = {path for what, path in events[:at] if what == "sync"}
+        assert {os.path.join(partial, f"part-{i:05d}.safetensors.tmp") for i in range(count)} <= synced
+        assert ("sync", partial) in events[at:at + 2]  # the folder: both renames are durable

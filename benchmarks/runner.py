@@ -50,7 +50,8 @@ RECORD_FIELDS = frozenset({
     "key", "label", "calibration", "samples", "seqlen", "seed", "eval", "eval_windows", "eval_seqlen",
     "corpora_match_reference", "python", "torch", "transformers", "threads", "cpu", "cores", "prune_s", "sparsity",
     "recipe", "config", "induction_seconds", "blocks", "blocks_kept", "validation_loss_base",
-    "validation_loss_induced", "ppl", "eval_s", "wall_s", "peak_rss_mb",
+    "validation_loss_induced", "reconstruction_seconds", "reconstruction_blocks_kept", "reconstruction_loss_before",
+    "reconstruction_loss_after", "ppl", "eval_s", "wall_s", "peak_rss_mb",
 })
 
 
@@ -352,6 +353,11 @@ def _prune(model: Any, tokenizer: Any, config: Any, protocol: dict[str, Any], ro
         fields["induction_seconds"] = sum(b.induction.seconds or 0.0 for b in report.blocks if b.induction)
         fields.update({k: summary[k] for k in ("blocks", "blocks_kept", "validation_loss_base",
                                                "validation_loss_induced") if k in summary})
+    refit = report.reconstruction_summary()
+    if refit is not None:
+        fields["reconstruction_seconds"] = sum(b.reconstruction.seconds or 0.0 for b in report.blocks
+                                               if b.reconstruction)
+        fields.update({f"reconstruction_{k}": refit[k] for k in ("blocks_kept", "loss_before", "loss_after")})
     return fields
 
 

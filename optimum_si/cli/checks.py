@@ -134,7 +134,8 @@ def check_prune_args(args: argparse.Namespace) -> tuple[SIConfig, RunOptions]:
     if config.needs_calibration:
         if not args.dataset:
             needs = f"--method {config.method}" if config.pruning_method.needs_data else "--induction" \
-                if config.induction is not None else "--sparsity-profile owl"
+                if config.induction is not None else "--reconstruction" if config.reconstruction is not None \
+                else "--sparsity-profile owl"
             raise UsageError(f"{needs} needs calibration text: pass --dataset FILE (UTF-8 text).")
     if args.dataset:
         from ..data.named_sets import is_text_set_reference

@@ -22,6 +22,7 @@ from ..planning.config import OWLConfig
 from ..recipe.config import SIConfig
 from ..recipe.run_options import RunOptions
 from ..recipe.upgrade import FLAT_KNOBS
+from ..reconstruction.config import ReconstructionConfig
 from .errors import UsageError
 
 __all__ = ["add_recipe_flags", "config_and_options", "cli_message", "flag_of"]
@@ -32,7 +33,7 @@ _RECIPE_GROUPS = {
     "calibration": ("num_samples", "seqlen", "seed", "batch_size"),
     "what is pruned, and in which order": ("targets", "ignore", "block_name", "true_sequential", "expert_calibration"),
 }
-_NESTED = ("method_args", "profile_args", "induction")
+_NESTED = ("method_args", "profile_args", "induction", "reconstruction")
 # Flags whose name is not `--<prefix>-<field>`: OWL's lambda (a Python keyword, `lam` in OWLConfig).
 _FLAG_NAMES = {("owl", "lam"): "--owl-lambda"}
 _GROUP_HELP = {
@@ -40,6 +41,7 @@ _GROUP_HELP = {
     "calibration": "Calibration windows drawn from --dataset.",
     "Sparsity Induction": "Used with --induction (docs/si-design.md).",
     "OWL": "Used with --sparsity-profile owl (docs/methods.md).",
+    "reconstruction of the kept weights": "Used with --reconstruction (docs/reconstruction.md).",
     "run options": "How this machine runs the recipe; never written to the recipe (the same result whatever they "
                    "are).",
 }
@@ -58,7 +60,8 @@ def _method_configs() -> list[type[ConfigBase]]:
 def _nested_configs() -> list[tuple[str, type[ConfigBase]]]:
     """(group title, config class) of every nested config whose fields become flags."""
     methods = [(f"{_method_label(kind)} knobs", kind) for kind in _method_configs()]
-    return [*methods, ("Sparsity Induction", InductionConfig), ("OWL", OWLConfig)]
+    return [*methods, ("Sparsity Induction", InductionConfig), ("OWL", OWLConfig),
+            ("reconstruction of the kept weights", ReconstructionConfig)]
 
 
 def _method_label(kind: type[ConfigBase]) -> str:
@@ -133,6 +136,10 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
         if kind is InductionConfig:
             group.add_argument("--induction", action=argparse.BooleanOptionalAction, default=None,
                                help="Run Sparsity Induction on each block before pruning it (with the knobs below).")
+        if kind is ReconstructionConfig:
+            group.add_argument("--reconstruction", action=argparse.BooleanOptionalAction, default=None,
+                               help="Refit each pruned block's kept weights to the dense block (with the knobs "
+                                    "below).")
         for field in dataclasses.fields(kind):  # type: ignore[arg-type]
             _add(group, kind, field, kind.prefix, _aliases(kind, field.name))
     group = parser.add_argument_group("run options", _GROUP_HELP["run options"])
@@ -151,8 +158,9 @@ def config_and_options(args: argparse.Namespace, base: SIConfig | None) -> tuple
     UsageError."""
     top = {name: getattr(args, name) for names in _RECIPE_GROUPS.values() for name in names
            if getattr(args, name, None) is not None}
-    if args.induction is not None:
-        top["induction"] = args.induction
+    for stage in ("induction", "reconstruction"):
+        if getattr(args, stage) is not None:
+            top[stage] = getattr(args, stage)
     config = base.replace(**top) if base is not None else SIConfig(**top)
     method_kind = config.pruning_method.config_class
     for _title, kind in _nested_configs():
@@ -164,6 +172,11 @@ def config_and_options(args: argparse.Namespace, base: SIConfig | None) -> tuple
             if config.induction is None:
                 raise UsageError(f"{flags} {'sets' if len(given) == 1 else 'set'} Sparsity Induction; add --induction.")
             config = config.replace(induction=config.induction.replace(**given))
+        elif kind is ReconstructionConfig:
+            if config.reconstruction is None:
+                raise UsageError(f"{flags} {'sets' if len(given) == 1 else 'set'} the reconstruction; add "
+                                 "--reconstruction.")
+            config = config.replace(reconstruction=config.reconstruction.replace(**given))
         elif kind is OWLConfig:
             if config.profile_args is None:
                 raise UsageError(f"{flags} {'sets' if len(given) == 1 else 'set'} OWL; add --sparsity-profile owl.")

@@ -119,7 +119,8 @@ def build_model_card(model_config: Any, config: SIConfig, report: PruneReport | 
                   or (base_model.split("/")[-1] + "-pruned" if base_model else f"Pruned {model_type}"))
     pattern = "unstructured" if config.mask_structure == "unstructured" else config.mask_structure
     tags = sorted({"sparse", "pruned", "sparsity", "optimum-si", config.method, pattern}
-                  | ({"sparsity-induction"} if config.induction else set()))
+                  | ({"sparsity-induction"} if config.induction else set())
+                  | ({"reconstruction"} if config.reconstruction else set()))
     card_data = ModelCardData(
         base_model=base_model,
         library_name="transformers",
@@ -142,6 +143,7 @@ def build_model_card(model_config: Any, config: SIConfig, report: PruneReport | 
         extra.setdefault("achieved_sparsity", report.sparsity)
         extra.setdefault("perplexity", dict(report.perplexity))
         extra.setdefault("induction_summary", report.induction_summary())
+        extra.setdefault("reconstruction_summary", report.reconstruction_summary())
     recipe = config.to_dict()
     return ModelCard.from_template(
         card_data,

@@ -25,6 +25,7 @@ from ..induction.config import InductionConfig
 from ..methods.base import MethodConfig, Pattern, PruningMethod
 from ..methods.registry import get_method
 from ..planning.config import OWLConfig
+from ..reconstruction.config import ReconstructionConfig
 from ..version import __version__, version_stamp
 from .choices import ExpertCalibration, SparsityProfile
 from .upgrade import FLAT_KNOBS, RUN_OPTION_NAMES, move_flat_knobs
@@ -38,7 +39,7 @@ FORMAT_VERSION = 2
 _NM_PATTERN = re.compile(r"^(\d+):(\d+)$")
 # Keys written by `to_dict` next to the fields; they describe the file, not the recipe.
 _FILE_KEYS = ("format_version", "meta")
-_NESTED = {"method_args", "profile_args", "induction"}
+_NESTED = {"method_args", "profile_args", "induction", "reconstruction"}
 _WARNED_NM: set[str] = set()
 # More calibration tokens than this (2^31: terabytes of activations for any LLM) is a typo, not a recipe; refusing it
 # up front keeps a run from hanging while it draws the windows.
@@ -87,6 +88,9 @@ class SIConfig:
     induction: InductionConfig | bool | dict[str, Any] | None = knob(
         "Run Sparsity Induction on each block before pruning it: True (the defaults), an InductionConfig, or False.",
         default=False)
+    reconstruction: ReconstructionConfig | bool | dict[str, Any] | None = knob(
+        "Refit each pruned block's kept weights to the dense block (the mask held fixed), kept where it lowers the "
+        "loss on held-out windows: True (the defaults), a ReconstructionConfig, or False.", default=False)
     num_samples: int = knob("Number of calibration windows.", default=128)
     seqlen: int = knob("Tokens per calibration window.", default=2048)
     seed: int = knob("Seed for drawing calibration windows and for induction.", default=0)
@@ -128,6 +132,7 @@ class SIConfig:
             raise ValueError(f"seed must be an integer in [-2**63, 2**64), got {self.seed!r}.")
         self._validate_profile()
         self.induction = _nested_stage(self.induction, InductionConfig, "induction")
+        self.reconstruction = _nested_stage(self.reconstruction, ReconstructionConfig, "reconstruction")
         self.true_sequential = check_bool(None, "true_sequential", self.true_sequential)
         if self.targets is not None:
             self.targets = check_patterns(None, "targets", self.targets)
@@ -137,7 +142,7 @@ class SIConfig:
         if self.block_name is not None and (not isinstance(self.block_name, str) or not self.block_name):
             raise ValueError(f"block_name must be a dotted module path such as 'model.layers', got {self.block_name!r}.")
         self.expert_calibration = check_choice(None, "expert_calibration", self.expert_calibration, ExpertCalibration)
-        for stage in ("induction",):
+        for stage in ("induction", "reconstruction"):
             if getattr(self, stage) is not None and self.true_sequential:
                 raise ValueError(f"{stage}=True trains each whole block against its dense output; set "
                                  "true_sequential=False.")
@@ -196,7 +201,7 @@ class SIConfig:
     @property
     def needs_calibration(self) -> bool:
         """Whether a run of this recipe needs calibration data (a data-driven method, SI or OWL)."""
-        return self.pruning_method.needs_data or self.induction is not None or \
+        return self.pruning_method.needs_data or self.induction is not None or self.reconstruction is not None or \
             self.sparsity_profile == SparsityProfile.OWL
 
     @property
@@ -232,7 +237,7 @@ class SIConfig:
         a new `method` without `method_args` takes that method's defaults; `induction=True` keeps the current
         InductionConfig (or the defaults when there is none)."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for stage in ("induction",):  # True keeps a stage's current config
+        for stage in ("induction", "reconstruction"):  # True keeps a stage's current config
             if changes.get(stage) is True and getattr(self, stage) is not None:
                 changes = {**changes, stage: getattr(self, stage)}
         return type(self)(**_merge(values, changes, "SIConfig.replace", strict=True))
@@ -391,7 +396,8 @@ def _drop_unknown_nested(values: dict[str, Any], written_by: str) -> None:
         method_class = get_method(values.get("method", "wanda")).config_class
     except (ValueError, TypeError):
         return
-    for key, kind in (("method_args", method_class), ("profile_args", OWLConfig), ("induction", InductionConfig)):
+    for key, kind in (("method_args", method_class), ("profile_args", OWLConfig), ("induction", InductionConfig),
+                      ("reconstruction", ReconstructionConfig)):
         nested = values.get(key)
         if isinstance(nested, dict):
             unknown = sorted(map(str, set(nested) - set(kind.field_names())))

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..checkpoint.files import REPORT_NAME
 
-__all__ = ["LayerRecord", "BlockRecord", "BlockInduction", "PruneReport", "REPORT_NAME"]
+__all__ = ["LayerRecord", "BlockRecord", "BlockInduction", "BlockReconstruction", "PruneReport", "REPORT_NAME"]
 
 
 
@@ -77,6 +77,24 @@ _INDUCTION_FIELDS = tuple(f.name for f in fields(BlockInduction))
 
 
 @dataclass
+class BlockReconstruction:
+    """What the reconstruction of the kept weights did to one block (optimum_si.reconstruction.stage fills it)."""
+
+    mode: str = "gradient"  # "gradient" or "closed-form"
+    loss_before: float | None = None  # block loss on the judged windows before the refit
+    loss_after: float | None = None  # the same with the refit weights (None when the refit failed)
+    kept: bool = False  # the verdict: refit kept, or the block left as the earlier stages left it
+    validated: bool = False  # judged on held-out windows the refit never saw (else on training windows)
+    steps: int | None = None
+    seconds: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BlockReconstruction:
+        names = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in names})
+
+
+@dataclass
 class BlockRecord:
     index: int
     seconds: float
@@ -87,10 +105,13 @@ class BlockRecord:
     # ||block_out_pruned - block_out_dense|| / ||block_out_dense|| on a few calibration windows, both blocks fed the
     # same inputs (optimum_si.observers.output_error); None for data-free runs.
     output_error: float | None = None
+    reconstruction: BlockReconstruction | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.induction, Mapping) and not isinstance(self.induction, BlockInduction):
             self.induction = BlockInduction.from_dict(self.induction)  # read back from si_report.json
+        if isinstance(self.reconstruction, Mapping):
+            self.reconstruction = BlockReconstruction.from_dict(self.reconstruction)
 
 
 @dataclass
@@ -171,11 +192,26 @@ class PruneReport:
             summary["induced_mean"] = sum(induced for _, induced in pairs) / len(pairs)
         return summary
 
+    def reconstruction_summary(self) -> dict[str, Any] | None:
+        """The reconstruction of the kept weights at a glance: blocks refit and kept, and the judged block losses
+        before and as shipped, per block and summed; None without reconstruction."""
+        records = [(b.index, b.reconstruction) for b in self.blocks if b.reconstruction is not None]
+        if not records:
+            return None
+        per_block = [{"block": index, "kept": r.kept, "before": r.loss_before,
+                      "after": r.loss_after if r.kept else r.loss_before} for index, r in records]
+        judged = [b for b in per_block if b["before"] is not None and b["after"] is not None]
+        return {"blocks": len(records), "blocks_kept": sum(1 for b in per_block if b["kept"]),
+                "mode": records[0][1].mode, "validated": all(r.validated for _, r in records),
+                "loss_before": sum(b["before"] for b in judged), "loss_after": sum(b["after"] for b in judged),
+                "per_block": per_block}
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         for block, record in zip(data["blocks"], self.blocks):  # only the fields SI set, as before it was typed
             block["induction"] = record.induction.as_dict() if record.induction is not None else None
         data["induction_summary"] = self.induction_summary()
+        data["reconstruction_summary"] = self.reconstruction_summary()
         data["output_error_summary"] = self.output_error_summary()
         data["layers"] = {name: {**asdict(r), "sparsity": r.sparsity} for name, r in self.layers.items()}
         data["sparsity"] = self.sparsity

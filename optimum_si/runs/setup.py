@@ -26,6 +26,7 @@ from ..modeling.activations import resolve_storage
 from ..modeling.architectures import spec_for
 from ..modeling.blocks import find_decoder_blocks
 from ..modeling.capture import BlockInputs, capture_block_inputs
+from ..modeling.devices import check_bfloat16
 from ..modeling.offload import offload_execution_device
 from ..modeling.targets import plan_block
 from ..modeling.weights import UndoLog
@@ -35,6 +36,7 @@ from ..planning.owl import OWLProfile
 from ..planning.plan import PrunePlan
 from ..recipe.config import SIConfig
 from ..recipe.run_options import RunOptions
+from ..reconstruction.stage import ReconstructionStage
 from ..reporting.report import PruneReport
 
 __all__ = ["RunSetup", "set_up_run", "execution_device", "build_plan"]
@@ -72,8 +74,8 @@ class RunSetup:
 
     def stages(self, prune: bool = True, owl_done: Sequence[float | None] = (),
                owl_on_block: Callable[[list[float | None]], None] | None = None) -> list[BlockStage]:
-        """The recipe's stages, in the order the walker runs them: OWL's profile (when pruning), then Sparsity
-        Induction. `owl_done` / `owl_on_block`: a streamed run's recorded OWL ratios and how it records new ones."""
+        """The recipe's stages, in the order the walker runs them: OWL's profile (when pruning), Sparsity Induction,
+        then the reconstruction of the kept weights (when pruning). `owl_done` / `owl_on_block`: a streamed run's recorded OWL ratios and how it records new ones."""
         cfg = self.config
         stages: list[BlockStage] = []
         if cfg.profile_args is not None and prune:
@@ -81,6 +83,8 @@ class RunSetup:
         if cfg.induction is not None:
             stages.append(InductionStage(cfg.induction, cfg.pruning_method, cfg.seed, cfg.n_m, self.model_config,
                                          prune=prune))
+        if cfg.reconstruction is not None and prune:
+            stages.append(ReconstructionStage(cfg.reconstruction, cfg.seed))
         return stages
 
     def walker(self, report: PruneReport, undo: UndoLog, prune: bool = True,
@@ -135,6 +139,8 @@ def set_up_run(config: SIConfig, options: RunOptions, model: nn.Module, model_co
     device = execution_device(options, blocks)
     if config.induction is not None:
         check_training_precision(config.induction, device)
+    if config.reconstruction is not None and config.reconstruction.precision == "bfloat16":
+        check_bfloat16(device, "ReconstructionConfig.precision")
     ids, calibration = None, None
     if config.needs_calibration:
         ids, calibration = build_calibration(

@@ -53,7 +53,7 @@ def _torchrun(nproc: int, out: str, *scenarios: str, timeout_env: str = "120") -
 
 
 SCENARIOS = ("wanda", "sparsegpt", "alps", "owl", "moe-wanda", "moe-sparsegpt", "induce", "uneven", "si", "save",
-             "stream", "alone", "cli", "cli-stream")
+             "stream", "alone", "cli", "cli-stream", "refit", "refit-closed")
 
 
 @pytest.fixture(scope="module")
@@ -249,6 +249,23 @@ def test_sparsity_induction_is_data_parallel(runs, scenario, world):
     assert _mask_agreement(results[0]["weights"], reference["weights"]) >= 0.995
     for ours, theirs in zip(results[0]["loss_after"], reference["loss_after"]):
         assert abs(ours - theirs) <= 0.1 * theirs
+
+
+@pytest.mark.parametrize("scenario", ["refit", "refit-closed"])
+def test_the_reconstruction_is_data_parallel(runs, scenario):
+    reference = torch.load(os.path.join(runs, f"{scenario}-w1-r0.pt"))
+    results = _load(runs, scenario, 2)
+    _assert_ranks_identical(results)
+    assert all(result["kept"] == results[0]["kept"] for result in results)  # one verdict on every rank
+    assert any(results[0]["kept"])
+    assert _mask_agreement(results[0]["weights"], reference["weights"]) >= 0.995
+    sparsity = sum(int((w == 0).sum()) for w in results[0]["weights"].values()) / sum(
+        w.numel() for w in results[0]["weights"].values())
+    assert abs(sparsity - 0.5) < 0.01  # the refit keeps the mask
+    for ours, theirs in zip(results[0]["loss_after"], reference["loss_after"]):
+        if ours is not None and theirs is not None:
+            # closed form: the same Hessians, summed over the ranks; gradient: two windows per step instead of one
+            assert abs(ours - theirs) <= (1e-2 if scenario == "refit-closed" else 0.25) * theirs
 
 
 def test_rank_zero_saves_the_in_memory_result(runs):

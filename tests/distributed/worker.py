@@ -74,6 +74,16 @@ def run(scenario: str, out: str, rank: int) -> dict | None:
         result["kept"] = [block.induction.kept for block in pruner.report.blocks]
         result["loss_after"] = [block.induction.loss_after for block in pruner.report.blocks]
         return result
+    if scenario in ("refit", "refit-closed"):  # the reconstruction: gradients (or Hessians) averaged over the ranks
+        model = tiny_model("llama")
+        mode = "closed-form" if scenario == "refit-closed" else "gradient"
+        pruner = SIPruner(method="wanda", sparsity=0.5, num_samples=8, show_progress=False,
+                          reconstruction={"mode": mode, "lr": 1e-3})
+        pruner.prune(model, dataset=token_ids(8, 32))
+        result = _result(model)
+        result["kept"] = [block.reconstruction.kept for block in pruner.report.blocks]
+        result["loss_after"] = [block.reconstruction.loss_after for block in pruner.report.blocks]
+        return result
     if scenario == "save":  # in memory, saved: only rank 0 writes
         model = tiny_model("llama")
         SIPruner(method="wanda", sparsity=0.5, show_progress=False).prune(

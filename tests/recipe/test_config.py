@@ -150,7 +150,7 @@ def test_the_recipe_holds_what_every_run_has_and_nests_the_rest():
     from optimum_si.planning.config import OWLConfig
 
     config = SIConfig()
-    assert len(dataclasses.fields(SIConfig)) <= 16
+    assert len(dataclasses.fields(SIConfig)) <= 17
     assert config.induction is None and config.profile_args is None
     assert type(config.method_args) is MethodConfig and config.method_args.to_dict() == {}
     assert SIConfig(induction=True).induction == InductionConfig()

@@ -1,0 +1,65 @@
+"""`ReconstructionConfig`: the knobs of the block reconstruction of the kept weights (`SIConfig(reconstruction=
+ReconstructionConfig(...))`; `reconstruction=True` means these defaults). docs/reconstruction.md gives the evidence
+behind every default. Torch-free."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..fields import Choice, ConfigBase, check_bool, check_choice, check_integer, check_number, knob
+
+__all__ = ["ReconstructionConfig", "ReconstructionMode", "ReconstructionPrecision"]
+
+_OWNER = "ReconstructionConfig"
+
+
+class ReconstructionMode(Choice):
+    GRADIENT = "gradient"
+    CLOSED_FORM = "closed-form"
+
+
+class ReconstructionPrecision(Choice):
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+
+
+@dataclass
+class ReconstructionConfig(ConfigBase):
+    """How the kept weights of each pruned block are refit to the dense block.
+
+    Sample config::
+
+        SIConfig(method="wanda", induction=True, reconstruction=ReconstructionConfig(epochs=4, lr=2e-4))
+    """
+
+    prefix = "reconstruction"
+
+    mode: ReconstructionMode = knob(
+        "'gradient' (train the kept weights of the whole block with Adam against the dense block's outputs, the mask "
+        "held fixed, as EBFT does) or 'closed-form' (each Linear's least-squares fit on its kept weights against its "
+        "dense inputs: one solve per output row, no training).", default="gradient")
+    epochs: int = knob("gradient: passes over the training windows.", default=4)
+    lr: float = knob("gradient: Adam learning rate of the kept weights.", default=2e-4)
+    train_norms: bool = knob("gradient: also train the block's norm weights and the Linears' biases (dense "
+                             "parameters; the mask does not apply to them).", default=False)
+    precision: ReconstructionPrecision = knob(
+        "gradient: compute dtype of the training passes: 'float32', or 'bfloat16' (autocast); the verdict and the "
+        "written weights stay float32.", default="float32")
+    damping: float = knob("closed-form: ridge added to each Hessian's diagonal, as a fraction of its mean.",
+                          default=0.01)
+    validation_fraction: float = knob(
+        "Fraction of the calibration windows never trained on: each block keeps its refit only if it lowers the "
+        "block loss on them.", default=0.25)
+    min_gain: float = knob("Relative held-out loss reduction a block's refit must reach to be kept (0: any).",
+                           default=0.0)
+
+    def __post_init__(self) -> None:
+        self.mode = check_choice(_OWNER, "mode", self.mode, ReconstructionMode)
+        self.epochs = check_integer(_OWNER, "epochs", self.epochs, 1)
+        self.lr = check_number(_OWNER, "lr", self.lr, low=0, low_open=True, what="a positive number")
+        self.train_norms = check_bool(_OWNER, "train_norms", self.train_norms)
+        self.precision = check_choice(_OWNER, "precision", self.precision, ReconstructionPrecision)
+        self.damping = check_number(_OWNER, "damping", self.damping, low=0, low_open=True)
+        self.validation_fraction = check_number(_OWNER, "validation_fraction", self.validation_fraction, low=0,
+                                                high=0.5)
+        self.min_gain = check_number(_OWNER, "min_gain", self.min_gain, low=0, high=1, high_open=True)

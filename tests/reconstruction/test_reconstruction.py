@@ -1,0 +1,176 @@
+"""The reconstruction of the kept weights: the mask never moves and the sparsity stays exact, the held-out verdict is
+respected (a refit that does not help leaves the block bit for bit as it was), the held-out windows are never trained
+on, the closed form is the least-squares optimum of each row, and streamed, offloaded and in-memory runs agree."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from optimum_si import ReconstructionConfig, SIConfig, SIPruner
+from optimum_si.reconstruction.closed_form import least_squares_on_support
+from tests.conftest import stream_and_prune_in_memory, tiny_model, token_ids
+from tests.test_golden import weights_digest
+
+BLOCK = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+         "mlp.up_proj", "mlp.down_proj"]
+
+
+def _pruner(reconstruction=True, **kwargs):
+    return SIPruner(num_samples=8, seqlen=32, show_progress=False, reconstruction=reconstruction, **kwargs)
+
+
+def _zeros(model):
+    return {f"{i}.{name}": layer.get_submodule(name).weight == 0
+            for i, layer in enumerate(model.model.layers) for name in BLOCK}
+
+
+@pytest.mark.parametrize("mode", ["gradient", "closed-form"])
+@pytest.mark.parametrize("recipe", [dict(method="wanda"), dict(method="sparsegpt", mask_structure="2:4"),
+                                    dict(method="magnitude", sparsity=0.7), dict(method="wanda", induction=True)],
+                         ids=["wanda", "sparsegpt-2:4", "magnitude-70", "si-wanda"])
+def test_the_mask_is_held_fixed_and_the_kept_weights_move(mode, recipe):
+    plain, refit = tiny_model("llama"), tiny_model("llama")
+    reference = _pruner(False, **recipe)
+    reference.prune(plain, dataset=token_ids())
+    pruner = _pruner({"mode": mode, "validation_fraction": 0.0, "epochs": 8}, **recipe)
+    pruner.prune(refit, dataset=token_ids())
+    before, after = _zeros(plain), _zeros(refit)
+    # Block 0 sees the same inputs in both runs: its mask is the base method's own (later blocks see other inputs).
+    for name in BLOCK:
+        assert torch.equal(before[f"0.{name}"], after[f"0.{name}"]), name
+    assert pruner.report.sparsity == reference.report.sparsity  # exact counts: int(numel * s) per row or matrix
+    assert {n: r.zeros for n, r in pruner.report.layers.items()} == {n: r.zeros for n, r in reference.report.layers.items()}
+    records = [b.reconstruction for b in pruner.report.blocks]
+    assert all(r is not None and r.mode == mode for r in records) and any(r.kept for r in records)
+    q_plain = plain.model.layers[0].self_attn.q_proj.weight
+    q_refit = refit.model.layers[0].self_attn.q_proj.weight
+    kept = q_plain != 0
+    if records[0].kept:
+        assert not torch.equal(q_plain[kept], q_refit[kept])  # the kept weights were refit
+        assert records[0].loss_after < records[0].loss_before
+    assert not torch.signbit(q_refit[~kept]).any()  # pruned weights stay exact +0.0
+
+
+def test_a_refit_that_does_not_help_leaves_the_block_bit_for_bit(monkeypatch):
+    """The verdict: a refit whose held-out loss is not lower is reverted, and the run equals the run without
+    reconstruction bit for bit (the next block is fed the reverted block's outputs)."""
+    import optimum_si.reconstruction.gradient as gradient
+
+    original = gradient.train_kept_weights
+
+    def harmful(*args, **kwargs):
+        wrappers, steps, seconds = original(*args, **kwargs)
+        with torch.no_grad():
+            for wrapper in wrappers.values():
+                wrapper.weight.mul_(3.0)
+        return wrappers, steps, seconds
+
+    monkeypatch.setattr("optimum_si.reconstruction.stage.train_kept_weights", harmful)
+    plain, refit = tiny_model("llama"), tiny_model("llama")
+    _pruner(False, method="wanda").prune(plain, dataset=token_ids())
+    pruner = _pruner(True, method="wanda")
+    pruner.prune(refit, dataset=token_ids())
+    assert not any(b.reconstruction.kept for b in pruner.report.blocks)
+    assert all(b.reconstruction.loss_after > b.reconstruction.loss_before for b in pruner.report.blocks)
+    assert weights_digest(refit) == weights_digest(plain)
+
+
+def test_held_out_windows_are_never_trained_on(monkeypatch):
+    import optimum_si.reconstruction.stage as stage
+
+    seen = []
+    original = stage.train_kept_weights
+
+    def spy(block, modules, dense_params, config, hidden, kwargs, targets, training, seed):
+        seen.append(list(training))
+        return original(block, modules, dense_params, config, hidden, kwargs, targets, training, seed)
+
+    monkeypatch.setattr(stage, "train_kept_weights", spy)
+    pruner = _pruner({"validation_fraction": 0.25}, method="wanda")
+    pruner.prune(tiny_model("llama"), dataset=token_ids())
+    assert seen == [[1, 2, 3, 5, 6, 7]] * 2  # 8 windows, 0 and 4 held out
+    assert all(b.reconstruction.validated and b.reconstruction.steps == 6 * 4 for b in pruner.report.blocks)
+
+
+def test_closed_form_is_each_rows_least_squares_optimum_on_its_support():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 12, generator=generator, dtype=torch.float64)
+    dense = torch.randn(5, 12, generator=generator)
+    keep = torch.rand(5, 12, generator=generator) > 0.4
+    keep[0] = False  # a row with nothing kept stays zero
+    keep[1] = True  # a row with everything kept gets the dense row back
+    refit = least_squares_on_support(dense, keep, x.T @ x, damping=1e-12)
+    for row in range(5):
+        support = keep[row]
+        expected = torch.zeros(12, dtype=torch.float64)
+        if support.any():
+            expected[support] = torch.linalg.lstsq(x[:, support], x @ dense[row].double()).solution
+        torch.testing.assert_close(refit[row].double(), expected, rtol=1e-5, atol=1e-6)
+    assert bool((refit[~keep] == 0).all())
+
+
+@pytest.mark.parametrize("mode", ["gradient", "closed-form"])
+def test_streamed_equals_in_memory_bit_for_bit(mode, tmp_path):
+    stream_and_prune_in_memory(tiny_model("llama"), lambda: _pruner({"mode": mode}, method="wanda", induction=True),
+                               tmp_path, token_ids())
+
+
+def test_offloaded_equals_plain():
+    from accelerate import cpu_offload
+
+    from optimum_si.modeling.offload import offloaded_state_dict
+
+    plain, offloaded = tiny_model("llama"), cpu_offload(tiny_model("llama"), execution_device="cpu")
+    _pruner(True, method="sparsegpt").prune(plain, dataset=token_ids())
+    _pruner(True, method="sparsegpt").prune(offloaded, dataset=token_ids())
+    expected = plain.state_dict()
+    assert all(torch.equal(t, expected[k]) for k, t in offloaded_state_dict(offloaded).items())
+
+
+def test_training_the_norms_too_is_kept_or_reverted_with_the_weights():
+    plain, refit = tiny_model("llama"), tiny_model("llama")
+    _pruner(False, method="wanda").prune(plain, dataset=token_ids())
+    pruner = _pruner({"train_norms": True, "validation_fraction": 0.0}, method="wanda")
+    pruner.prune(refit, dataset=token_ids())
+    for i, record in enumerate(pruner.report.blocks):
+        norm_plain = plain.model.layers[i].input_layernorm.weight
+        norm_refit = refit.model.layers[i].input_layernorm.weight
+        assert torch.equal(norm_plain, norm_refit) != record.reconstruction.kept
+
+
+def test_bfloat16_training_keeps_float32_weights_and_the_mask():
+    model = tiny_model("llama")
+    pruner = _pruner({"precision": "bfloat16", "validation_fraction": 0.0}, method="wanda")
+    pruner.prune(model, dataset=token_ids())
+    assert pruner.report.sparsity == 0.5 and all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_the_report_and_the_card_say_per_block_whether_it_helped(tmp_path):
+    model = tiny_model("llama")
+    pruner = _pruner(True, method="wanda")
+    pruner.prune(model, dataset=token_ids())
+    summary = pruner.report.reconstruction_summary()
+    assert summary["blocks"] == 2 and summary["validated"] and len(summary["per_block"]) == 2
+    out = pruner.save(model, str(tmp_path / "out"))
+    card = open(f"{out}/README.md", encoding="utf-8").read()
+    assert "## Reconstruction of the kept weights" in card and "held-out calibration windows" in card
+    saved = SIPruner.from_pretrained(out).config
+    assert saved.reconstruction == ReconstructionConfig()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"mode": "exact"}, "ReconstructionConfig.mode must be one of"),
+    ({"epochs": 0}, "ReconstructionConfig.epochs must be a positive integer"),
+    ({"lr": -1}, "ReconstructionConfig.lr must be a positive number"),
+    ({"validation_fraction": 0.9}, r"ReconstructionConfig.validation_fraction must be a number in \[0, 0.5\]"),
+])
+def test_invalid_settings_name_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SIConfig(reconstruction=kwargs)
+
+
+def test_reconstruction_needs_whole_blocks():
+    with pytest.raises(ValueError, match="reconstruction=True trains each whole block"):
+        SIConfig(reconstruction=True, true_sequential=True)
+    assert SIConfig(method="magnitude", reconstruction=True).needs_calibration

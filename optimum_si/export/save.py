@@ -102,6 +102,7 @@ def save_pruned_model(
     card_info: dict[str, Any] | None = None,
     plots: bool = True,
     base_model: str | None = None,
+    overwrite: bool = False,
 ) -> str:
     save_dir = os.fspath(save_dir)
     model_config = getattr(model, "config", None)
@@ -118,6 +119,7 @@ def save_pruned_model(
     with output_lock(target):
         folders.recover(target)
         existing = folders.describe(target)
+        folders.check_replace(save_dir, existing, overwrite)
         staging = folders.sibling(target, "staging")
         os.makedirs(staging)
         try:

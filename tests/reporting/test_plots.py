@@ -233,7 +233,7 @@ def test_without_matplotlib_the_card_is_complete_and_old_charts_go(tmp_path, mon
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
     assert not plots.matplotlib_available()
     with caplog.at_level(logging.INFO, logger="optimum_si.export.save"):
-        pruner.save(model, tmp_path)
+        pruner.save(model, tmp_path, overwrite=True)
     assert "matplotlib is not installed" in caplog.text
     assert not [name for name in os.listdir(tmp_path) if name.endswith(".png")]  # no picture of an earlier save
     card, links = _assert_complete_card(tmp_path)

@@ -50,8 +50,11 @@ RECORD_FIELDS = frozenset({
     "key", "label", "calibration", "samples", "seqlen", "seed", "eval", "eval_windows", "eval_seqlen",
     "corpora_match_reference", "python", "torch", "transformers", "threads", "cpu", "cores", "prune_s", "sparsity",
     "recipe", "config", "induction_seconds", "blocks", "blocks_kept", "validation_loss_base",
-    "validation_loss_induced", "ppl", "eval_s", "wall_s", "peak_rss_mb",
+    "validation_loss_induced", "ppl", "eval_s", "wall_s", "peak_rss_mb", "optimum_si", "weights", "block_records",
 })
+# What a record keeps of each block's SI verdict (the published cards' SI section and chart come from these).
+_BLOCK_INDUCTION_FIELDS = ("kept", "validation_loss_base", "validation_loss_induced", "relative_error_base",
+                           "relative_error_induced")
 
 
 class StudyError(ValueError):
@@ -303,6 +306,7 @@ def run_row(protocol: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from benchmarks import protocol as bench
+    from optimum_si import __version__
     from optimum_si.evaluation import perplexity
     from tests import assets
 
@@ -319,6 +323,7 @@ def run_row(protocol: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
         "eval_windows": evaluation["windows"], "eval_seqlen": evaluation["seqlen"],
         # A fresh set-up may have had to use another Debian build of a corpus: its numbers are not the reference's.
         "corpora_match_reference": assets.corpora_match_reference(), **bench.machine(),
+        "optimum_si": __version__, "weights": assets.smollm2_source_record(),
     }
     config = row_config(protocol, row)
     if config is not None:
@@ -352,6 +357,12 @@ def _prune(model: Any, tokenizer: Any, config: Any, protocol: dict[str, Any], ro
         fields["induction_seconds"] = sum(b.induction.seconds or 0.0 for b in report.blocks if b.induction)
         fields.update({k: summary[k] for k in ("blocks", "blocks_kept", "validation_loss_base",
                                                "validation_loss_induced") if k in summary})
+    if any(b.output_error is not None or b.induction for b in report.blocks):
+        fields["block_records"] = [
+            {"index": b.index, "output_error": b.output_error,
+             "induction": {k: b.induction.get(k) for k in _BLOCK_INDUCTION_FIELDS if b.induction.get(k) is not None}
+             if b.induction else None}
+            for b in report.blocks]
     return fields
 
 

@@ -296,15 +296,22 @@ def smollm2_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     return path
 
 
-def smollm2_weights_source(folder: str | os.PathLike[str] | None = None) -> str:
-    """One sentence for a model card: where the SmolLM2 weights the project prunes come from (they are not the
-    Hub's safetensors). Reads the folder's ``SOURCE.json`` when there is one (``folder=None``: the cached model)."""
-    record: dict[str, object] = {}
+def smollm2_source_record(folder: str | os.PathLike[str] | None = None) -> dict[str, object]:
+    """The cached SmolLM2 folder's ``SOURCE.json`` (package, version, GGUF file and its sha256); empty when there is
+    none (``folder=None``: the cached model)."""
     try:
         path = Path(folder) if folder is not None else _resolve(None) / "models" / SMOLLM2_NAME
         record = json.loads((path / "SOURCE.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        pass
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def smollm2_weights_source(folder: str | os.PathLike[str] | None = None,
+                           record: dict[str, object] | None = None) -> str:
+    """One sentence for a model card: where the SmolLM2 weights the project prunes come from (they are not the
+    Hub's safetensors), from a ``SOURCE.json`` record (``record``, else the folder's)."""
+    record = smollm2_source_record(folder) if record is None else record
     package = f"`{record.get('package', SMOLLM2_DIST)}`"
     if record.get("package_version"):
         package += f" {record['package_version']}"

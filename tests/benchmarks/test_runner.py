@@ -297,6 +297,11 @@ def test_one_row_prunes_and_scores_in_process(tiny_protocol):
     assert record["recipe"] == row["recipe"] and record["config"]["induction"]["validation_fraction"] == 0.25
     assert "meta" not in record["config"] and (record["samples"], record["eval"]) == (4, "jargon+kjv first 2 x 32")
     assert set(record) <= runner.RECORD_FIELDS | set(row["tags"])
+    # What the published model cards draw their SI section and chart from (benchmarks/render_cards.py).
+    blocks = record["block_records"]
+    assert [b["index"] for b in blocks] == [0, 1] and all(b["output_error"] > 0 for b in blocks)
+    assert all({"kept", "validation_loss_base", "relative_error_base"} <= set(b["induction"]) for b in blocks)
+    json.dumps(record)  # a record is plain JSON
 
 
 def test_dense_and_data_free_rows_read_no_calibration_windows(tiny_protocol):

@@ -123,7 +123,7 @@ def eval_command(args: argparse.Namespace) -> int:
         import importlib.util
 
         if importlib.util.find_spec("lm_eval") is None:
-            raise UsageError('--tasks needs lm-evaluation-harness: pip install "optimum-si[eval]".')
+            raise UsageError('--tasks needs lm-evaluation-harness (the eval extra): pip install "lm-eval>=0.4.5".')
     from ..export.results import is_checkpoint
 
     record_into = None if args.no_record else args.record_into or (args.model if is_checkpoint(args.model) else None)

@@ -62,7 +62,8 @@ def write_plots(folder: str, report: PruneReport | None) -> dict[str, str]:
         try:
             written = render_plots(report, folder, strict=False)
         except PlotUnavailable:
-            logger.info("matplotlib is not installed: no charts in %s (pip install 'optimum-si[plots]').", folder)
+            logger.info("matplotlib is not installed: no charts in %s (the `plots` extra: pip install matplotlib).",
+                        folder)
         except Exception as err:  # noqa: BLE001 - e.g. a report the chart code does not understand
             logger.warning("Could not draw the charts (%s: %s); the model card leaves them out.",
                            type(err).__name__, err)

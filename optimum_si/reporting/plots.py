@@ -1,7 +1,7 @@
 """Charts of a prune run for the model card: how far each block's output moved from the dense model, and the
 sparsity allocation when the pruned Linears got different sparsities.
 
-Needs matplotlib, an optional extra (`pip install optimum-si[plots]`). The data preparation (`output_error_series`,
+Needs matplotlib (the optional `plots` extra). The data preparation (`output_error_series`,
 `sparsity_series`, `block_sparsity_series`) is pure Python over the report, so it is testable and usable without
 matplotlib; the drawing uses matplotlib's object API (`Figure` on an Agg canvas), so it changes no global state: no
 `pyplot`, no backend switch, no rcParams.
@@ -224,7 +224,7 @@ def _matplotlib():
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as err:
-        raise PlotUnavailable("Plots need matplotlib: pip install 'optimum-si[plots]'.") from err
+        raise PlotUnavailable("Plots need matplotlib (the `plots` extra): pip install matplotlib.") from err
     return Figure, FigureCanvasAgg, colormaps
 
 

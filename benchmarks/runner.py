@@ -4,7 +4,8 @@
     python -m benchmarks.runner methods_grid --skip-done            # only the rows results.json does not have yet
     python -m benchmarks.runner methods_grid --only alps-70%-si --update   # rerun one row, keep the others
     python -m benchmarks.runner cross_domain --dry-run              # list what would run, run nothing
-    python -m benchmarks.runner cross_domain --render               # results.md from results.json, run nothing
+    python -m benchmarks.runner cross_domain --render               # results.md from results.json, then the
+                                                                    # tables of README.md and docs/ (run nothing)
     python -m benchmarks.runner quality --write-spec                # study.json from the study's spec.py
 
 A study is a folder of benchmarks/studies/. Its study.json gives the protocol (calibration corpus, region, samples,
@@ -405,7 +406,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="keep the records of results.json; a row that runs again replaces its own")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="list the rows that would run, run nothing")
-    mode.add_argument("--render", action="store_true", help="only rewrite results.md from results.json")
+    mode.add_argument("--render", action="store_true",
+                      help="only rewrite results.md from results.json, then the tables of README.md and docs/*.md "
+                           "(benchmarks/update_readme.py)")
     mode.add_argument("--write-spec", action="store_true", help="only rewrite study.json from the study's spec.py")
     return parser.parse_args(argv)
 
@@ -461,8 +464,12 @@ def main(argv: list[str] | None = None) -> int:
         study = load_study(args.study)
         records = read_records(study.results_path)
         if args.render:
+            from benchmarks import update_readme
+
             write_atomic(study.markdown_path, renderer(study)(study, records))
             print(study.markdown_path)
+            for name in update_readme.main([]):  # the documents that show this study's tables
+                print(REPO_ROOT / name)
             return 0
         rows = select_rows(study, args.only, records, args.skip_done)
         keep = args.update or args.skip_done

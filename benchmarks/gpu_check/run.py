@@ -131,7 +131,7 @@ def run_section(name: str, doc: dict[str, Any], out: Path, work: Path, assets: P
     if timed_out:
         section["status"] = "timed_out"
         section["error"] = (f"stopped at its budget of {section['budget_s']:.0f} s after "
-                            f"{len(section['records'])} record(s); the records above it are complete")
+                            f"{len(section['records'])} record(s), each complete")
     elif section["status"] == "running":
         if process.returncode != 0 and section["error"] is None:
             section["error"] = f"the section's process exited with status {process.returncode}: see {LOG_NAME}"

@@ -160,7 +160,7 @@ def _md_smollm2(s: dict) -> list[str]:
     for method in ("wanda", "sparsegpt"):
         if f"{method}_vs_reference_loop" in summary:
             lines.append(f"- {method} 50 %: optimum-si is {summary[f'{method}_vs_reference_loop']:.2f}x the speed of "
-                         "the reference loop on this GPU.")
+                         "the reference loop on the same device.")
         if f"si_{method}_over_{method}" in summary:
             lines.append(f"- SI + {method} takes {summary[f'si_{method}_over_{method}']:.2f}x the time of {method} "
                          "(target: at most 2x).")

@@ -77,7 +77,7 @@ def test_cpu_mode_writes_the_whole_schema_and_the_markdown(cpu_run):
 
 
 def test_a_section_past_its_budget_is_stopped_and_the_document_says_so(tmp_path):
-    result = _check(tmp_path / "out", tmp_path / "work", "--cpu", "--sections", "llama8b", "--budget-s", "1.5",
+    result = _check(tmp_path / "out", tmp_path / "work", "--cpu", "--sections", "llama8b", "--budget-s", "2",
                     timeout=120)
     assert result.returncode == 1
     doc = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
@@ -229,3 +229,56 @@ def test_markdown_of_a_document_with_a_failed_and_a_pending_section():
     text = summary.markdown(doc)
     assert "| smollm2 | failed |" in text and "RuntimeError: CUDA error" in text
     assert "| semi_structured | pending |" in text and "NOT finished" in text
+
+
+def test_markdown_of_a_gpu_document_renders_every_gpu_only_figure():
+    """The GPU-only branches (CPU comparisons, device peaks, a converted model, speed-ups) on made-up records."""
+    from benchmarks.gpu_check.smollm2 import _line
+
+    doc = new_document("gpu", 480.0, ["python"], list(SECTIONS))
+    env = {"kind": "environment", "name": "NVIDIA H100 80GB HBM3", "capability": "9.0", "memory_gb": 79.2,
+           "torch": "2.11.0+cu130", "torch_cuda": "13.0", "transformers": "5.17.0", "optimum_si": "0.2.0",
+           "commit": "0123456789abcdef", "cuda_available": True}
+    cpu = cpu_tables.cpu_comparison("wanda-50%", "wanda", "50%", False, "optimum-si", 95.5)
+    ref = cpu_tables.cpu_comparison("wanda-50%", "wanda", "50%", False, "reference", 95.4)
+    assert "CPU 95.18/95.22" in _line("wanda 50% (reference loop)", 3.0, 95.4, ref)
+    block = {"index": 0, "seconds": 2.0, "stats_s": 0.5, "prune_s": 0.5, "propagate_s": 0.5, "induction_s": None,
+             "peak_device_mb": 1100.0, "above_start_mb": 1000.0, "peak_reserved_mb": 1500.0}
+    shape = projection.LLAMA3_8B
+    streamed = {"kind": "streamed", "run": "wanda", "method": "wanda", "induction": False, "samples": 128,
+                "seqlen": 2048, "blocks": [block, {**block, "index": 1, "seconds": 1.5}], "outside_blocks_s": 12.0}
+    from benchmarks.gpu_check.llama8b import _memory_model, _projections
+
+    streamed["memory_model"] = _memory_model("wanda", shape, 2048, 1100.0)
+    streamed["projection"] = _projections("wanda", streamed["blocks"], 12.0, shape, 2048,
+                                          streamed["memory_model"]["measured_over_predicted"])
+    records = {
+        "environment": [env],
+        "cuda_tests": [{"kind": "test", "test": "tests.test_gpu::test_x", "outcome": "failed", "seconds": 1.0,
+                        "message": "assert 0.98 > 0.99\nmore"}, {"kind": "pytest", "exit_code": 1}],
+        "smollm2": [{"kind": "dense", "key": "dense", "label": "dense model", "impl": "-", "ppl": 39.51,
+                     "setup": {"model": "SmolLM2", "source": "pack", "weights_match_cpu_tables": True, "tokens": "pack"},
+                     "cpu": cpu_tables.cpu_comparison("dense", "dense", "-", False, "optimum-si", 39.51)},
+                    {**_prune("wanda-50%", "optimum-si", 2.0, 95.5, cpu, label="wanda 50%"), "above_start_mb": 80.0},
+                    _prune("wanda-50%", "reference", 3.0, 95.4, ref, label="wanda 50% (reference loop)")],
+        "llama8b": [{"kind": "checkpoint", "shape_name": "llama3-8b", "shape": shape.as_dict(), "bytes": 3e9,
+                     "build_s": 20.0, "samples": 128, "seqlen": 2048}, streamed],
+        "semi_structured": [{"kind": "conversion", "model": "SmolLM2", "converted": 210, "weight_class": "X",
+                             "logits_max_abs_diff": 0.01, "logits_max_abs": 30.0, "dense_ppl": 1700.0,
+                             "sparse_ppl": 1700.2, "dense_forward_ms": 9.0, "sparse_forward_ms": 8.0,
+                             "forward_tokens": 4096},
+                            {"kind": "matmul", "linear": "8B down_proj", "out": 4096, "in": 14336, "tokens": 2048,
+                             "dense_ms": 0.5, "sparse_ms": 0.4, "speedup": 1.25, "max_rel_error": 0.004}],
+    }
+    for name, section in doc["sections"].items():
+        section.update(status="ok", records=records[name])
+        section["summary"] = summary.summarise(name, section["records"], "gpu")
+    text = summary.markdown(doc)
+    assert "NVIDIA H100 80GB HBM3 (compute capability 9.0, 79 GiB)" in text
+    assert "| tests.test_gpu::test_x | failed | assert 0.98 > 0.99 |" in text
+    assert "| wanda 50% | 2.0 | 79.0 | 80 | 95.50 | 95.22 | +0.30% | 1.0% | yes |" in text
+    assert "optimum-si is 1.50x the speed of the reference loop" in text
+    assert "| wanda | 2.0 / 1.5 | 1.07 / 1.07 |" in text
+    assert "210 Linears converted" in text and "| 8B down_proj | 4096x14336 | 2048 | 0.500 | 0.400 | 1.25 |" in text
+    assert doc["sections"]["llama8b"]["summary"]["runs"]["wanda"]["projected_8b_s"] == pytest.approx(
+        1.5 * 32 + 12.0)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmarks.gpu_check.sections import SECTIONS
+
 
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
@@ -97,7 +99,8 @@ def markdown(doc: dict[str, Any]) -> str:
                      f"{note.replace('|', '/')[:160]} |")
     renderers = {"environment": _md_environment, "cuda_tests": _md_tests, "smollm2": _md_smollm2,
                  "llama8b": _md_llama8b, "semi_structured": _md_semi}
-    for number, (name, s) in enumerate(sections.items()):
+    for name, s in sections.items():
+        number = list(SECTIONS).index(name)  # the same number whichever sections ran
         lines += ["", f"## {number}. {s['title']} (`{name}`: {s['status']})", ""]
         if s["needs"]:
             lines.append("Needs: " + "; ".join(s["needs"]) + ".")

@@ -229,6 +229,7 @@ def test_markdown_of_a_document_with_a_failed_and_a_pending_section():
     text = summary.markdown(doc)
     assert "| smollm2 | failed |" in text and "RuntimeError: CUDA error" in text
     assert "| semi_structured | pending |" in text and "NOT finished" in text
+    assert "## 2. SmolLM2" in text and "## 4. 2:4 output" in text  # numbered as in a full run
 
 
 def test_markdown_of_a_gpu_document_renders_every_gpu_only_figure():

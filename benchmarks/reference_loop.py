@@ -21,8 +21,10 @@ class _Stop(Exception):
 class _LayerStats:
     def __init__(self, linear: nn.Linear, hessian: bool) -> None:
         self.samples = 0
-        self.scaler_row = torch.zeros(linear.in_features)
-        self.H = torch.zeros(linear.in_features, linear.in_features) if hessian else None
+        # On the layer's device: the statistics of a model on a GPU are gathered there, as the reference scripts do.
+        device = linear.weight.device
+        self.scaler_row = torch.zeros(linear.in_features, device=device)
+        self.H = torch.zeros(linear.in_features, linear.in_features, device=device) if hessian else None
 
     def add_batch(self, inp: torch.Tensor) -> None:
         x = inp.reshape(-1, inp.shape[-1]).float()

@@ -4,7 +4,8 @@
     python -m benchmarks.runner methods_grid --skip-done            # only the rows results.json does not have yet
     python -m benchmarks.runner methods_grid --only alps-70%-si --update   # rerun one row, keep the others
     python -m benchmarks.runner cross_domain --dry-run              # list what would run, run nothing
-    python -m benchmarks.runner cross_domain --render               # results.md from results.json, run nothing
+    python -m benchmarks.runner cross_domain --render               # results.md from results.json, then the
+                                                                    # tables of README.md and docs/ (run nothing)
     python -m benchmarks.runner quality --write-spec                # study.json from the study's spec.py
 
 A study is a folder of benchmarks/studies/. Its study.json gives the protocol (calibration corpus, region, samples,
@@ -51,8 +52,11 @@ RECORD_FIELDS = frozenset({
     "corpora_match_reference", "python", "torch", "transformers", "threads", "cpu", "cores", "prune_s", "sparsity",
     "recipe", "config", "induction_seconds", "blocks", "blocks_kept", "validation_loss_base",
     "validation_loss_induced", "reconstruction_seconds", "reconstruction_blocks_kept", "reconstruction_loss_before",
-    "reconstruction_loss_after", "ppl", "eval_s", "wall_s", "peak_rss_mb",
+    "reconstruction_loss_after", "ppl", "eval_s", "wall_s", "peak_rss_mb", "optimum_si", "weights", "block_records",
 })
+# What a record keeps of each block's SI verdict (the published cards' SI section and chart come from these).
+_BLOCK_INDUCTION_FIELDS = ("kept", "validation_loss_base", "validation_loss_induced", "relative_error_base",
+                           "relative_error_induced")
 
 
 class StudyError(ValueError):
@@ -304,6 +308,7 @@ def run_row(protocol: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from benchmarks import protocol as bench
+    from optimum_si import __version__
     from optimum_si.evaluation import perplexity
     from tests import assets
 
@@ -320,6 +325,7 @@ def run_row(protocol: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
         "eval_windows": evaluation["windows"], "eval_seqlen": evaluation["seqlen"],
         # A fresh set-up may have had to use another Debian build of a corpus: its numbers are not the reference's.
         "corpora_match_reference": assets.corpora_match_reference(), **bench.machine(),
+        "optimum_si": __version__, "weights": assets.smollm2_source_record(),
     }
     config = row_config(protocol, row)
     if config is not None:
@@ -358,6 +364,12 @@ def _prune(model: Any, tokenizer: Any, config: Any, protocol: dict[str, Any], ro
         fields["reconstruction_seconds"] = sum(b.reconstruction.seconds or 0.0 for b in report.blocks
                                                if b.reconstruction)
         fields.update({f"reconstruction_{k}": refit[k] for k in ("blocks_kept", "loss_before", "loss_after")})
+    if any(b.output_error is not None or b.induction for b in report.blocks):
+        fields["block_records"] = [
+            {"index": b.index, "output_error": b.output_error,
+             "induction": {k: b.induction.get(k) for k in _BLOCK_INDUCTION_FIELDS if b.induction.get(k) is not None}
+             if b.induction else None}
+            for b in report.blocks]
     return fields
 
 
@@ -400,7 +412,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="keep the records of results.json; a row that runs again replaces its own")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="list the rows that would run, run nothing")
-    mode.add_argument("--render", action="store_true", help="only rewrite results.md from results.json")
+    mode.add_argument("--render", action="store_true",
+                      help="only rewrite results.md from results.json, then the tables of README.md and docs/*.md "
+                           "(benchmarks/update_readme.py)")
     mode.add_argument("--write-spec", action="store_true", help="only rewrite study.json from the study's spec.py")
     return parser.parse_args(argv)
 
@@ -456,8 +470,12 @@ def main(argv: list[str] | None = None) -> int:
         study = load_study(args.study)
         records = read_records(study.results_path)
         if args.render:
+            from benchmarks import update_readme
+
             write_atomic(study.markdown_path, renderer(study)(study, records))
             print(study.markdown_path)
+            for name in update_readme.main([]):  # the documents that show this study's tables
+                print(REPO_ROOT / name)
             return 0
         rows = select_rows(study, args.only, records, args.skip_done)
         keep = args.update or args.skip_done

@@ -50,6 +50,9 @@ _LLAMA = dict(model_type="llama", hidden_act="silu", rms_norm_eps=1e-5, tie_word
 SHAPES: dict[str, dict] = {
     "llama2-7b": dict(_LLAMA, hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
                       vocab_size=32000, max_position_embeddings=4096, rope_theta=10000.0),
+    "llama3-8b": dict(_LLAMA, hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
+                      vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0, bos_token_id=128000,
+                      eos_token_id=128001),
     "llama3-70b": dict(_LLAMA, hidden_size=8192, intermediate_size=28672, num_attention_heads=64, num_key_value_heads=8,
                        vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0, bos_token_id=128000,
                        eos_token_id=128001),
@@ -95,13 +98,13 @@ def tensor_layout(shape: str) -> tuple[list[tuple[str, tuple[int, ...]]], list[t
     return block, other
 
 
-def _random_tensor(name: str, shape: tuple[int, ...], seed: int):
+def _random_tensor(name: str, shape: tuple[int, ...], seed: int, device: str = "cpu"):
     import torch
 
     if len(shape) == 1:  # RMSNorm weights
         return torch.ones(shape, dtype=torch.bfloat16)
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
-    return torch.empty(shape, dtype=torch.bfloat16).normal_(0.0, STD, generator=generator)
+    generator = torch.Generator(device).manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+    return torch.empty(shape, dtype=torch.bfloat16, device=device).normal_(0.0, STD, generator=generator).cpu()
 
 
 def write_streamed_safetensors(path: Path, layout: list[tuple[str, tuple[int, ...]]], make) -> int:
@@ -133,9 +136,11 @@ def write_streamed_safetensors(path: Path, layout: list[tuple[str, tuple[int, ..
     return offset
 
 
-def _pool(shape: str, cache_dir) -> Path:
+def _pool(shape: str, cache_dir, device: str = "cpu") -> Path:
     pool = bench_dir(cache_dir) / shape / "pool"
     spec = {"format": FORMAT_VERSION, "shape": SHAPES[shape], "std": STD}
+    if device != "cpu":  # another generator gives other values: a pool is never a mix of the two
+        spec["generator_device"] = device
     spec_path = pool / "spec.json"
     if pool.is_dir():
         try:
@@ -149,23 +154,26 @@ def _pool(shape: str, cache_dir) -> Path:
     return pool
 
 
-def build_checkpoint(shape: str, depth: int, cache_dir=None, seed: int = 0, log=print) -> Path:
-    """`<cache>/bench-checkpoints/<shape>/L<depth>/`: config, index and hard links to the pool's shards."""
+def build_checkpoint(shape: str, depth: int, cache_dir=None, seed: int = 0, log=print, device: str = "cpu") -> Path:
+    """`<cache>/bench-checkpoints/<shape>/L<depth>/`: config, index and hard links to the pool's shards.
+
+    `device` draws the random weights there ("cuda": a Llama-3-8B-shaped block in well under a second instead of
+    about 5 s on one CPU core); the values depend on it, so each device has its own pool."""
     block, other = tensor_layout(shape)
-    pool = _pool(shape, cache_dir)
+    pool = _pool(shape, cache_dir, device)
     shards = []
     for i in range(depth):
         path = pool / f"block-{i:05d}.safetensors"
         if not path.is_file():
             started = time.perf_counter()
             layout = [(n.replace("model.layers.0.", f"model.layers.{i}.", 1), s) for n, s in block]
-            size = write_streamed_safetensors(path, layout, lambda n, s: _random_tensor(n, s, seed))
+            size = write_streamed_safetensors(path, layout, lambda n, s: _random_tensor(n, s, seed, device))
             log(f"  built {shape} block {i}: {size / 1e9:.2f} GB in {time.perf_counter() - started:.1f} s")
         shards.append(path)
     path = pool / "other.safetensors"
     if not path.is_file():
         started = time.perf_counter()
-        size = write_streamed_safetensors(path, other, lambda n, s: _random_tensor(n, s, seed))
+        size = write_streamed_safetensors(path, other, lambda n, s: _random_tensor(n, s, seed, device))
         log(f"  built {shape} non-block tensors: {size / 1e9:.2f} GB in {time.perf_counter() - started:.1f} s")
     shards.append(path)
 

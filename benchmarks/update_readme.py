@@ -1,15 +1,18 @@
-"""Copy the current benchmark tables into the README (and any other Markdown file named) between their markers.
+"""Copy the current benchmark tables into the project's documents between their markers.
 
-    python -m benchmarks.update_readme                          # README.md
-    python -m benchmarks.update_readme README.md docs/si-design.md
+    python -m benchmarks.update_readme                          # README.md and every docs/*.md
+    python -m benchmarks.update_readme docs/results.md          # only the files named
 
 A marker pair `<!-- NAME -->` ... `<!-- /NAME -->` is filled with the table of NAME: a study's results.md
-(benchmarks/studies/), another benchmark's Markdown (benchmarks/results/), or the cross-domain grid of the default SI
-variant. Markers a file does not have are left alone.
+(benchmarks/studies/), another benchmark's Markdown (benchmarks/results/), the cross-domain grid of the default SI
+variant, or the README's one summary table (`results-summary`, from the quality study's records). The full tables
+live in docs/results.md. Markers a file does not have are left alone. `python -m benchmarks.runner <study> --render`
+runs this after rewriting the study's results.md.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -27,6 +30,7 @@ TABLES = {
     "cloze-table": "benchmarks/results/cloze.md",
 }
 CROSS_DOMAIN_RESULTS = "benchmarks/studies/cross_domain/results.json"
+QUALITY_RESULTS = "benchmarks/studies/quality/results.json"
 
 
 def _table(path: str) -> str:
@@ -44,9 +48,25 @@ def _cross_domain_grid() -> str:
         return readme_grid(json.load(handle)).strip()
 
 
+def _summary() -> str:
+    from benchmarks.studies.quality.render import summary
+
+    source = os.path.join(ROOT, QUALITY_RESULTS)
+    if not os.path.isfile(source):
+        return "(not measured yet)"
+    with open(source, encoding="utf-8") as handle:
+        return summary(json.load(handle)).strip()
+
+
 def bodies() -> dict[str, str]:
     """Marker name -> the text that goes between its markers."""
-    return {**{marker: _table(path) for marker, path in TABLES.items()}, "cross-domain-grid": _cross_domain_grid()}
+    return {**{marker: _table(path) for marker, path in TABLES.items()}, "cross-domain-grid": _cross_domain_grid(),
+            "results-summary": _summary()}
+
+
+def documents() -> list[str]:
+    """The files filled by default: README.md and every docs/*.md (relative to the repository)."""
+    return ["README.md", *sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))]
 
 
 def fill(text: str, tables: dict[str, str]) -> str:
@@ -57,15 +77,21 @@ def fill(text: str, tables: dict[str, str]) -> str:
     return text
 
 
-def main(argv: list[str] | None = None) -> None:
-    paths = (sys.argv[1:] if argv is None else argv) or ["README.md"]
+def main(argv: list[str] | None = None) -> list[str]:
+    """Fill the markers of the files named (default: `documents()`); returns the files whose text changed."""
+    paths = (sys.argv[1:] if argv is None else argv) or documents()
     tables = bodies()
+    changed = []
     for name in paths:
         path = os.path.join(ROOT, name)
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(fill(text, tables))
+        filled = fill(text, tables)
+        if filled != text:
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(filled)
+            changed.append(name)
+    return changed
 
 
 if __name__ == "__main__":

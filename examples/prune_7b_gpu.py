@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> str:
         config = SIConfig(method=args.method, mask_structure=args.mask_structure, induction=True, num_samples=128,
                           seqlen=2048)
     pruner = SIPruner(config, device=device)  # a run option: where blocks are computed, never part of the recipe
-    pruner.prune(model, tokenizer=tokenizer, dataset=dataset)
     output = args.output or tempfile.mkdtemp(prefix="optimum-si-7b-")
-    pruner.save(model, output, tokenizer=tokenizer)
+    # With save_dir, a folder that already holds a checkpoint is refused before the (long) run, not after it.
+    pruner.prune(model, tokenizer=tokenizer, dataset=dataset, save_dir=output)
     print(f"{pruner.report.summary()}; saved to {output}")
     return output
 

@@ -67,8 +67,9 @@ def main(argv: list[str] | None = None) -> dict:
     pruner.prune(model, tokenizer=tokenizer, dataset=[read_calibration_text()])
     prune_seconds = time.perf_counter() - started
     pruned_ppl = perplexity(model, tokenizer, eval_text, seqlen=seqlen, max_windows=eval_windows)
-    # The card names the Hub model these weights derive from, and says they came from a dequantised GGUF.
-    pruner.save(model, output, tokenizer=tokenizer, base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+    # The card names the Hub model these weights derive from, and says they came from a dequantised GGUF. Running
+    # the example again replaces its own earlier output.
+    pruner.save(model, output, tokenizer=tokenizer, base_model="HuggingFaceTB/SmolLM2-135M-Instruct", overwrite=True,
                 perplexity={f"dense (Jargon File, {eval_windows} x {seqlen})": dense_ppl,
                             f"pruned (Jargon File, {eval_windows} x {seqlen})": pruned_ppl},
                 card_info={"license": "apache-2.0", "model_name": name,

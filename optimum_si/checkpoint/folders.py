@@ -24,8 +24,8 @@ from typing import Any
 
 from .files import MANIFEST_NAME, PLOT_FILES, PROGRESS_NAME
 
-__all__ = ["MANIFEST_NAME", "Existing", "resolve", "sibling", "inside", "check_target", "recover", "describe",
-           "write_manifest", "read_manifest", "check_clashes", "publish", "sync_file", "sync_dir"]
+__all__ = ["MANIFEST_NAME", "Existing", "resolve", "sibling", "inside", "check_target", "check_replace", "recover",
+           "describe", "write_manifest", "read_manifest", "check_clashes", "publish", "sync_file", "sync_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +172,15 @@ def describe(target: str) -> Existing:
     own |= {MANIFEST_NAME} & names
     complete = "si_config.json" in names and PROGRESS_NAME not in names
     return Existing(own, sorted(names - own), complete)
+
+
+def check_replace(save_dir: str | os.PathLike, existing: Existing, overwrite: bool) -> None:
+    """The rule of every writer that is not resuming its own run: a folder that holds an optimum-si checkpoint (or an
+    unfinished run) is replaced only with `overwrite`."""
+    if existing.own and not overwrite:
+        what = "a pruned checkpoint" if existing.complete else "an unfinished pruning run"
+        raise FileExistsError(f"{os.fspath(save_dir)} already holds {what}; pass overwrite=True to replace it, or "
+                              "choose another save_dir.")
 
 
 def write_manifest(folder: str, fingerprint: dict[str, Any] | None = None) -> None:

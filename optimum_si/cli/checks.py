@@ -157,8 +157,13 @@ def check_prune_args(args: argparse.Namespace) -> tuple[SIConfig, RunOptions]:
     if args.stream and args.trust_remote_code:
         raise UsageError("--stream builds only architectures that transformers ships, so it cannot run a model's own "
                          "code; drop --trust-remote-code, or drop --stream.")
-    if not args.stream and (args.overwrite):
-        logger.warning("--overwrite only applies with --stream; ignored.")
+    if not args.stream and os.path.isdir(args.output):
+        from ..checkpoint import folders
+
+        try:  # the same rule as the library's, answered before the model loads; streaming resumes its own run
+            folders.check_replace(args.output, folders.describe(folders.resolve(args.output)), args.overwrite)
+        except FileExistsError as err:
+            raise UsageError(cli_message(err)) from None
     if args.private and not args.push_to_hub:
         raise UsageError("--private applies to the Hub repo: use it with --push-to-hub REPO_ID.")
     if args.push_to_hub:

@@ -82,18 +82,28 @@ def prune_command(args: argparse.Namespace) -> int:
         model, tokenizer = _load_model(args.model, args.dtype, args.trust_remote_code)
         pruner.prune(model, tokenizer=tokenizer, dataset=args.dataset)
         pruner.save(model, args.output, tokenizer=tokenizer, max_shard_size=args.max_shard_size,
-                    base_model=args.base_model)
+                    base_model=args.base_model, overwrite=args.overwrite)
     from ..distributed import is_main_process
 
     show = is_main_process()  # under torchrun every rank runs this; one prints
-    done = pruner.report.summary() if pruner.report is not None else "already complete for this run"
     if show:
-        print(f"{done}; saved to {args.output}")
+        print(pruner.report.summary() if pruner.report is not None else f"{args.output} was already complete for this "
+              "run")
+    where = f"saved to {args.output}"
     if args.push_to_hub:
-        url = pruner.push_to_hub(args.output, args.push_to_hub, private=args.private or None)
-        if show:
-            print(f"pushed to {url}")
+        where += f", pushed to {pruner.push_to_hub(args.output, args.push_to_hub, private=args.private or None)}"
+    if show:
+        print(f"done: {what_ran(config, pruner.report)}; {where}")
     return 0
+
+
+def what_ran(config: typing.Any, report: typing.Any) -> str:
+    """`wanda 50% unstructured, SI on, OWL off`: the method, the pattern, and whether SI and OWL ran."""
+    pattern = config.mask_structure if config.n_m else f"{config.sparsity * 100:g}% unstructured"
+    # SI may have been skipped for an architecture it does not support (induction_unsupported="skip").
+    induction = config.induction is not None and (report is None or report.induction_summary() is not None)
+    owl = config.profile_args is not None
+    return f"{config.method} {pattern}, SI {'on' if induction else 'off'}, OWL {'on' if owl else 'off'}"
 
 
 def eval_command(args: argparse.Namespace) -> int:
@@ -113,7 +123,7 @@ def eval_command(args: argparse.Namespace) -> int:
         import importlib.util
 
         if importlib.util.find_spec("lm_eval") is None:
-            raise UsageError('--tasks needs lm-evaluation-harness: pip install "optimum-si[eval]".')
+            raise UsageError('--tasks needs lm-evaluation-harness (the eval extra): pip install "lm-eval>=0.4.5".')
     from ..export.results import is_checkpoint
 
     record_into = None if args.no_record else args.record_into or (args.model if is_checkpoint(args.model) else None)
@@ -168,15 +178,13 @@ def report_command(args: argparse.Namespace) -> int:
     plots_dir = (args.plots or args.path) if args.plots is not None else None
     if plots_dir is not None and not os.path.isdir(plots_dir):
         raise UsageError(f"--plots {plots_dir!r} is not a folder.")
-    from safetensors import SafetensorError
-
-    from ..sparsity import sparsity_report
+    from ..sparsity import sparsity_report  # reads the folder with numpy: no torch, so the answer comes at once
 
     try:
         report = sparsity_report(args.path)
     except FileNotFoundError as err:
         raise UsageError(f"{args.path!r} holds no safetensors weights; give a checkpoint folder.") from err
-    except (SafetensorError, OSError, ValueError) as err:
+    except (OSError, ValueError) as err:
         raise UsageError(f"cannot read the weights in {args.path!r} ({first_line(err)}); the checkpoint is "
                          "truncated or corrupted.") from err
     if args.json:

@@ -31,17 +31,22 @@ __all__ = ["add_recipe_flags", "config_and_options", "cli_message", "flag_of"]
 _RECIPE_GROUPS = {
     "recipe": ("method", "sparsity", "mask_structure", "sparsity_profile"),
     "calibration": ("num_samples", "seqlen", "seed", "batch_size"),
-    "what is pruned, and in which order": ("targets", "ignore", "block_name", "true_sequential", "expert_calibration"),
+    "what is pruned": ("targets", "ignore", "block_name", "true_sequential", "expert_calibration"),
 }
 _NESTED = ("method_args", "profile_args", "induction", "reconstruction")
 # Flags whose name is not `--<prefix>-<field>`: OWL's lambda (a Python keyword, `lam` in OWLConfig).
 _FLAG_NAMES = {("owl", "lam"): "--owl-lambda"}
+METHOD_KNOBS = "method knobs"
+SI_GROUP = "Sparsity Induction (SI)"
+OWL_GROUP = "OWL allocation"
+RECONSTRUCTION_GROUP = "Reconstruction of the kept weights"
 _GROUP_HELP = {
-    "recipe": "What the run produces (written to si_config.json).",
+    "recipe": "What the run produces (written to si_config.json, with every group below up to the run options).",
     "calibration": "Calibration windows drawn from --dataset.",
-    "Sparsity Induction": "Used with --induction (docs/si-design.md).",
-    "OWL": "Used with --sparsity-profile owl (docs/methods.md).",
-    "reconstruction of the kept weights": "Used with --reconstruction (docs/reconstruction.md).",
+    "what is pruned": "Which weights of the decoder blocks are pruned, and in which order.",
+    SI_GROUP: "Used with --induction (docs/si-design.md).",
+    OWL_GROUP: "Used with --sparsity-profile owl: per-block sparsities with the mean --sparsity (docs/methods.md).",
+    RECONSTRUCTION_GROUP: "Used with --reconstruction (docs/reconstruction.md).",
     "run options": "How this machine runs the recipe; never written to the recipe (the same result whatever they "
                    "are).",
 }
@@ -59,16 +64,23 @@ def _method_configs() -> list[type[ConfigBase]]:
 
 def _nested_configs() -> list[tuple[str, type[ConfigBase]]]:
     """(group title, config class) of every nested config whose fields become flags."""
-    methods = [(f"{_method_label(kind)} knobs", kind) for kind in _method_configs()]
-    return [*methods, ("Sparsity Induction", InductionConfig), ("OWL", OWLConfig),
-            ("reconstruction of the kept weights", ReconstructionConfig)]
+    methods = [(f"{METHOD_KNOBS}: {_method_label(kind)}", kind) for kind in _method_configs()]
+    return [*methods, (SI_GROUP, InductionConfig), (OWL_GROUP, OWLConfig),
+            (RECONSTRUCTION_GROUP, ReconstructionConfig)]
+
+
+_LABELS = {"sparsegpt": "SparseGPT", "alps": "ALPS"}
 
 
 def _method_label(kind: type[ConfigBase]) -> str:
     for method in BUILTIN_METHODS:
         if method.config_class is kind:
-            return getattr(method, "display_name", method.name) if method.name != "sparsegpt" else "SparseGPT"
+            return getattr(method, "display_name", _LABELS.get(method.name, method.name))
     return kind.prefix or kind.__name__
+
+
+def _method_names(kind: type[ConfigBase]) -> list[str]:
+    return [name for name in available_methods() if get_method(name).config_class is kind]
 
 
 def flag_of(prefix: str, name: str) -> str:
@@ -107,7 +119,8 @@ def _scalar_type(kind: type, name: str) -> tuple[Any, bool, tuple[str, ...] | No
 def _add(group: argparse._ArgumentGroup, kind: type, field: dataclasses.Field, prefix: str,
          extra: list[str] = ()) -> None:  # type: ignore[assignment]
     scalar, is_list, choices = _scalar_type(kind, field.name)
-    help_text = field.metadata.get("help", "").replace("%", "%%")
+    help_text = _help_in_flags(kind, prefix, field.metadata.get("help", "")).replace("%", "%%")
+    metavar = None if choices or field.name == "method" else _metavar(prefix, field.name)
     default = field.default if field.default is not dataclasses.MISSING else None
     # The flags default to None ("not given", so that a --recipe keeps its value); the help shows the config's.
     if default is not None and not isinstance(default, bool) or default is True:
@@ -117,22 +130,50 @@ def _add(group: argparse._ArgumentGroup, kind: type, field: dataclasses.Field, p
     if scalar is bool:
         group.add_argument(*names, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
     elif is_list:
-        group.add_argument(*names, dest=dest, nargs="+", type=scalar, default=None, help=help_text)
+        group.add_argument(*names, dest=dest, nargs="+", type=scalar, default=None, metavar=metavar, help=help_text)
     else:
         if field.name == "method" and not prefix:
             choices = available_methods()
-        group.add_argument(*names, dest=dest, type=scalar, default=None, choices=choices, help=help_text)
+        group.add_argument(*names, dest=dest, type=scalar, default=None, choices=choices, metavar=metavar,
+                           help=help_text)
 
 
-def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
-    """Every recipe and run-option flag of `prune`, grouped."""
+def _metavar(prefix: str, name: str) -> str:
+    """The value's name in the usage: the flag's last words (`--induction-lr LR`, `--owl-lambda LAMBDA`)."""
+    return flag_of(prefix, name)[2 + len(prefix) + (1 if prefix else 0):].replace("-", "_").upper()
+
+
+def _help_in_flags(kind: type, prefix: str, text: str) -> str:
+    """A field's help as the command line reads it: the config's own fields named in backticks become their flags
+    (`optimizer` -> --induction-optimizer), and Python spellings (`activation_storage='disk'`) become flags too."""
+    for other in dataclasses.fields(kind):  # type: ignore[arg-type]
+        text = text.replace(f"`{other.name}`", flag_of(prefix, other.name))
+    return cli_message(text)
+
+
+def add_recipe_flags(parser: argparse.ArgumentParser,
+                     leading: typing.Mapping[str, typing.Callable[[argparse._ArgumentGroup], None]] | None = None,
+                     ) -> dict[str, argparse._ArgumentGroup]:
+    """Every recipe and run-option flag of `prune`, grouped; `leading[title](group)` adds the caller's own flags at
+    the top of a group (`--recipe`, `--dataset`). Returns the groups by title."""
+    leading = leading or {}
+    groups: dict[str, argparse._ArgumentGroup] = {}
+
+    def new_group(title: str, description: str | None) -> argparse._ArgumentGroup:
+        groups[title] = group = parser.add_argument_group(title, description)
+        if title in leading:
+            leading[title](group)
+        return group
+
     fields = {f.name: f for f in dataclasses.fields(SIConfig)}
     for title, names in _RECIPE_GROUPS.items():
-        group = parser.add_argument_group(title, _GROUP_HELP.get(title))
+        group = new_group(title, _GROUP_HELP.get(title))
         for name in names:
             _add(group, SIConfig, fields[name], "")
     for title, kind in _nested_configs():
-        group = parser.add_argument_group(title, _GROUP_HELP.get(title))
+        owners = _method_names(kind)
+        description = _GROUP_HELP.get(title) or (f"Used with --method {' or '.join(owners)}." if owners else None)
+        group = new_group(title, description)
         if kind is InductionConfig:
             group.add_argument("--induction", action=argparse.BooleanOptionalAction, default=None,
                                help="Run Sparsity Induction on each block before pruning it (with the knobs below).")
@@ -142,9 +183,10 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
                                     "below).")
         for field in dataclasses.fields(kind):  # type: ignore[arg-type]
             _add(group, kind, field, kind.prefix, _aliases(kind, field.name))
-    group = parser.add_argument_group("run options", _GROUP_HELP["run options"])
+    group = new_group("run options", _GROUP_HELP["run options"])
     for field in dataclasses.fields(RunOptions):
         _add(group, RunOptions, field, "")
+    return groups
 
 
 def _given(args: argparse.Namespace, kind: type[ConfigBase], prefix: str) -> dict[str, Any]:
@@ -183,7 +225,7 @@ def config_and_options(args: argparse.Namespace, base: SIConfig | None) -> tuple
             config = config.replace(profile_args=config.profile_args.replace(**given))
         else:
             if kind is not method_kind:
-                owners = [m for m in available_methods() if get_method(m).config_class is kind]
+                owners = _method_names(kind)
                 raise UsageError(f"{flags} {'is a setting' if len(given) == 1 else 'are settings'} of --method "
                                  f"{owners[0] if owners else kind.prefix}, but this run uses --method {config.method}; "
                                  f"drop {'it' if len(given) == 1 else 'them'} (or change --method).")
@@ -194,8 +236,8 @@ def config_and_options(args: argparse.Namespace, base: SIConfig | None) -> tuple
 
 def cli_message(err: BaseException | str) -> str:
     """An error of the Python API in CLI terms: `SIConfig(ignore=[...])` -> `--ignore`, `seqlen=8` -> `--seqlen 8`,
-    `InductionConfig.lr` -> `--induction-lr`, and a field name that opens the message (`num_samples must ...`) ->
-    `--num-samples must ...`."""
+    `InductionConfig.lr` -> `--induction-lr`, a field name that opens the message (`num_samples must ...`) ->
+    `--num-samples must ...`, and `overwrite=True` / `save_dir` -> `--overwrite` / `--output`."""
     text = str(err)
     for _title, kind in _nested_configs():
         for field in dataclasses.fields(kind):  # type: ignore[arg-type]
@@ -211,4 +253,4 @@ def cli_message(err: BaseException | str) -> str:
             text = re.sub(rf"(?<![\w.-]){field.name}=", f"{flag} ", text)
             text = re.sub(rf"^{field.name}(?=\W)", flag, text)
             text = text.replace(f"`{field.name}`", flag)
-    return text.replace("overwrite=True", "--overwrite")
+    return text.replace("overwrite=True", "--overwrite").replace("save_dir", "--output")

@@ -56,7 +56,7 @@ def main(argv: typing.Sequence[str] | None = None, prog: str = "optimum-si") -> 
             traceback.print_exc()
         # Messages of our own are whole sentences (newlines folded); others are cut to their first line.
         message = " ".join(str(err).split()) if isinstance(err, (UsageError, HubPushError)) else first_line(err)
-        if isinstance(err, ValueError) and args.command == "prune":
+        if isinstance(err, (ValueError, OSError)) and args.command == "prune":  # the library's words in flags
             message = cli_message(message)
         from safetensors import SafetensorError  # a corrupted weight file is the user's to fix, like any bad file
 

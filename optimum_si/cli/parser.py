@@ -12,6 +12,20 @@ __all__ = ["build_parser", "DTYPES"]
 
 DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
 
+PRUNE_DESCRIPTION = """\
+Prune the decoder blocks of a causal LM with a base method (optionally after Sparsity Induction, optionally with an
+OWL allocation) and save a dense checkpoint with exact zeros, its recipe (si_config.json), its report (si_report.json)
+and a model card. Every flag is checked before torch or the model is loaded."""
+# The generated usage would list all ~60 flags; the groups below say the rest.
+PRUNE_USAGE = ("%(prog)s --model DIR_OR_REPO --output DIR [--method METHOD] [--sparsity SPARSITY]\n"
+               "         [--mask-structure N:M] [--dataset FILE_OR_SET] [--induction] [options in the groups below]")
+PRUNE_EPILOG = """examples:
+  optimum-si prune --model HuggingFaceTB/SmolLM2-135M --method wanda --sparsity 0.5 --dataset calib.txt \\
+      --num-samples 32 --seqlen 512 --output smollm2-wanda-50
+  optimum-si prune --model big-model/ --method sparsegpt --mask-structure 2:4 --dataset c4 --induction \\
+      --stream --output big-model-2of4
+"""
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (`<prog> <command>: error: ...`, status 2), like every other CLI mistake."""
@@ -20,8 +34,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-class _HelpFormatter(argparse.HelpFormatter):
-    """Shows each flag's default where it has a meaningful one (not None / False / a list)."""
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each flag's default where it has a meaningful one (not None / False / a list); descriptions and
+    examples keep their own lines."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -57,35 +72,38 @@ def build_parser(prog: str = "optimum-si") -> argparse.ArgumentParser:
     _add_verbose(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    prune = commands.add_parser("prune", help="prune a causal LM and save the checkpoint", formatter_class=formatter)
+    prune = commands.add_parser("prune", help="prune a causal LM and save the checkpoint", formatter_class=formatter,
+                                description=PRUNE_DESCRIPTION, epilog=PRUNE_EPILOG, usage=PRUNE_USAGE)
     _add_verbose(prune, top=False)
-    source = prune.add_argument_group("model")
+    source = prune.add_argument_group("model", "The dense model to prune.")
     source.add_argument("--model", required=True, metavar="DIR_OR_REPO",
                         help="local folder or Hub repo id (owner/name) of the dense model")
-    source.add_argument("--recipe", metavar="FILE_OR_DIR",
-                        help="an si_config.json file, or a folder holding one, to start from (flags override it)")
     source.add_argument("--dtype", default="auto", choices=DTYPES,
                         help="dtype to load the model in ('auto': the checkpoint's)")
     source.add_argument("--trust-remote-code", action="store_true",
                         help="run the Python code a model folder or repo ships (only for sources you trust)")
-    prune.add_argument("--dataset", metavar="FILE_OR_SET",
-                       help="calibration text file (UTF-8), a named set (c4, wikitext2, pileval), a Hub dataset id "
-                            "(owner/name, split train) or a local dataset folder; needed by every method but "
-                            "magnitude, by --induction and by --sparsity-profile owl")
-    add_recipe_flags(prune)
-    for group in prune._action_groups:  # --dataset belongs with the calibration flags
-        if group.title == "calibration":
-            dataset = next(a for a in prune._actions if a.dest == "dataset")
-            prune._optionals._group_actions.remove(dataset)
-            group._group_actions.insert(0, dataset)
-        if group.title == "run options":
-            group.add_argument("--stream", action="store_true",
-                               help="stream the checkpoint block by block from its safetensors (for models larger "
-                                    "than RAM; the same result as in memory)")
-    output = prune.add_argument_group("output")
+
+    def recipe_file(group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--recipe", metavar="FILE_OR_DIR",
+                           help="an si_config.json file, or a folder holding one, to start from (flags override it)")
+
+    def dataset(group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--dataset", metavar="FILE_OR_SET",
+                           help="calibration text file (UTF-8), a named set (c4, wikitext2, pileval), a Hub dataset "
+                                "id (owner/name, split train) or a local dataset folder; needed by every method but "
+                                "magnitude, by --induction and by --sparsity-profile owl")
+
+    def stream(group: argparse._ArgumentGroup) -> None:
+        group.add_argument("--stream", action="store_true",
+                           help="stream the checkpoint block by block from its safetensors (for models larger than "
+                                "RAM; the same result as in memory)")
+
+    add_recipe_flags(prune, {"recipe": recipe_file, "calibration": dataset, "run options": stream})
+    output = prune.add_argument_group("output", "Where the checkpoint goes.")
     output.add_argument("--output", required=True, metavar="DIR", help="folder to write the pruned checkpoint to")
     output.add_argument("--overwrite", action="store_true",
-                        help="replace a finished checkpoint, or an unfinished run of another recipe, in --output")
+                        help="replace a checkpoint (finished, or an unfinished streamed run of another recipe) already "
+                             "in --output; without it such a folder is refused before the model is loaded")
     output.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
                         help="largest safetensors shard to write, e.g. 5GB or 500MB")
     output.add_argument("--base-model", metavar="REPO_ID",

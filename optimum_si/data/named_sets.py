@@ -123,7 +123,7 @@ def _load_texts(source: TextSet) -> tuple[list[str], str | None]:
     try:
         import datasets
     except ImportError:
-        raise ImportError('Named and Hub datasets need `datasets`: pip install "optimum-si[eval]".') from None
+        raise ImportError("Named and Hub datasets need `datasets` (the `eval` extra): pip install datasets.") from None
     local, commit = os.path.isdir(source.path), None
     if local and (os.path.isfile(os.path.join(source.path, "dataset_info.json"))
                   or os.path.isfile(os.path.join(source.path, "dataset_dict.json"))):

@@ -28,13 +28,14 @@ def zero_shot(
     `tasks`: lm-eval task names, or a preset of `TASK_PRESETS` ("wanda7": BoolQ, RTE, HellaSwag, WinoGrande,
     ARC-e, ARC-c, OpenBookQA). `include_path` adds a folder of task YAML files; `limit` caps the documents per task
     (for quick checks; the scores are then not comparable with published ones). Needs the `eval` extra
-    (`pip install "optimum-si[eval]"`) and the tasks' datasets (from the Hub, or its cache when offline)."""
+    (the `eval` extra) and the tasks' datasets (from the Hub, or its cache when offline)."""
     try:
         import lm_eval
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
     except ImportError:
-        raise ImportError('Zero-shot evaluation needs lm-evaluation-harness: pip install "optimum-si[eval]".') from None
+        raise ImportError('Zero-shot evaluation needs lm-evaluation-harness (the `eval` extra): '
+                          'pip install "lm-eval>=0.4.5".') from None
     names = _task_names(tasks)
     # Indexing lm-eval's ~15k built-in task files takes many seconds: skip it when include_path has every task.
     manager = TaskManager(include_path=include_path, include_defaults=False) if include_path else None

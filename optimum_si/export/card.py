@@ -48,6 +48,14 @@ def resolve_base_model(name_or_path: str | os.PathLike | None) -> tuple[str | No
     return None, None
 
 
+def _local_name(name_or_path: str | os.PathLike | None) -> str | None:
+    """The last part of a local model's path (`/data/models/my-llama/` -> `my-llama`): a name for its card that
+    publishes nothing else of the path."""
+    if not name_or_path:
+        return None
+    return os.path.basename(os.path.normpath(os.fspath(name_or_path))) or None
+
+
 def _dataset_label(name: str) -> tuple[str, str | None, str | None]:
     """(Hub dataset id, config, split) of an evaluation set for model-index metadata."""
     named = NAMED_SETS.get(name, {}).get("evaluation")
@@ -109,14 +117,22 @@ def build_model_card(model_config: Any, config: SIConfig, report: PruneReport | 
 
     `plots` maps chart kinds (`"output_error"`, `"sparsity"`) to image files next to the card (see
     `optimum_si.reporting.plots.render_plots`); the card links exactly those, with relative links, so pass only files that
-    exist. Without it the card has no images and is complete all the same."""
+    exist. Without it the card has no images and is complete all the same.
+
+    `extra` fills the template's optional fields: `model_name`, `repo_id`, `license`, `weights_source`,
+    `calibration` (a line on the calibration text), `perplexity` (`{label: value}`), `si_perplexity`
+    (`{"without": ..., "with": ..., "on": "<evaluation text>"}`: the base method alone and with Sparsity
+    Induction, which leads the SI section), `versions` (`{package: version}` of the run, when the card is rendered
+    in another environment), and `pruned_layers` / `achieved_sparsity` without a report."""
     base_model, _revision = resolve_base_model(base_model or getattr(model_config, "_name_or_path", None))
     repo_id = extra.pop("repo_id", None)
     calibration = report.calibration if report is not None else None
     eval_results = _eval_results(report)
     model_type = getattr(model_config, "model_type", None) or "causal LM"
+    local_name = _local_name(getattr(model_config, "_name_or_path", None))
     model_name = (extra.pop("model_name", None) or (repo_id.split("/")[-1] if repo_id else None)
-                  or (base_model.split("/")[-1] + "-pruned" if base_model else f"Pruned {model_type}"))
+                  or (base_model.split("/")[-1] + "-pruned" if base_model else None)
+                  or (f"{local_name}-pruned" if local_name else f"Pruned {model_type}"))
     pattern = "unstructured" if config.mask_structure == "unstructured" else config.mask_structure
     tags = sorted({"sparse", "pruned", "sparsity", "optimum-si", config.method, pattern}
                   | ({"sparsity-induction"} if config.induction else set())
@@ -158,7 +174,7 @@ def build_model_card(model_config: Any, config: SIConfig, report: PruneReport | 
         recipe=recipe,
         recipe_json=json.dumps({k: v for k, v in recipe.items() if k != "meta"}, indent=2),
         report=report.to_dict() if report is not None else None,
-        versions=version_stamp(),
+        versions=extra.pop("versions", None) or version_stamp(),
         citations=citations,
         method_rows=method_rows,
         plots={k: v for k, v in (plots or {}).items() if k in _PLOT_KINDS and v and not os.path.isabs(v)},

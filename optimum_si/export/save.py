@@ -62,7 +62,8 @@ def write_plots(folder: str, report: PruneReport | None) -> dict[str, str]:
         try:
             written = render_plots(report, folder, strict=False)
         except PlotUnavailable:
-            logger.info("matplotlib is not installed: no charts in %s (pip install 'optimum-si[plots]').", folder)
+            logger.info("matplotlib is not installed: no charts in %s (the `plots` extra: pip install matplotlib).",
+                        folder)
         except Exception as err:  # noqa: BLE001 - e.g. a report the chart code does not understand
             logger.warning("Could not draw the charts (%s: %s); the model card leaves them out.",
                            type(err).__name__, err)
@@ -102,6 +103,7 @@ def save_pruned_model(
     card_info: dict[str, Any] | None = None,
     plots: bool = True,
     base_model: str | None = None,
+    overwrite: bool = False,
 ) -> str:
     save_dir = os.fspath(save_dir)
     model_config = getattr(model, "config", None)
@@ -118,6 +120,7 @@ def save_pruned_model(
     with output_lock(target):
         folders.recover(target)
         existing = folders.describe(target)
+        folders.check_replace(save_dir, existing, overwrite)
         staging = folders.sibling(target, "staging")
         os.makedirs(staging)
         try:

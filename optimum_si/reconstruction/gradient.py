@@ -77,7 +77,7 @@ def train_kept_weights(block: nn.Module, modules: dict[str, nn.Module], dense_pa
     for name, wrapper in wrappers.items():
         _set_submodule(block, name, wrapper)
     params = [p for w in wrappers.values() for p in w.parameters()] + dense_params
-    optimiser = torch.optim.Adam(params, lr=config.lr)
+    optimiser = torch.optim.Adam(params, lr=config.lr, foreach=True)  # one kernel per step, not one per tensor
     generator = torch.Generator().manual_seed(seed)
     group = distributed.active()
     low = config.precision == "bfloat16"

@@ -1,10 +1,10 @@
 """Charts of a prune run for the model card: how far each block's output moved from the dense model, and the
 sparsity allocation when the pruned Linears got different sparsities.
 
-Needs matplotlib, an optional extra (`pip install optimum-si[plots]`). The data preparation (`output_error_series`,
-`sparsity_series`) is pure Python over the report, so it is testable and usable without matplotlib; the drawing uses
-matplotlib's object API (`Figure` on an Agg canvas), so it changes no global state: no `pyplot`, no backend switch,
-no rcParams.
+Needs matplotlib (the optional `plots` extra). The data preparation (`output_error_series`,
+`sparsity_series`, `block_sparsity_series`) is pure Python over the report, so it is testable and usable without
+matplotlib; the drawing uses matplotlib's object API (`Figure` on an Agg canvas), so it changes no global state: no
+`pyplot`, no backend switch, no rcParams.
 
 The report can be a `PruneReport`, its `to_dict()` form, a saved `si_report.json` or the checkpoint folder that holds
 one, so a finished checkpoint can be re-rendered later (`optimum-si report out/ --plots`).
@@ -37,7 +37,9 @@ __all__ = [
     "sparsity_series",
     "allocation_differs",
     "output_error_series",
-    "draw_sparsity_per_layer",
+    "BlockSparsity",
+    "block_sparsity_series",
+    "draw_sparsity_per_block",
     "draw_output_error",
     "render_plots",
     "matplotlib_available",
@@ -127,6 +129,39 @@ def allocation_differs(series: Mapping[str, list[LayerPoint]], tolerance: float 
 
 
 @dataclass(frozen=True)
+class BlockSparsity:
+    """One decoder block's achieved sparsity over its pruned Linears (zeros / weights), and the lowest and highest
+    sparsity among them."""
+
+    block: int
+    sparsity: float
+    low: float
+    high: float
+
+
+def block_sparsity_series(report: Any) -> list[BlockSparsity]:
+    """The achieved sparsity of each decoder block, in block order (Linears without a block index are left out)."""
+    data = load_report(report)
+    totals: dict[int, list[float]] = {}
+    for name, entry in data["layers"].items():
+        block = block_index(name)
+        if block is None:
+            continue
+        numel = int(entry.get("numel") or 0)
+        zeros = _layer_sparsity(entry) * numel
+        bucket = totals.setdefault(block, [0.0, 0.0])
+        bucket[0] += zeros
+        bucket[1] += numel
+    ranges: dict[int, list[float]] = {}
+    for points in sparsity_series(data).values():
+        for point in points:
+            if point.block is not None:
+                ranges.setdefault(point.block, []).append(point.sparsity)
+    return [BlockSparsity(block, zeros / numel if numel else min(ranges[block]), min(ranges[block]),
+                          max(ranges[block])) for block, (zeros, numel) in sorted(totals.items())]
+
+
+@dataclass(frozen=True)
 class OutputErrors:
     """Relative output error per decoder block, ||pruned block(x) - dense block(x)|| / ||dense block(x)||.
 
@@ -189,7 +224,7 @@ def _matplotlib():
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as err:
-        raise PlotUnavailable("Plots need matplotlib: pip install 'optimum-si[plots]'.") from err
+        raise PlotUnavailable("Plots need matplotlib (the `plots` extra): pip install matplotlib.") from err
     return Figure, FigureCanvasAgg, colormaps
 
 
@@ -205,25 +240,22 @@ def _save(figure: Any, canvas_cls: Any, path: str) -> str:
     return path
 
 
-def draw_sparsity_per_layer(series: Mapping[str, list[LayerPoint]], path: str | os.PathLike,
-                            target: float | None = None, title: str | None = None) -> str:
-    """Achieved sparsity of each pruned Linear against its block index, one colour per module type."""
-    Figure, Canvas, colormaps = _matplotlib()
+def draw_sparsity_per_block(points: list[BlockSparsity], path: str | os.PathLike, target: float | None = None,
+                            title: str | None = None) -> str:
+    """The sparsity of each decoder block (one value per block: an allocation such as OWL's is per block), with the
+    spread of its Linears as a vertical bar where they differ beyond rounding."""
+    Figure, Canvas, _ = _matplotlib()
     path = os.fspath(path)
-    blocks = sorted({p.block for points in series.values() for p in points if p.block is not None})
+    blocks = [p.block for p in points]
     figure = Figure(figsize=(min(max(6.5, 4.0 + 0.28 * len(blocks)), 16.0), 4.2), layout="constrained")
     ax = figure.add_subplot()
-    cmap = colormaps["tab10"]
-    kinds = list(series)
-    dodge = 0.6 / max(len(kinds), 1)  # spread the types inside a block so equal values stay visible
-    values = []
-    for i, kind in enumerate(kinds):
-        points = series[kind]
-        x = [(p.block if p.block is not None else -1) + (i - (len(kinds) - 1) / 2) * dodge for p in points]
-        y = [p.sparsity for p in points]
-        values += y
-        label = kind[:-5] if kind.endswith("_proj") else kind
-        ax.plot(x, y, marker="o", markersize=4, linewidth=0.8, color=cmap(i % cmap.N), label=label)
+    ax.plot(blocks, [p.sparsity for p in points], marker="o", markersize=4, linewidth=1.4, color="tab:blue",
+            label="block sparsity")
+    spread = [p for p in points if p.high - p.low > ALLOCATION_TOLERANCE]
+    if spread:
+        ax.vlines([p.block for p in spread], [p.low for p in spread], [p.high for p in spread], color="tab:blue",
+                  alpha=0.4, linewidth=3, label="range of its Linears")
+    values = [v for p in points for v in (p.low, p.high)]
     if target is not None:
         ax.axhline(target, color="0.3", linestyle="--", linewidth=1, label=f"target {target:.2f}")
         values.append(target)
@@ -235,9 +267,9 @@ def draw_sparsity_per_layer(series: Mapping[str, list[LayerPoint]], path: str | 
         ax.set_xticks(blocks)
     ax.set_xlabel("decoder block")
     ax.set_ylabel("achieved sparsity")
-    ax.set_title(title or "Sparsity of each pruned Linear")
+    ax.set_title(title or "Sparsity of each decoder block")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False)
+    ax.legend(fontsize="small", frameon=False)
     return _save(figure, Canvas, path)
 
 
@@ -297,9 +329,10 @@ def render_plots(report: Any, folder: str | os.PathLike, strict: bool = True) ->
     series = sparsity_series(data)
     if allocation_differs(series):
         target = data.get("target_sparsity")
-        title = f"{heading}: sparsity allocated to each pruned Linear" if heading else None
-        charts.append(("sparsity", SPARSITY_PLOT, lambda path: draw_sparsity_per_layer(
-            series, path, target=float(target) if target is not None else None, title=title)))
+        title = f"{heading}: sparsity allocated to each block" if heading else None
+        blocks = block_sparsity_series(data)
+        charts.append(("sparsity", SPARSITY_PLOT, lambda path: draw_sparsity_per_block(
+            blocks, path, target=float(target) if target is not None else None, title=title)))
     written: dict[str, str] = {}
     for key, name, draw in charts:
         try:

@@ -148,6 +148,8 @@ def set_up_run(config: SIConfig, options: RunOptions, model: nn.Module, model_co
             vocab_size=getattr(model_config, "vocab_size", None),
             max_context=getattr(model_config, "max_position_embeddings", None),
         )
+    elif dataset is not None:
+        logger.warning("%s uses no calibration data: the dataset given is ignored (the card says so).", config.method)
     return RunSetup(config, options, model_config, block_path, blocks, plan, device, ids, calibration)
 
 

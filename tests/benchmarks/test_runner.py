@@ -195,10 +195,15 @@ def test_skip_done_runs_only_missing_rows_and_update_replaces_in_place(studies, 
 
 
 def test_render_rewrites_only_the_markdown(studies, monkeypatch):
+    from benchmarks import update_readme
+
     monkeypatch.setattr(runner.subprocess, "run", lambda *a, **k: pytest.fail("--render started a process"))
+    documents = []
+    monkeypatch.setattr(update_readme, "main", lambda argv: documents.append(argv) or [])
     records = [_record(_toy_rows()[0], 39.5), {**_record(_toy_rows()[2], 1.0), "ppl": {"jargon": 1.5, "kjv": 2.5}}]
     (studies / "toy" / "results.json").write_text(json.dumps(records))
     assert runner.main(["toy", "--render"]) == 0
+    assert documents == [[]]  # then the tables of README.md and docs/ (their default set)
     table = (studies / "toy" / "results.md").read_text()
     assert "| row dense | 39.50 | 1.0 | 900 |" in table and "| row wanda | jargon=1.50 kjv=2.50 | 1.0 | 900 |" in table
     assert json.loads((studies / "toy" / "results.json").read_text()) == records
@@ -297,6 +302,11 @@ def test_one_row_prunes_and_scores_in_process(tiny_protocol):
     assert record["recipe"] == row["recipe"] and record["config"]["induction"]["validation_fraction"] == 0.25
     assert "meta" not in record["config"] and (record["samples"], record["eval"]) == (4, "jargon+kjv first 2 x 32")
     assert set(record) <= runner.RECORD_FIELDS | set(row["tags"])
+    # What the published model cards draw their SI section and chart from (benchmarks/render_cards.py).
+    blocks = record["block_records"]
+    assert [b["index"] for b in blocks] == [0, 1] and all(b["output_error"] > 0 for b in blocks)
+    assert all({"kept", "validation_loss_base", "relative_error_base"} <= set(b["induction"]) for b in blocks)
+    json.dumps(record)  # a record is plain JSON
 
 
 def test_dense_and_data_free_rows_read_no_calibration_windows(tiny_protocol):

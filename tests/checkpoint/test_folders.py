@@ -71,7 +71,7 @@ def test_a_checkpoint_with_a_damaged_manifest_is_replaced_by_the_next_save(tmp_p
     pruner.save(model, out)
     (out / "adapter_model.safetensors").write_text("user")
     (out / folders.MANIFEST_NAME).write_text('{"files": [')  # cut short
-    pruner.save(model, out)
+    pruner.save(model, out, overwrite=True)
     assert (out / "adapter_model.safetensors").read_text() == "user"
     assert folders.read_manifest(str(out))["files"]  # the new, whole manifest (not the damaged one kept over it)
 

@@ -100,3 +100,94 @@ def test_optimum_cli_si_runs_our_commands_with_the_same_flags(dense_dir, tmp_pat
     assert err.startswith("optimum-cli si prune: error:") and len(err.strip().splitlines()) == 1
     assert _run_optimum_cli(monkeypatch, "prune", "--no-such-flag") == 2  # argparse: usage + error, status 2
     assert "optimum-cli si prune" in capsys.readouterr().err
+
+
+def _prune_parser():
+    return build_parser()._subparsers._group_actions[0].choices["prune"]
+
+
+def test_prune_help_is_grouped_and_reads_in_flags():
+    parser = _prune_parser()
+    groups = {group.title: [a.option_strings[0] for a in group._group_actions] for group in parser._action_groups}
+    assert list(groups) == ["positional arguments", "options", "model", "recipe", "calibration", "what is pruned",
+                            "method knobs: SparseGPT", "method knobs: RIA", "method knobs: Z-Pruner",
+                            "method knobs: ALPS", "Sparsity Induction (SI)", "OWL allocation", "run options", "output"]
+    assert groups["recipe"][:3] == ["--recipe", "--method", "--sparsity"]
+    assert groups["calibration"][0] == "--dataset" and "--num-samples" in groups["calibration"]
+    assert groups["Sparsity Induction (SI)"][:2] == ["--induction", "--induction-epochs"]
+    assert groups["OWL allocation"] == ["--owl-m", "--owl-lambda"]
+    assert groups["run options"][0] == "--stream" and "--device" in groups["run options"]
+    assert groups["output"][:2] == ["--output", "--overwrite"]
+    assert all(flag.startswith("--alps-") for flag in groups["method knobs: ALPS"])
+    text = " ".join(parser.format_help().split())
+    assert "in-memory" not in text and "`" not in text  # Python names in backticks read as flags
+    lr = next(a for a in parser._actions if a.dest == "induction__lr")
+    assert "Adam" not in lr.help and "--induction-optimizer" in lr.help and lr.metavar == "LR"
+    assert "--activation-storage 'disk'" in text and "INDUCTION__" not in text
+
+
+def test_the_last_line_says_what_ran_and_where_it_went(dense_dir, tmp_path, capsys):
+    path, text = dense_dir
+    common = ["--model", str(path), "--dataset", str(text), "--num-samples", "4", "--seqlen", "16",
+              "--no-show-progress"]
+    out = tmp_path / "si"
+    assert main(["prune", *common, "--method", "wanda", "--mask-structure", "2:4", "--induction",
+                 "--output", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"done: wanda 2:4, SI on, OWL off; saved to {out}"
+    out = tmp_path / "owl"
+    assert main(["prune", *common, "--method", "wanda", "--sparsity", "0.6", "--sparsity-profile", "owl",
+                 "--output", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"done: wanda 60% unstructured, SI off, OWL on; saved to {out}"
+
+
+def test_an_existing_checkpoint_needs_overwrite_in_memory_and_streamed(dense_dir, tmp_path, capsys, monkeypatch):
+    path, _ = dense_dir
+    out = tmp_path / "out"
+    magnitude = ["prune", "--model", str(path), "--method", "magnitude", "--output", str(out), "--no-show-progress"]
+    assert main(magnitude) == 0
+    recipe = (out / "si_config.json").read_text()
+    capsys.readouterr()
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output folder was checked")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+        assert main(magnitude) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (f"optimum-si prune: error: {out} already holds a pruned checkpoint; pass --overwrite to "
+                           "replace it, or choose another --output.")
+    assert main([*magnitude, "--stream", "--mask-structure", "2:4"]) == 2
+    err = capsys.readouterr().err
+    assert "pass --overwrite to replace it, or choose another --output" in err and "overwrite=True" not in err
+    assert (out / "si_config.json").read_text() == recipe  # refused both ways: nothing changed
+    assert main([*magnitude, "--mask-structure", "2:4", "--overwrite"]) == 0
+    assert json.loads((out / "si_config.json").read_text())["mask_structure"] == "2:4"
+    assert main([*magnitude, "--stream", "--mask-structure", "4:8", "--overwrite"]) == 0
+    assert json.loads((out / "si_config.json").read_text())["mask_structure"] == "4:8"
+
+
+def test_report_is_answered_without_torch(dense_dir, tmp_path):
+    """`optimum-si report` reads the safetensors with numpy: importing torch alone takes seconds."""
+    import os
+    import subprocess
+    import sys
+
+    from optimum_si import sparsity_report
+
+    path, _ = dense_dir
+    out = tmp_path / "out"
+    assert main(["prune", "--model", str(path), "--method", "magnitude", "--mask-structure", "2:4", "--output",
+                 str(out), "--no-show-progress"]) == 0
+    script = ("import json, sys\n"
+              "from optimum_si.cli import main\n"
+              "code = main(['report', sys.argv[1], '--json'])\n"
+              "heavy = [m for m in ('torch', 'transformers', 'safetensors', 'accelerate') if m in sys.modules]\n"
+              "sys.exit(code or (1 if heavy else 0))\n")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, "-c", script, str(out)], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout) == sparsity_report(str(out))  # the same figures as the library's
+    assert json.loads(done.stdout)["patterns"]["2:4"]

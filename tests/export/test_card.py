@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from huggingface_hub import ModelCard
 
 from optimum_si import SIPruner
 from optimum_si.export.card import resolve_base_model
-from tests.conftest import tiny_model
+from tests.conftest import tiny_model, token_ids
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -45,7 +46,8 @@ def test_a_local_source_never_leaks_its_path(tmp_path):
     meta, text, card = _saved(tmp_path / "out")
     assert meta["base_model"] is None and card.data.base_model is None
     assert "my-private-models" not in text and "my-private-models" not in json.dumps(meta)
-    assert text.count("\n# Pruned llama\n") == 1 and "A local llama model pruned to 50 %" in text
+    # Titled after the folder's own name, the only part of the path the card shows.
+    assert text.count("\n# dense-pruned\n") == 1 and "A local llama model pruned to 50 %" in text
     assert "<this" not in text and "reproduce" not in text
     assert 'folder = "."' in text and "restores that recipe (not these weights)" in text
 
@@ -106,3 +108,46 @@ def test_weights_source_is_stated_only_when_given(tmp_path):
     _, text, card = _saved(tmp_path / "gguf")
     assert "**Source weights:** dequantised from a Q4_1 GGUF, not the Hub's weights." in text
     assert card.data.base_model == "alice/tiny-llama"
+
+
+def test_a_model_without_a_name_is_titled_by_its_type(tmp_path):
+    model, pruner = _pruned(None)
+    pruner.save(model, tmp_path / "out", plots=False)
+    assert "\n# Pruned llama\n" in _saved(tmp_path / "out")[1]
+
+
+def test_magnitude_with_a_dataset_warns_once_and_the_card_says_no_calibration_data(tmp_path, caplog):
+    model = tiny_model("llama")
+    pruner = SIPruner(method="magnitude", sparsity=0.5, show_progress=False)
+    with caplog.at_level(logging.WARNING):
+        pruner.prune(model, dataset=token_ids(4, 16))
+    warnings = [r.getMessage() for r in caplog.records if "calibration data" in r.getMessage()]
+    assert warnings == ["magnitude uses no calibration data: the dataset given is ignored (the card says so)."]
+    pruner.save(model, tmp_path / "out", plots=False)
+    text = _saved(tmp_path / "out")[1]
+    assert "| calibration | no calibration data (magnitude) |" in text and "0 windows x 0 tokens" not in text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        SIPruner(method="magnitude", show_progress=False).prune(tiny_model("llama"))  # no dataset: nothing to say
+    assert not caplog.records
+
+
+def test_the_si_section_leads_with_perplexity_and_names_its_held_out_windows(tmp_path):
+    model = tiny_model("llama")
+    pruner = SIPruner(method="wanda", sparsity=0.5, induction=True, num_samples=8, seqlen=16, show_progress=False)
+    pruner.prune(model, dataset=token_ids(8, 16))
+    pruner.save(model, tmp_path / "plain", plots=False)
+    text = " ".join(_saved(tmp_path / "plain")[1].split())
+    summary = pruner.report.induction_summary()
+    assert "## Sparsity Induction" in text and "not trained on?" not in text
+    assert f"Induction was kept in {summary['blocks_kept']} of 2 blocks" in text
+    assert "held-out windows of the calibration text" in text and "judge it by an evaluation on your own text" in text
+    assert "summed over blocks" not in text  # per-block losses stay in the details table, never a headline sum
+    assert "<summary>Block losses on the held-out calibration windows</summary>" in text
+    pruner.save(model, tmp_path / "measured", plots=False,
+                card_info={"si_perplexity": {"without": 95.2234, "with": 88.4926, "on": "the Jargon File"}})
+    text = " ".join(_saved(tmp_path / "measured")[1].split())
+    section = text[text.index("## Sparsity Induction"):]
+    assert section.startswith("## Sparsity Induction Perplexity on the Jargon File: **95.22** with wanda alone, "
+                              "**88.49** with Sparsity Induction.")
+    assert "judge it by an evaluation" not in section

@@ -45,7 +45,7 @@ def test_saving_again_replaces_old_shards(tmp_path):
     model, pruner = pruned_tiny()
     pruner.save(model, tmp_path, max_shard_size="20KB")
     assert os.path.isfile(tmp_path / "model.safetensors.index.json")
-    pruner.save(model, tmp_path)
+    pruner.save(model, tmp_path, overwrite=True)
     shards = [f for f in os.listdir(tmp_path) if f.endswith(".safetensors")]
     assert shards == ["model.safetensors"]
     assert not os.path.exists(tmp_path / "model.safetensors.index.json")
@@ -83,7 +83,7 @@ def test_save_keeps_the_files_it_did_not_write(tmp_path):
     model, pruner = pruned_tiny()
     pruner.save(model, out, max_shard_size="20KB")
     assert os.path.isfile(out / "model.safetensors.index.json")
-    pruner.save(model, out)  # one shard now: the old shards and index go, the user's files stay
+    pruner.save(model, out, overwrite=True)  # one shard now: the old shards and index go, the user's files stay
     assert sorted(f for f in os.listdir(out) if f.endswith(".safetensors")) == ["adapter_model.safetensors",
                                                                                "model.safetensors"]
     assert not os.path.exists(out / "model.safetensors.index.json")
@@ -119,7 +119,7 @@ def test_save_replaces_a_checkpoint_of_an_earlier_version_but_not_the_users_file
     pruner.save(model, tmp_path / "out", max_shard_size="20KB")
     os.remove(tmp_path / "out" / ".optimum-si-manifest.json")  # as written before manifests existed
     (tmp_path / "out" / "adapter_model.safetensors").write_bytes(b"adapter")
-    pruner.save(model, tmp_path / "out")
+    pruner.save(model, tmp_path / "out", overwrite=True)
     names = set(os.listdir(tmp_path / "out"))
     assert {"model.safetensors", "adapter_model.safetensors"} <= names and "model.safetensors.index.json" not in names
     assert not [n for n in names if n.startswith("model-")]
@@ -140,7 +140,7 @@ def test_a_failed_save_leaves_the_old_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(optimum_si.reporting.report.PruneReport, "save", full)
     other, other_pruner = pruned_tiny("magnitude")
     with pytest.raises(OSError, match="No space"):
-        other_pruner.save(other, tmp_path / "out")
+        other_pruner.save(other, tmp_path / "out", overwrite=True)
     assert _files(tmp_path / "out") == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == [".out.optimum-si.lock"]
 
@@ -171,14 +171,14 @@ def test_killed_between_the_renames_of_the_swap_leaves_one_whole_checkpoint(tmp_
             if len(count) == 1:
                 os.kill(os.getpid(), signal.SIGKILL)
         os.rename = rename_then_die
-        pruner.save(model, {str(tmp_path / 'out')!r})
+        pruner.save(model, {str(tmp_path / 'out')!r}, overwrite=True)
     """)
     assert subprocess.run([sys.executable, "-c", child], cwd=os.getcwd(), capture_output=True).returncode != 0
     aside = tmp_path / ".out.optimum-si-old"
     assert not (tmp_path / "out").exists() and _files(aside) == old
     AutoModelForCausalLM.from_pretrained(aside)
     model, pruner = pruned_tiny("magnitude", mask_structure="2:4")
-    pruner.save(model, tmp_path / "out")  # the next save recovers first, then replaces
+    pruner.save(model, tmp_path / "out", overwrite=True)  # the next save recovers first, then replaces
     assert not aside.exists() and json.loads((tmp_path / "out" / CONFIG_NAME).read_text())["mask_structure"] == "2:4"
 
 
@@ -192,5 +192,27 @@ def test_charts_drawn_later_into_a_checkpoint_do_not_block_the_next_save(tmp_pat
     assert main(["report", str(out), "--plots"]) == 0  # charts written after the manifest
     drawn = {n for n in os.listdir(out) if n.endswith(".png")}
     assert drawn
-    pruner.save(model, out, plots=False)  # they are optimum-si's: replaced, never taken for the user's
+    pruner.save(model, out, plots=False, overwrite=True)  # they are optimum-si's: replaced, never the user's
     assert not {n for n in os.listdir(out) if n.endswith(".png")}
+
+
+def test_a_finished_checkpoint_is_replaced_only_with_overwrite(tmp_path):
+    """One rule in memory and streamed: a folder holding a pruned checkpoint is refused unless overwrite=True,
+    before any weight changes (streaming's side: tests/runs/test_streamed.py)."""
+    from tests.conftest import assert_unchanged, snapshot
+
+    out = tmp_path / "out"
+    model, pruner = pruned_tiny()
+    pruner.save(model, out)
+    before = _files(out)
+    with pytest.raises(FileExistsError, match=r"out already holds a pruned checkpoint; pass overwrite=True"):
+        pruner.save(model, out)
+    assert _files(out) == before
+    dense = tiny_model("llama")
+    weights = snapshot(dense)
+    with pytest.raises(FileExistsError, match="pass overwrite=True"):
+        SIPruner(method="magnitude", show_progress=False).prune(dense, save_dir=out)
+    assert_unchanged(dense, weights)
+    assert _files(out) == before
+    SIPruner(method="magnitude", mask_structure="2:4", show_progress=False).prune(dense, save_dir=out, overwrite=True)
+    assert json.loads((out / CONFIG_NAME).read_text())["mask_structure"] == "2:4"

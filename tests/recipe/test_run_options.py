@@ -66,11 +66,13 @@ def test_in_memory_prune_with_save_dir_saves(tmp_path):
     assert (out / "si_config.json").is_file() and (out / "si_report.json").is_file()
 
 
-@pytest.mark.parametrize("argument", [{"revision": "main"}, {"token": "x"}, {"overwrite": True}])
-def test_in_memory_prune_refuses_streaming_arguments(argument):
+@pytest.mark.parametrize("argument, message", [({"revision": "main"}, "only apply when streaming"),
+                                               ({"token": "x"}, "only apply when streaming"),
+                                               ({"overwrite": True}, "overwrite applies to save_dir")])
+def test_in_memory_prune_refuses_streaming_arguments(argument, message):
     model = tiny_model("llama")
     before = snapshot(model)
-    with pytest.raises(ValueError, match="only apply when streaming"):
+    with pytest.raises(ValueError, match=message):
         SIPruner(method="magnitude", show_progress=False).prune(model, **argument)
     assert_unchanged(model, before)
 

@@ -108,6 +108,41 @@ def test_allocation_differs_only_beyond_rounding():
     assert not allocation_differs({})
 
 
+def _owl_like_report(blocks=3, types=LLAMA_TYPES):
+    """Every Linear of block b at the same sparsity, the blocks apart: what OWL's per-block allocation gives."""
+    layers = {f"model.layers.{b}.{kind}": {"numel": 1000, "zeros": 400 + 50 * b + (1 if kind == "q_proj" else 0)}
+              for b in range(blocks) for kind in types}
+    return {"layers": layers, "target_sparsity": 0.45, "method": "wanda", "mask_structure": "unstructured"}
+
+
+def test_block_sparsity_series_has_one_value_per_block():
+    points = plots.block_sparsity_series(_owl_like_report())
+    assert [p.block for p in points] == [0, 1, 2]
+    assert [round(p.sparsity, 4) for p in points] == [0.4001, 0.4501, 0.5001]  # zeros / weights over the block
+    assert [(p.low, p.high) for p in points] == [(0.4, 0.401), (0.45, 0.451), (0.5, 0.501)]
+
+
+def test_the_allocation_chart_plots_one_value_per_block(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda figure, canvas, path: drawn.append(figure) or path)
+    assert render_plots(_owl_like_report(), tmp_path) == {"sparsity": SPARSITY_PLOT}
+    (ax,) = drawn[0].axes
+    data = [line for line in ax.get_lines() if line.get_label() == "block sparsity"]
+    assert len(data) == 1  # one series, not one per module type
+    assert list(data[0].get_xdata()) == [0, 1, 2]
+    assert [round(v, 4) for v in data[0].get_ydata()] == [0.4001, 0.4501, 0.5001]
+    assert not ax.collections  # the Linears of a block agree: no range bars
+    # Linears of one block that really differ show their range on that block only.
+    report = _owl_like_report()
+    report["layers"]["model.layers.1.down_proj"]["zeros"] = 600
+    drawn.clear()
+    render_plots(report, tmp_path)
+    (ax,) = drawn[0].axes
+    (bars,) = ax.collections
+    (segment,) = bars.get_segments()
+    assert segment[0][0] == segment[1][0] == 1 and (segment[0][1], segment[1][1]) == (0.45, 0.6)
+
+
 def test_output_error_series_from_the_report():
     blocks = [
         {"index": 1, "output_error": 0.2, "induction": {"kept": True, "relative_error_base": 0.3,
@@ -198,7 +233,7 @@ def test_without_matplotlib_the_card_is_complete_and_old_charts_go(tmp_path, mon
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
     assert not plots.matplotlib_available()
     with caplog.at_level(logging.INFO, logger="optimum_si.export.save"):
-        pruner.save(model, tmp_path)
+        pruner.save(model, tmp_path, overwrite=True)
     assert "matplotlib is not installed" in caplog.text
     assert not [name for name in os.listdir(tmp_path) if name.endswith(".png")]  # no picture of an earlier save
     card, links = _assert_complete_card(tmp_path)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from . import distributed
+from .checkpoint.shards import parse_size
 from .recipe.config import SIConfig
 from .recipe.run_options import RunOptions
 from .reporting.report import PruneReport
@@ -100,6 +101,7 @@ class SIPruner:
         """
         options = self.options.updated(device=device, activation_storage=activation_storage,
                                        activation_dir=activation_dir, show_progress=show_progress)
+        parse_size(max_shard_size)  # a bad size is refused before any weight is touched
         self.report, self._report_model = None, None  # a failed run must not leave an earlier run's report for save()
         if isinstance(model, (str, os.PathLike)):
             if save_dir is None:
@@ -164,10 +166,15 @@ class SIPruner:
         alone against SI) and, only when the Linears got different sparsities, `sparsity_per_layer.png`, linked from
         the card; without matplotlib they are skipped (logged at INFO). Plotting never fails a save.
         `card_info={"weights_source": "..."}` adds a line saying where the source weights came from."""
+        from .checkpoint.folders import resolve
         from .export.save import save_pruned_model
 
         if push_to_hub and not repo_id:
             raise ValueError("save(..., push_to_hub=True) needs repo_id='owner/name'.")
+        shard_bytes = parse_size(max_shard_size)
+        # Rank 0 alone writes: every rank must have been asked for the same folder and shards.
+        distributed.agree({"the output's folder": resolve(save_dir), "the output's shard size": shard_bytes,
+                           "the Hub repo to push to": repo_id if push_to_hub else None})
         if self.report is not None and self._report_model is not None and self._report_model() is not model:
             raise ValueError("This pruner's report describes another model than the one given to save(); save the "
                              "model this pruner last pruned, or prune this one first.")
@@ -200,6 +207,8 @@ class SIPruner:
         Returns the commit URL; errors raise `optimum_si.hub.HubPushError` and leave the folder untouched."""
         from .hub import push_to_hub
 
+        distributed.agree({"the Hub repo to push to": repo_id, "the folder to push": os.path.realpath(save_dir)
+                           if isinstance(save_dir, (str, os.PathLike)) else repr(save_dir)})
         group = distributed.active()
         if group is not None and not group.is_main:  # one upload, from rank 0; the others get its commit URL
             return group.broadcast_object()

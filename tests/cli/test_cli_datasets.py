@@ -128,3 +128,9 @@ def test_a_file_named_like_a_set_is_the_file(dense_dir, tmp_path, capsys, monkey
     assert "calibration" not in json.loads((out / "si_config.json").read_text())["meta"]  # a file: no provenance
     assert main(["eval", "--model", str(dense_dir), "--dataset", "c4"]) == 2
     assert "--dataset 'c4' is a file" in capsys.readouterr().err
+
+
+def test_a_hub_recipe_on_an_unreachable_hub_exits_1(silent_hub, dense_dir, tmp_path, capsys):
+    assert main(["prune", "--model", str(dense_dir), "--recipe", "alice/recipe", "--output", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and silent_hub.url in err and "si_config.json of 'alice/recipe'" in err, err

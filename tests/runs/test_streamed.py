@@ -594,6 +594,20 @@ def test_resume_refuses_a_source_whose_bytes_changed_under_it(tmp_path, monkeypa
         {k: v.tolist() for k, v in saved_tensors(fresh).items()}
 
 
+def test_a_progress_file_without_source_digests_is_not_resumed_blindly(source, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    _fail_in_block(monkeypatch, 1, RuntimeError("boom"))
+    with pytest.raises(RuntimeError):
+        _pruner().prune(str(source), save_dir=out, dataset=token_ids())
+    monkeypatch.undo()
+    path = _partial(out) / PROGRESS_NAME
+    progress = json.loads(path.read_text())
+    del progress["source_digests"]  # as a run of an earlier optimum-si recorded it
+    path.write_text(json.dumps(progress))
+    with pytest.raises(ValueError, match="does not record the source bytes its blocks were computed from.*overwrite"):
+        _pruner().prune(str(source), save_dir=out, dataset=token_ids())
+
+
 def test_a_source_changed_while_it_is_read_is_refused(source, tmp_path, monkeypatch):
     """OWL reads each block twice (its dense profile, then the pruning): different bytes the second time stop the
     run before that block is recorded."""

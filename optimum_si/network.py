@@ -180,7 +180,7 @@ def hub_access(what: str, datasets: bool = False) -> Iterator[None]:
                 yield
         except Exception as err:
             raise _failure(what, url, kind, down, limit) from err
-        logger.warning("%s did not answer (%s); %s from the local cache.", url, type(down).__name__, what)
+        logger.warning("%s did not answer (%s); used the local cache to %s.", url, type(down).__name__, what)
         return
     try:
         with _request_timeout(limit):

@@ -12,10 +12,11 @@ The run works in a sibling of `save_dir`, `.<name>.optimum-si-partial` (see `opt
 swapped in as `save_dir` once complete. A block is written and recorded finished (`.optimum-si-progress.json`,
 atomically, with the shards written so far) only after every planned Linear in it is pruned; a fault inside a block
 leaves the progress at the last good block. A restarted run of the same run (same recipe, calibration tokens and
-source checkpoint: the fingerprint) recomputes the activations through the finished blocks, read back from its own
-output, and continues; with `sparsity_profile="owl"` the progress file also holds the outlier ratio of every block
-profiled so far, so the dense profiling pass is not repeated either; every step of finishing (renames, index, side
-files, sidecars, manifest, swap) can be repeated, so a rerun after a kill or a full disk at any point completes the
+source checkpoint: the fingerprint; and the same source bytes under every finished block: their digests, recorded as
+the bytes were read, are checked against the source before anything else) recomputes the activations through the
+finished blocks, read back from its own output, and continues; with `sparsity_profile="owl"` the progress file also holds the outlier ratio of every block
+profiled so far, so the dense profiling pass is not repeated either; every step of finishing (packing the parts into
+shards of `max_shard_size`, index, side files, sidecars, manifest, swap) can be repeated, so a rerun after a kill or a full disk at any point completes the
 folder.
 
 Each tensor keeps its source dtype: blocks run in the checkpoint's main dtype, and a tensor stored in another dtype
@@ -112,12 +113,13 @@ def prune_checkpoint(config: SIConfig, options: RunOptions, source: str, save_di
             return _saved_report(target)
         if progress:  # before any new block: the blocks it finished must come from the same source bytes
             _check_source_unchanged(run, skeleton, index, progress, partial)
-        free = shutil.disk_usage(os.path.dirname(target)).free + (_folder_bytes(partial) if discard else 0)
+        where = os.path.dirname(partial)  # beside save_dir, or inside it for a mount point
+        free = shutil.disk_usage(where).free + (_folder_bytes(partial) if discard else 0)
         # The output's size, and one shard more while the parts are packed into the final shards.
         needed = index.total_bytes * 1.05 + min(max_bytes, index.total_bytes)
         if progress is None and free < needed:
             raise OSError(
-                f"Not enough disk space in {os.path.dirname(target)}: the pruned checkpoint needs about "
+                f"Not enough disk space in {where}: the pruned checkpoint needs about "
                 f"{needed / 1e9:.2f} GB while it is written, {free / 1e9:.2f} GB are free."
             )
         # Every check passed: from here on, files are written (only in the partial folder until the swap).

@@ -121,8 +121,12 @@ def push_to_hub(
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}.")
 
+    from .network import offline
     from .version import __version__
 
+    if offline():  # honoured at once, also when set after huggingface_hub was imported
+        raise HubPushError(f"Could not create the repo {repo_id}: offline mode is on (HF_HUB_OFFLINE). Unset "
+                           "HF_HUB_OFFLINE to push.")
     api = HfApi(endpoint=endpoint, library_name="optimum-si", library_version=__version__)
     step = f"create the repo {repo_id}"
     try:

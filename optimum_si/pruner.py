@@ -15,6 +15,7 @@ from torch import nn
 
 from . import distributed
 from .checkpoint import folders
+from .checkpoint.shards import parse_size
 from .recipe.config import SIConfig
 from .recipe.run_options import RunOptions
 from .reporting.report import PruneReport
@@ -108,6 +109,7 @@ class SIPruner:
         """
         options = self.options.updated(device=device, activation_storage=activation_storage,
                                        activation_dir=activation_dir, show_progress=show_progress)
+        parse_size(max_shard_size)  # a bad size is refused before any weight is touched
         self.report, self._report_model = None, None  # a failed run must not leave an earlier run's report for save()
         if isinstance(model, (str, os.PathLike)):
             if save_dir is None:
@@ -180,10 +182,15 @@ class SIPruner:
 
         A `save_dir` that already holds a pruned checkpoint is refused unless `overwrite=True` (files of yours in
         it are kept either way)."""
+        from .checkpoint.folders import resolve
         from .export.save import save_pruned_model
 
         if push_to_hub and not repo_id:
             raise ValueError("save(..., push_to_hub=True) needs repo_id='owner/name'.")
+        shard_bytes = parse_size(max_shard_size)
+        # Rank 0 alone writes: every rank must have been asked for the same folder and shards.
+        distributed.agree({"the output's folder": resolve(save_dir), "the output's shard size": shard_bytes,
+                           "the Hub repo to push to": repo_id if push_to_hub else None})
         _check_replace(save_dir, overwrite)
         if self.report is not None and self._report_model is not None and self._report_model() is not model:
             raise ValueError("This pruner's report describes another model than the one given to save(); save the "
@@ -217,6 +224,8 @@ class SIPruner:
         Returns the commit URL; errors raise `optimum_si.hub.HubPushError` and leave the folder untouched."""
         from .hub import push_to_hub
 
+        distributed.agree({"the Hub repo to push to": repo_id, "the folder to push": os.path.realpath(save_dir)
+                           if isinstance(save_dir, (str, os.PathLike)) else repr(save_dir)})
         group = distributed.active()
         if group is not None and not group.is_main:  # one upload, from rank 0; the others get its commit URL
             return group.broadcast_object()

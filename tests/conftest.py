@@ -238,25 +238,15 @@ def record_disk_events(monkeypatch):
     return events
 
 
-@pytest.fixture
-def fake_hub(monkeypatch, tmp_path):
-    """A fake Hub serving `REPOS`; HF_ENDPOINT points at it and the Hub is online for this test only. Both libraries
-    read the endpoint and offline flag into constants at import time, so the constants are patched as well."""
+def _point_hub_at(monkeypatch, url: str, tmp_path) -> None:
+    """HF_ENDPOINT at `url`, the Hub online for this test only, empty caches. Both libraries read the endpoint and
+    offline flag into constants at import time, so the constants are patched as well."""
     import huggingface_hub.constants as hub_constants
 
     datasets = pytest.importorskip("datasets")
-    from tests.fake_hub import handler
-
-    requests: list[str] = []
-    import threading
-    from http.server import ThreadingHTTPServer
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler(requests))
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
     monkeypatch.setenv("HF_ENDPOINT", url)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     for module, name, value in [
         (hub_constants, "ENDPOINT", url), (hub_constants, "HF_HUB_OFFLINE", False),
@@ -268,12 +258,70 @@ def fake_hub(monkeypatch, tmp_path):
         (datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets"),
     ]:
         monkeypatch.setattr(module, name, value)
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path):
+    """A fake Hub serving `REPOS`; HF_ENDPOINT points at it and the Hub is online for this test only."""
+    pytest.importorskip("datasets")
+    from tests.fake_hub import handler
+
+    requests: list[str] = []
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler(requests))
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    _point_hub_at(monkeypatch, url, tmp_path)
     try:
         yield requests
     finally:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+class SilentEndpoint:
+    """A Hub endpoint that accepts connections and never answers: `url`, and how many connections it accepted."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(64)
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        self.connections: list = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _address = self.socket.accept()
+            except OSError:  # closed at the end of the test
+                return
+            self.connections.append(connection)
+
+    def close(self) -> None:
+        for connection in self.connections:
+            connection.close()
+        self.socket.close()
+
+
+@pytest.fixture
+def silent_hub(monkeypatch, tmp_path):
+    """HF_ENDPOINT at a server that accepts and never answers, online, each request allowed 0.5 s
+    ($OPTIMUM_SI_NETWORK_TIMEOUT): a hung endpoint without waiting long."""
+    endpoint = SilentEndpoint()
+    _point_hub_at(monkeypatch, endpoint.url, tmp_path)
+    monkeypatch.setenv("OPTIMUM_SI_NETWORK_TIMEOUT", "0.5")
+    try:
+        yield endpoint
+    finally:
+        endpoint.close()
 
 
 

@@ -245,6 +245,20 @@ def test_offline_mode_is_reported(checkpoint, monkeypatch):
         push_to_hub(checkpoint, REPO, token=TOKEN, endpoint="http://127.0.0.1:9")
 
 
+def test_offline_mode_set_after_import_is_honoured_at_once(checkpoint, monkeypatch):
+    from tests.conftest import SilentEndpoint
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # imported online...
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # ...and switched off later, as in a notebook
+    silent = SilentEndpoint()
+    try:
+        with pytest.raises(HubPushError, match="offline mode is on"):
+            push_to_hub(checkpoint, REPO, token=TOKEN, endpoint=silent.url)
+    finally:
+        silent.close()
+    assert silent.connections == []
+
+
 def test_validates_folder_and_repo_id(tmp_path, checkpoint):
     (tmp_path / "incomplete").mkdir()
     (tmp_path / "incomplete" / "config.json").write_text("{}")

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from .files import INDEX_NAME
-from .folders import inside
 from .layout import CheckpointLayout
+from .links import resolved, trusted_roots
 
-__all__ = ["CheckpointIndex", "open_checkpoint", "resolve_source", "COPIED_FILES"]
+__all__ = ["CheckpointIndex", "open_checkpoint", "resolve_source", "tensor_digest", "COPIED_FILES"]
 
 # Files of the source folder besides the weights that a streamed output carries over.
 COPIED_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -33,13 +33,27 @@ def resolve_source(source: str | os.PathLike, revision: str | None = None, token
     path = os.fspath(source)
     if os.path.isdir(path):
         return path
-    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub import snapshot_download
+
+    from ..network import NetworkError, endpoint, hub_access
+    from ..settings import network_timeout
 
     try:
-        return snapshot_download(path, revision=revision, token=token, allow_patterns=_DOWNLOAD_PATTERNS)
+        with hub_access(f"download {path!r}"):
+            return snapshot_download(path, revision=revision, token=token, allow_patterns=_DOWNLOAD_PATTERNS,
+                                     etag_timeout=network_timeout())
+    except NetworkError:
+        raise
     except Exception as err:  # many hub error types; one clear message
         raise OSError(f"{path!r} is not a local folder and could not be downloaded from the Hub at "
-                      f"{constants.ENDPOINT} ({type(err).__name__}: {err}).") from err
+                      f"{endpoint()} ({type(err).__name__}: {err}).") from err
+
+
+def tensor_digest(key: str, tensor: torch.Tensor) -> str:
+    """A digest of one tensor as read from a checkpoint: its name, dtype, shape and bytes."""
+    digest = hashlib.sha256(f"{key}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+    digest.update(tensor.detach().reshape(-1).contiguous().view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 class CheckpointIndex:
@@ -51,11 +65,17 @@ class CheckpointIndex:
         self.folder = folder
         # How the tensors map onto the model's parameters (set by `open_checkpoint`); None: by the same names.
         self.layout = layout
+        # Every file is read only where it really lives inside the folder (links are resolved: see links.py).
+        self.roots = trusted_roots(folder)
+        # The digest of each tensor as last read (`read`): what the progress file records of the source bytes each
+        # finished block was computed from, taken as the bytes are read.
+        self.digests: dict[str, str] = {}
         index_path = os.path.join(folder, INDEX_NAME)
         weight_map = None
         if files is not None:
             pass
         elif os.path.isfile(index_path):
+            index_path = resolved(folder, INDEX_NAME, INDEX_NAME, self.roots)
             try:
                 with open(index_path, encoding="utf-8") as handle:
                     weight_map = json.load(handle)["weight_map"]
@@ -72,7 +92,7 @@ class CheckpointIndex:
         self.total_bytes = 0
         self.files = list(files)
         for name in files:
-            path = inside(folder, name, INDEX_NAME if weight_map is not None else "The progress file")
+            path = resolved(folder, name, INDEX_NAME if weight_map is not None else "The progress file", self.roots)
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"Shard {name} listed in {INDEX_NAME} is missing from {folder}; re-download it.")
             self.total_bytes += os.path.getsize(path)
@@ -91,10 +111,28 @@ class CheckpointIndex:
                 raise ValueError(f"{len(missing)} tensor(s) listed in {INDEX_NAME} are not in their shard (e.g. {missing[0]}).")
 
     def read(self, key: str, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Tensor `key`, read on the CPU (where its bytes are digested, see `digests`) and moved to `device`."""
         from safetensors import safe_open
 
-        with safe_open(self.locations[key], framework="pt", device=str(device)) as handle:
-            return handle.get_tensor(key)
+        with safe_open(self.locations[key], framework="pt", device="cpu") as handle:
+            tensor = handle.get_tensor(key)
+        self.digests[key] = tensor_digest(key, tensor)
+        return tensor if torch.device(device).type == "cpu" else tensor.to(device)
+
+    def digest_of(self, keys: list[str]) -> str:
+        """One digest of tensors `keys` as this run read them (read now those it has not read yet)."""
+        digest = hashlib.sha256()
+        for key in sorted(set(keys)):
+            if key not in self.digests:
+                self.read(key)
+            digest.update(f"{key}={self.digests[key]}\n".encode())
+        return digest.hexdigest()[:32]
+
+    def fresh_digest_of(self, keys: list[str]) -> str:
+        """`digest_of(keys)` from the bytes on the disk now (each tensor read again)."""
+        for key in set(keys):
+            self.read(key)
+        return self.digest_of(keys)
 
     def read_params(self, names: list[str], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         """Model parameters by their model names, converted from the checkpoint's layout where it differs (fused
@@ -127,11 +165,12 @@ class CheckpointIndex:
         for name in (INDEX_NAME, *COPIED_FILES):
             path = os.path.join(self.folder, name)
             if os.path.isfile(path):
+                path = resolved(self.folder, name, name, self.roots)
                 digest.update(f"{name}\0{os.path.getsize(path)}\0".encode())
                 with open(path, "rb") as handle:
                     digest.update(handle.read())
         for name in self.files:
-            path = os.path.join(self.folder, name)
+            path = resolved(self.folder, name, "The checkpoint", self.roots)
             size = os.path.getsize(path)
             digest.update(f"{name}\0{size}\0".encode())
             with open(path, "rb") as handle:

@@ -1,8 +1,12 @@
 """One run per output folder: an exclusive lock next to `save_dir`, and the holder's pid and host beside it.
 
 The lock (`.<name>.optimum-si.lock`, an OS file lock from the `filelock` package) lives next to the folder, not in
-it, because the folder itself is replaced as a whole at the end of a save. The OS drops the lock when its holder
-dies, even by SIGKILL, so a stale lock never blocks a rerun; the owner file is only there to name the holder.
+it, because the folder itself is replaced as a whole at the end of a save; for a `save_dir` that is a mount point
+(swapped by its contents, see folders.py) it lives inside, as `.optimum-si.lock`, since the folder beside it may not
+be writable. The OS drops the lock when its holder dies, even by SIGKILL, so a stale lock never blocks a rerun; the
+owner file is only there to name the holder. Both files are removed when the run ends (the lock file only while it
+is still the one held: a peer that opened it meanwhile sees it unlinked and takes a fresh one), so nothing is left
+beside the output.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 __all__ = ["output_lock", "FolderLockedError"]
 
@@ -22,9 +27,23 @@ class FolderLockedError(OSError):
 
 
 def _paths(save_dir: str) -> tuple[str, str]:
-    parent, name = os.path.split(os.path.realpath(save_dir))
+    target = os.path.realpath(save_dir)
+    if os.path.isdir(target) and os.path.ismount(target):  # swapped by its contents: folders.in_place
+        return os.path.join(target, ".optimum-si.lock"), os.path.join(target, ".optimum-si.owner")
+    parent, name = os.path.split(target)
     lock = os.path.join(parent, f".{name}.optimum-si.lock")
     return lock, os.path.join(parent, f".{name}.optimum-si.owner")
+
+
+def _still_held(lock: Any, path: str) -> bool:
+    """Whether `lock` is held and `path` is still the file it locked (not one a peer made after an unlink)."""
+    if not lock.is_locked:
+        return False
+    fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
+    try:
+        return fd is None or os.path.samestat(os.fstat(fd), os.lstat(path))
+    except OSError:
+        return False
 
 
 def _holder(owner_path: str) -> str:
@@ -60,4 +79,7 @@ def output_lock(save_dir: str | os.PathLike) -> Iterator[None]:
     finally:
         with contextlib.suppress(OSError):
             os.remove(owner_path)
+        if _still_held(lock, lock_path):
+            with contextlib.suppress(OSError):
+                os.remove(lock_path)
         lock.release()

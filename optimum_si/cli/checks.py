@@ -14,7 +14,7 @@ from ..recipe.run_options import RunOptions
 from .errors import UsageError
 from .flags import cli_message, config_and_options
 
-__all__ = ["check_prune_args", "check_model_source", "check_text_file", "hub_offline"]
+__all__ = ["check_prune_args", "check_model_source", "check_text_file", "check_settings", "hub_offline"]
 
 logger = logging.getLogger("optimum_si.cli")
 
@@ -44,8 +44,12 @@ def _read_recipe_arg(recipe: str) -> SIConfig:
     elif not os.path.isfile(path):
         if _looks_like_path(path) or path.endswith(".json") or not _is_repo_id(path):
             raise UsageError(f"--recipe {recipe!r}: no such file or folder.")
+        from ..network import NetworkError
+
         try:  # a Hub repo holding an si_config.json
             return SIConfig.from_pretrained(path)
+        except NetworkError:
+            raise  # the network's failure, not the user's (exit status 1)
         except OSError as err:
             raise UsageError(f"--recipe {recipe!r}: {err}") from None
         except ValueError as err:
@@ -76,16 +80,33 @@ def _is_repo_id(text: str) -> bool:
     return True
 
 
-def check_model_source(model: str, flag: str = "--model", stream: bool = False) -> None:
-    """A model argument is an existing folder with a config.json, or a Hub repo id that may be fetched."""
+def check_model_source(model: str, flag: str = "--model", stream: bool = False, trust_remote_code: bool = False) -> None:
+    """A model argument is an existing folder with a config.json, whose links stay inside it (or inside the Hub
+    cache's blobs), and with safetensors weights (pickles only with --trust-remote-code: unpickling can run code);
+    or a Hub repo id that may be fetched."""
     if os.path.isdir(model):
         if not os.path.isfile(os.path.join(model, "config.json")):
             raise UsageError(f"{flag} {model!r} has no config.json; it is not a transformers model folder.")
-        if stream and not any(name.endswith(".safetensors") or name.endswith(".safetensors.index.json")
-                              for name in os.listdir(model)):
+        from ..checkpoint.links import check_folder
+
+        try:
+            check_folder(model)
+        except ValueError as err:
+            raise UsageError(f"{flag} {model!r}: {err}") from None
+        names = os.listdir(model)
+        if any(name.endswith(".safetensors") or name.endswith(".safetensors.index.json") for name in names):
+            return
+        pickles = sorted(name for name in names if name.endswith((".bin", ".pt", ".pth", ".ckpt")))
+        if stream:
             raise UsageError(
                 f"{flag} {model!r} has no safetensors weights, and --stream reads only safetensors; convert the "
                 "checkpoint (save_pretrained writes safetensors) or drop --stream."
+            )
+        if pickles and not trust_remote_code:
+            raise UsageError(
+                f"{flag} {model!r} holds only pickle weights ({pickles[0]}), and unpickling a file can run code from "
+                "it; convert them to safetensors once where you trust them (from_pretrained, then save_pretrained), "
+                "or pass --trust-remote-code to load them."
             )
         return
     if os.path.exists(model):
@@ -102,8 +123,22 @@ def check_model_source(model: str, flag: str = "--model", stream: bool = False) 
             )
 
 
+def check_settings() -> None:
+    """The environment variables a run reads (optimum_si.settings), each a clear error naming it."""
+    from ..settings import data_parallel, dist_timeout, network_timeout
+
+    try:
+        dist_timeout()
+        network_timeout()
+        data_parallel()
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
 def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+    from ..network import offline
+
+    return offline()
 
 
 def check_text_file(path: str, flag: str) -> None:
@@ -129,8 +164,9 @@ def check_text_file(path: str, flag: str) -> None:
 
 def check_prune_args(args: argparse.Namespace) -> tuple[SIConfig, RunOptions]:
     """The recipe and run options of `prune`'s flags, every argument checked (no torch, no model loaded)."""
+    check_settings()
     config, options = _config_from_args(args)
-    check_model_source(args.model, stream=args.stream)
+    check_model_source(args.model, stream=args.stream, trust_remote_code=args.trust_remote_code)
     if config.needs_calibration:
         if not args.dataset:
             needs = f"--method {config.method}" if config.pruning_method.needs_data else "--induction" \

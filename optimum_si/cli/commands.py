@@ -4,16 +4,30 @@ zero-shot scores, recorded into a checkpoint) and `report` (measured sparsity, c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import typing
 
-from .checks import check_model_source, check_prune_args, check_text_file
+from .checks import check_model_source, check_prune_args, check_settings, check_text_file
 from .errors import UsageError
 from .flags import cli_message
 
 __all__ = ["prune_command", "eval_command", "report_command", "first_line"]
+
+
+@contextlib.contextmanager
+def _hub(path: str) -> typing.Iterator[None]:
+    """The Hub calls of loading --model: a local folder needs none; a repo id is fetched with a timeout, offline
+    mode honoured at once, and a failure to reach the Hub raised as `NetworkError` (exit status 1)."""
+    if os.path.isdir(path):
+        yield
+        return
+    from ..network import hub_access
+
+    with hub_access(f"download --model {path!r}"):
+        yield
 
 
 def _load_model(path: str, dtype: str, trust_remote_code: bool):
@@ -21,15 +35,30 @@ def _load_model(path: str, dtype: str, trust_remote_code: bool):
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ..network import NetworkError
+
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype == "auto" else getattr(torch, dtype),
-                                                     trust_remote_code=trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        with _hub(path):
+            # Pickled weights only with --trust-remote-code: unpickling a file can run code from it.
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=dtype if dtype == "auto" else getattr(torch, dtype), trust_remote_code=trust_remote_code,
+                use_safetensors=None if trust_remote_code else True)
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except NetworkError:
+        raise
     except (OSError, ValueError, ImportError, SafetensorError) as err:
-        raise UsageError(f"cannot load --model {path!r}: {first_line(err)}{_remote_code_hint(err)}") from err
+        raise UsageError(f"cannot load --model {path!r}: {first_line(err)}{_remote_code_hint(err)}"
+                         f"{_pickle_hint(err, trust_remote_code)}") from err
     except RecursionError as err:
         raise UsageError(_nested_json(path)) from err
     return model, tokenizer
+
+
+def _pickle_hint(err: BaseException, trust_remote_code: bool) -> str:
+    if trust_remote_code or "safetensors" not in str(err).lower():
+        return ""
+    return (" If it holds only pickle weights (pytorch_model.bin), convert them to safetensors where you trust them, "
+            "or pass --trust-remote-code to load them (unpickling can run code).")
 
 
 def _nested_json(path: str) -> str:
@@ -50,8 +79,13 @@ def _check_stream_config(path: str) -> None:
     """Streaming builds the model from its config: refuse (never prompt for) a config that needs the model's code."""
     from transformers import AutoConfig
 
+    from ..network import NetworkError
+
     try:
-        AutoConfig.from_pretrained(path, trust_remote_code=False)
+        with _hub(path):
+            AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except NetworkError:
+        raise
     except (OSError, ValueError) as err:
         if "custom code" in str(err):
             raise UsageError(f"--model {path!r} needs its own Python code, which --stream cannot run; prune it "
@@ -61,11 +95,25 @@ def _check_stream_config(path: str) -> None:
         raise UsageError(_nested_json(path)) from err
 
 
+def _fetch_dataset(reference: str | None, purpose: str) -> typing.Any:
+    """A named or Hub dataset (or a dataset folder), loaded before the model is: a wrong name or no network is
+    answered at once. Anything else (a text file) is passed on as it is."""
+    if not reference:
+        return reference
+    from ..data.named_sets import is_text_set_reference, load_text_set
+
+    if not is_text_set_reference(reference):
+        return reference
+    return load_text_set(reference, purpose)
+
+
 def prune_command(args: argparse.Namespace) -> int:
     config, options = check_prune_args(args)
+    from ..network import NetworkError
     from ..pruner import SIPruner
 
     pruner = SIPruner(config, options=options)
+    dataset = _fetch_dataset(args.dataset, "calibration")
     if args.stream:
         from transformers import AutoTokenizer
 
@@ -73,14 +121,17 @@ def prune_command(args: argparse.Namespace) -> int:
         tokenizer = None
         if args.dataset:
             try:
-                tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=False)
+                with _hub(args.model):
+                    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=False)
+            except NetworkError:
+                raise
             except (OSError, ValueError) as err:
                 raise UsageError(f"cannot load the tokenizer of --model {args.model!r}: {first_line(err)}") from err
-        pruner.prune(args.model, tokenizer=tokenizer, dataset=args.dataset, save_dir=args.output,
+        pruner.prune(args.model, tokenizer=tokenizer, dataset=dataset, save_dir=args.output,
                      max_shard_size=args.max_shard_size, overwrite=args.overwrite)
     else:
         model, tokenizer = _load_model(args.model, args.dtype, args.trust_remote_code)
-        pruner.prune(model, tokenizer=tokenizer, dataset=args.dataset)
+        pruner.prune(model, tokenizer=tokenizer, dataset=dataset)
         pruner.save(model, args.output, tokenizer=tokenizer, max_shard_size=args.max_shard_size,
                     base_model=args.base_model, overwrite=args.overwrite)
     from ..distributed import is_main_process
@@ -107,7 +158,8 @@ def what_ran(config: typing.Any, report: typing.Any) -> str:
 
 
 def eval_command(args: argparse.Namespace) -> int:
-    check_model_source(args.model)
+    check_settings()
+    check_model_source(args.model, trust_remote_code=args.trust_remote_code)
     if not (args.text or args.dataset or args.tasks):
         raise UsageError("Nothing to evaluate: pass --text FILE, --dataset SET (e.g. wikitext2) or --tasks (e.g. "
                          "wanda7).")
@@ -116,6 +168,9 @@ def eval_command(args: argparse.Namespace) -> int:
     if args.dataset:
         from ..data.named_sets import is_text_set_reference
 
+        if os.path.isfile(args.dataset):
+            raise UsageError(f"--dataset {args.dataset!r} is a file (a path that exists is read as one, even named "
+                             "like a set); for a text file use --text, or run from another folder for the named set.")
         if not is_text_set_reference(args.dataset):
             raise UsageError(f"--dataset {args.dataset!r} is neither a named set (wikitext2, c4) nor a Hub dataset id "
                              "(owner/name); for a text file use --text.")
@@ -130,17 +185,17 @@ def eval_command(args: argparse.Namespace) -> int:
     if record_into is not None and not is_checkpoint(record_into):
         raise UsageError(f"--record-into {record_into!r} is not an optimum-si checkpoint folder (it needs "
                          "si_config.json and si_report.json).")
+    if record_into is not None and (args.dataset or args.tasks):  # only those results are recorded
+        _check_record_target(record_into)
     from ..data.text import read_text_file
     from ..evaluation import perplexity
 
+    named = _fetch_dataset(args.dataset, "evaluation")
     model, tokenizer = _load_model(args.model, args.dtype, args.trust_remote_code)
     sources = []
     if args.text:
         sources.append((args.text, read_text_file(args.text, "--text ")))
     if args.dataset:
-        from ..data.named_sets import NAMED_SETS, text_set
-
-        named = args.dataset if args.dataset in NAMED_SETS else text_set(args.dataset, "evaluation")
         sources.append((args.dataset, named))
     results: dict[str, typing.Any] = {"seqlen": args.seqlen} if args.dataset else {}
     for label, text in sources:
@@ -170,6 +225,20 @@ def eval_command(args: argparse.Namespace) -> int:
         written = record_results(record_into, results, model=args.record_as)
         print(f"recorded as the {args.record_as} model's results in {', '.join(written)}")
     return 0
+
+
+def _check_record_target(folder: str) -> None:
+    """The checkpoint the results go into can take them (its report and recipe read back), checked before the model
+    is loaded and evaluated."""
+    from ..recipe.config import SIConfig
+    from ..reporting.report import PruneReport
+
+    for read in (PruneReport.load, SIConfig.from_pretrained):
+        try:
+            read(folder)
+        except (OSError, ValueError) as err:
+            raise UsageError(f"--record-into {folder!r} cannot take the results: {first_line(err)} Restore the file "
+                             "(or prune again), or pass --no-record to only print the results.") from None
 
 
 def report_command(args: argparse.Namespace) -> int:

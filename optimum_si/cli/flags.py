@@ -253,4 +253,5 @@ def cli_message(err: BaseException | str) -> str:
             text = re.sub(rf"(?<![\w.-]){field.name}=", f"{flag} ", text)
             text = re.sub(rf"^{field.name}(?=\W)", flag, text)
             text = text.replace(f"`{field.name}`", flag)
+    text = re.sub(r"(?<![\w.-])dataset=", "--dataset ", text)  # an argument of prune(), not a recipe field
     return text.replace("overwrite=True", "--overwrite").replace("save_dir", "--output")

@@ -10,9 +10,10 @@ The same commands run as `optimum-cli si prune|eval|report ...` (optimum's CLI; 
 `optimum_si/commands/register/register_optimum_si.py`).
 The `prune` flags are generated from the config types (their help text included), so they never drift.
 
-Every argument is checked before torch, transformers or a model is loaded, so mistakes are answered at once. User
-mistakes print one line naming the flag and exit with status 2; other failures print one line and exit with status 1
-(`-v` prints the traceback too). Code shipped with a model folder runs only with `--trust-remote-code`: transformers
+Every argument is checked before torch, transformers or a model is loaded, so mistakes are answered at once (a named
+or Hub --dataset is fetched before the model too). User mistakes print one line naming the flag and exit with status
+2; other failures (a Hub that cannot be reached included: the line names the endpoint and the fixes) print one line
+and exit with status 1 (`-v` prints the traceback too). Code shipped with a model folder runs only with `--trust-remote-code`: transformers
 is never allowed to ask on stdin.
 """
 
@@ -51,9 +52,13 @@ def main(argv: typing.Sequence[str] | None = None, prog: str = "optimum-si") -> 
         return 130
     except Exception as err:  # noqa: BLE001 - the one place that turns every failure into one line
         from ..hub import HubPushError
+        from ..network import NetworkError
 
         if args.verbose and not isinstance(err, UsageError):  # a usage error's line says all there is
             traceback.print_exc()
+        if isinstance(err, NetworkError):  # not the user's mistake: the network's (exit 1); the line names the fix
+            print(f"{prog} {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
+            return 1
         # Messages of our own are whole sentences (newlines folded); others are cut to their first line.
         message = " ".join(str(err).split()) if isinstance(err, (UsageError, HubPushError)) else first_line(err)
         if isinstance(err, (ValueError, OSError)) and args.command == "prune":  # the library's words in flags

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .named_sets import calibration_ids, is_text_set_reference
+from .named_sets import calibration_ids, is_text_set_reference, warn_if_shadowing
 from .text import token_stream
 from .windows import check_windows_fit, draw_windows
 
@@ -68,6 +68,7 @@ def build_calibration(
         if is_text_set_reference(dataset):
             ids, provenance = calibration_ids(dataset, tokenizer, num_samples, seqlen, seed)
         else:
+            warn_if_shadowing(dataset)
             ids = draw_windows(token_stream(dataset, tokenizer), num_samples, seqlen, seed)
     if max_context is not None and ids.shape[1] > max_context:
         raise ValueError(

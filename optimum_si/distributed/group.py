@@ -18,6 +18,7 @@ import atexit
 import contextlib
 import functools
 import hashlib
+import json
 import logging
 import os
 import pickle
@@ -28,17 +29,17 @@ from typing import Any
 
 import torch
 
-__all__ = ["DataParallel", "DistributedError", "activate", "active", "calibration_batches", "detect", "entry_point",
-           "is_main_process", "quiet", "reduce_op", "shard_range", "timeout"]
+from ..settings import DIST_TIMEOUT_ENV, data_parallel, dist_timeout
+
+__all__ = ["DataParallel", "DistributedError", "activate", "active", "agree", "calibration_batches", "detect",
+           "entry_point", "is_main_process", "quiet", "reduce_op", "shard_range", "timeout"]
 
 logger = logging.getLogger(__name__)
 
-_TIMEOUT_ENV = "OPTIMUM_SI_DIST_TIMEOUT"
-# "0": every process prunes on its own even inside a process group (e.g. a training script that prunes per rank).
-_OPT_OUT_ENV = "OPTIMUM_SI_DATA_PARALLEL"
-# Collectives wait for the slowest rank; rank 0 writing a 70B checkpoint while the others wait at the final barrier
-# is the longest legitimate wait, hence minutes rather than seconds.
-_DEFAULT_TIMEOUT_S = 1800.0
+_TIMEOUT_ENV = DIST_TIMEOUT_ENV
+# The backend's own timeout is set this much longer than ours, so that a hung rank is reported by our wait (which
+# names the setting) rather than by the backend's raw message.
+_BACKEND_GRACE_S = 60.0
 _ERROR_POLL_S = 0.2  # how often a waiting rank looks for another rank's published error
 _ACK_WAIT_S = 10.0  # how long a failing rank waits for the others to acknowledge its error before it exits
 
@@ -55,8 +56,9 @@ class DistributedError(RuntimeError):
 
 
 def timeout() -> float:
-    """Seconds any collective may wait for the other ranks ($OPTIMUM_SI_DIST_TIMEOUT, default 1800)."""
-    return float(os.environ.get(_TIMEOUT_ENV, _DEFAULT_TIMEOUT_S))
+    """Seconds any collective may wait for the other ranks ($OPTIMUM_SI_DIST_TIMEOUT, default 1800; anything but a
+    positive number is refused, naming the variable)."""
+    return dist_timeout()
 
 
 def shard_range(count: int, world_size: int, rank: int) -> tuple[int, int]:
@@ -81,14 +83,16 @@ def detect() -> DataParallel | None:
     data parallelism off (each process then runs alone)."""
     import torch.distributed as dist
 
-    if not dist.is_available() or os.environ.get(_OPT_OUT_ENV) == "0":
+    if not dist.is_available() or not data_parallel():
         return None
+    timeout()  # a bad $OPTIMUM_SI_DIST_TIMEOUT is refused before any rank waits on it
     if not dist.is_initialized():
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "MASTER_ADDR" not in os.environ:
             return None
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(seconds=timeout()))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                timeout=timedelta(seconds=timeout() + _BACKEND_GRACE_S))
         atexit.register(_destroy)  # a group this library made is this library's to close
     if dist.get_world_size() <= 1:
         return None
@@ -163,6 +167,42 @@ class DataParallel:
             raise ValueError(f"The ranks were given different {what}; every process must pass the same model, recipe "
                              "and full calibration dataset (the library splits it).")
 
+    def check_agreement(self, fields: dict[str, Any]) -> None:
+        """Raise on every rank, naming each field the ranks disagree on and which rank holds what, unless all ranks
+        hold the same value of every field (compared by digest: one small all-reduce, and only on a disagreement are
+        the differing values themselves exchanged)."""
+        names = sorted(fields)
+        row = torch.tensor([_digest(names)] + [_digest(fields[name]) for name in names], dtype=torch.int64)
+        kinds = torch.zeros(self.world_size, dtype=torch.int64)  # first the names: a run of another kind differs
+        kinds[self.rank] = row[0]
+        self._collective("all_reduce", kinds)
+        if len(set(kinds.tolist())) > 1:
+            differing = [("what the run is", [_shown(names) for names in self._gather_objects(names)])]
+        else:
+            table = torch.zeros(self.world_size, len(row), dtype=torch.int64)
+            table[self.rank] = row
+            self._collective("all_reduce", table)
+            columns = [i for i in range(1, len(row)) if len(set(table[:, i].tolist())) > 1]
+            if not columns:
+                return
+            values = self._gather_objects({names[i - 1]: _shown(fields[names[i - 1]]) for i in columns})
+            differing = [(names[i - 1], [v[names[i - 1]] for v in values]) for i in columns]
+        parts = []
+        for name, per_rank in differing[:3]:
+            groups: dict[str, list[int]] = {}
+            for rank, value in enumerate(per_rank):
+                groups.setdefault(str(value), []).append(rank)
+            held_by = "; ".join(f"rank{'s' if len(r) > 1 else ''} {', '.join(map(str, r))}: {v}" for v, r in groups.items())
+            parts.append(f"{name} ({held_by})")
+        more = f" and {len(differing) - 3} more" if len(differing) > 3 else ""
+        raise ValueError(f"The {self.world_size} ranks disagree on {', '.join(parts)}{more}; start every process with "
+                         "the same model, recipe, calibration data and output folder (the library splits the "
+                         "calibration windows between them).")
+
+    def _gather_objects(self, obj: Any) -> list[Any]:
+        """Every rank's `obj`, in rank order (small control messages only)."""
+        return [self.broadcast_object(obj if rank == self.rank else None, src=rank) for rank in range(self.world_size)]
+
     # ---------------------------------------------------------------------------------------------- collectives
     def all_reduce_sum_(self, tensor: torch.Tensor) -> None:
         """In-place sum over ranks: the `reduce_stats` op of the walker (`InputStats.reduce_` calls it)."""
@@ -182,16 +222,17 @@ class DataParallel:
     def barrier(self) -> None:
         self._collective("all_reduce", torch.zeros(1))
 
-    def broadcast_object(self, obj: Any = None) -> Any:
-        """Rank 0's `obj` on every rank (pickled; for small control messages)."""
-        data = pickle.dumps(obj) if self.is_main else b""
+    def broadcast_object(self, obj: Any = None, src: int = 0) -> Any:
+        """Rank `src`'s `obj` on every rank (pickled; for small control messages)."""
+        sending = self.rank == src
+        data = pickle.dumps(obj) if sending else b""
         size = torch.tensor([len(data)], dtype=torch.int64)
-        self._collective("broadcast", size)
-        buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8) if self.is_main else \
+        self._collective("broadcast", size, src=src)
+        buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8) if sending else \
             torch.empty(int(size.item()), dtype=torch.uint8)
         if buffer.numel():
-            self._collective("broadcast", buffer)
-        return obj if self.is_main else pickle.loads(buffer.numpy().tobytes())
+            self._collective("broadcast", buffer, src=src)
+        return obj if sending else pickle.loads(buffer.numpy().tobytes())
 
     # ---------------------------------------------------------------------------------------------- rank 0 leads
     # A streaming run's output folder belongs to rank 0. It broadcasts exactly two messages: what to compute (the
@@ -300,7 +341,18 @@ class DataParallel:
             # Tiny collectives finish in microseconds; the 2 ms cap bounds the latency added to SI's per-step
             # all-reduce, and a long wait (rank 0 writing the checkpoint) costs only a wake-up every 2 ms.
             pause = min(pause * 2, 0.002)
-        work.wait()
+        try:
+            work.wait()
+        except Exception as err:  # noqa: BLE001 - the backend's own timeout, or a connection a dead rank broke
+            self._raise_peer_error()
+            text = " ".join(str(err).split())
+            if "timed out" in text.lower() or "timeout" in text.lower():
+                raise DistributedError(
+                    f"rank {self.rank}: no answer from the other ranks after {time.monotonic() - started:.0f} s in "
+                    f"{what} (a rank was killed or hangs; ${_TIMEOUT_ENV} sets the limit)") from err
+            raise DistributedError(
+                f"rank {self.rank}: the connection to the other ranks broke in {what} (a rank was killed or crashed: "
+                f"{text[:200]})") from err
 
     # ---------------------------------------------------------------------------------------------- errors
     def _raise_peer_error(self) -> None:
@@ -381,6 +433,27 @@ def calibration_batches(ids: torch.Tensor, batch_size: int) -> list[torch.Tensor
         return batches
     group.check_same("calibration token ids", f"{tuple(ids.shape)}".encode() + ids.cpu().long().numpy().tobytes())
     return group.shard(batches)
+
+
+def agree(fields: dict[str, Any]) -> None:
+    """Raise on every rank, naming the fields and the ranks, unless every rank of the active data-parallel run holds
+    the same value of each field (the run fingerprint: recipe, calibration, source, world layout, output); nothing
+    for one process."""
+    if _ACTIVE is not None:
+        _ACTIVE.check_agreement(fields)
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, default=repr).encode()
+
+
+def _digest(value: Any) -> int:
+    return int.from_bytes(hashlib.sha256(_canonical(value)).digest()[:7], "little")  # 56 bits: exact in int64
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=repr) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def reduce_op() -> Callable[[torch.Tensor], None] | None:

@@ -104,6 +104,6 @@ def perplexity(
 
 def _is_named_set(text: Any) -> bool:
     # Only exact set names and TextSet objects: any other string stays evaluation text, as it always was.
-    from ..data.named_sets import NAMED_SETS, TextSet
+    from ..data.named_sets import NAMED_SETS, LoadedTextSet, TextSet
 
-    return isinstance(text, TextSet) or (isinstance(text, str) and text in NAMED_SETS)
+    return isinstance(text, (TextSet, LoadedTextSet)) or (isinstance(text, str) and text in NAMED_SETS)

@@ -48,10 +48,13 @@ def zero_shot(
     device = next(model.parameters()).device
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device))
     was_training = model.training
+    from ..network import hub_access
+
     try:
-        output = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit,
-                                         task_manager=manager, log_samples=False, random_seed=seed,
-                                         numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
+        with hub_access(f"load the datasets of the tasks {', '.join(names)}", datasets=True):
+            output = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit,
+                                             task_manager=manager, log_samples=False, random_seed=seed,
+                                             numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
     finally:
         model.train(was_training)
     return {task: _metrics(values) for task, values in output["results"].items() if task in names}

@@ -45,7 +45,8 @@ def _updated_card(folder: str, report: PruneReport) -> str | None:
     path = os.path.join(folder, CARD_NAME)
     if not os.path.isfile(path):
         return None
-    card = ModelCard.load(path)
+    with open(path, encoding="utf-8", newline="") as handle:  # not ModelCard.load: it tries the Hub for a non-file
+        card = ModelCard(handle.read())
     title = re.search(r"^# (.+)$", card.text, re.M)
     config = SIConfig.from_pretrained(folder)
     fresh = build_model_card(None, config, report, base_model=card.data.base_model,

@@ -20,6 +20,7 @@ from torch import nn
 from ..checkpoint import folders
 from ..checkpoint.files import CARD_NAME, CONFIG_NAME, PLOT_FILES
 from ..checkpoint.locking import output_lock
+from ..checkpoint.shards import parse_size
 from ..modeling.offload import is_offloaded, offloaded_state_dict
 from ..recipe.config import SIConfig
 from ..reporting.report import PruneReport
@@ -121,12 +122,12 @@ def save_pruned_model(
         folders.recover(target)
         existing = folders.describe(target)
         folders.check_replace(save_dir, existing, overwrite)
-        staging = folders.sibling(target, "staging")
+        staging = folders.work_folder(target, "staging")
         os.makedirs(staging)
         try:
             # Offloaded modules sit on meta; their real (pruned) tensors live in the accelerate weights map.
             state_dict = offloaded_state_dict(model) if is_offloaded(model) else None
-            model.save_pretrained(staging, max_shard_size=max_shard_size, state_dict=state_dict)
+            model.save_pretrained(staging, max_shard_size=parse_size(max_shard_size), state_dict=state_dict)
             if tokenizer is not None:
                 tokenizer.save_pretrained(staging)
             write_sidecars(staging, config, report, model_config, base_model=base_model, card=card, card_info=card_info,

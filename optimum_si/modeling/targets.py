@@ -25,7 +25,7 @@ from torch import nn
 
 from .weights import UndoLog, write_parameter
 
-__all__ = ["WeightTarget", "BlockPlan", "plan_block", "config_experts", "ROUTER_NAMES", "FUSED_EXPERT_PARAMS",
+__all__ = ["WeightTarget", "BlockPlan", "plan_block", "check_floating", "config_experts", "ROUTER_NAMES", "FUSED_EXPERT_PARAMS",
            "EXPERT_COUNT_KEYS", "is_conv1d", "expert_targets"]
 
 # Last name component of router / gating modules that stay dense by default.
@@ -133,6 +133,17 @@ def expert_targets(name: str, module: nn.Module, param: str, shape: torch.Size) 
     return targets
 
 
+def check_floating(integer: list[str]) -> None:
+    """Refuse weights planned for pruning that are not floating point (`integer`: "name (dtype)" of each)."""
+    if integer:
+        raise ValueError(
+            f"{integer[0]}{f' and {len(integer) - 1} more' if len(integer) > 1 else ''} "
+            f"{'is an integer weight' if len(integer) == 1 else 'are integer weights'}; optimum-si prunes (and runs) "
+            "floating-point weights. Load the model in a floating dtype, or save it in one (a quantized checkpoint "
+            "must be dequantized first)."
+        )
+
+
 def plan_block(block: nn.Module, prefix: str, targets: list[str] | None, ignore: list[str]) -> BlockPlan:
     """Every weight-bearing parameter of `block` (2-D or more, not a bias) as a target or a skip with its reason.
 
@@ -142,6 +153,7 @@ def plan_block(block: nn.Module, prefix: str, targets: list[str] | None, ignore:
     planned: dict[str, WeightTarget] = {}
     skipped: dict[str, str] = {}
     unknown: list[str] = []
+    integer: list[str] = []
     for module_name, module in block.named_modules():
         for param_name, param in module.named_parameters(recurse=False):
             if param.dim() < 2 or param_name.endswith("bias"):
@@ -176,8 +188,11 @@ def plan_block(block: nn.Module, prefix: str, targets: list[str] | None, ignore:
                     skipped[full_target] = "not in targets"
                 elif leaf in ROUTER_NAMES and targets is None:
                     skipped[full_target] = "router (kept dense by default)"
+                elif not param.is_floating_point():
+                    integer.append(f"{full_param} ({str(param.dtype).removeprefix('torch.')})")
                 else:
                     planned[target.name] = target
+    check_floating(sorted(set(integer)))
     if unknown:
         raise ValueError(
             f"{prefix} has weight(s) that optimum-si cannot prune: {', '.join(unknown[:4])}"

@@ -293,14 +293,21 @@ class SIConfig:
         """Load `si_config.json` from a local folder or a Hub repo; keyword arguments override its fields."""
         path = os.path.join(dir_or_repo, CONFIG_NAME)
         if not os.path.isdir(dir_or_repo):
-            from huggingface_hub import constants, hf_hub_download
+            from huggingface_hub import hf_hub_download
+
+            from ..network import NetworkError, endpoint, hub_access
+            from ..settings import network_timeout
 
             try:
-                path = hf_hub_download(str(dir_or_repo), CONFIG_NAME, revision=revision, token=token)
+                with hub_access(f"download {CONFIG_NAME} of {str(dir_or_repo)!r}"):
+                    path = hf_hub_download(str(dir_or_repo), CONFIG_NAME, revision=revision, token=token,
+                                           etag_timeout=network_timeout())
+            except NetworkError:
+                raise
             except Exception as err:  # the hub raises many types; the user needs one message
                 raise OSError(
                     f"Could not find {CONFIG_NAME} for {str(dir_or_repo)!r}: it is not a local folder and downloading it "
-                    f"from the Hub at {constants.ENDPOINT} failed ({type(err).__name__}: {err})."
+                    f"from the Hub at {endpoint()} failed ({type(err).__name__}: {err})."
                 ) from err
         elif not os.path.isfile(path):
             raise OSError(f"{dir_or_repo} has no {CONFIG_NAME}; it was not written by optimum-si.")

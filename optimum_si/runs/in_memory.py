@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint.progress import run_fingerprint
 from ..modeling.blocks import find_decoder_blocks
 from ..modeling.devices import check_runtime
 from ..modeling.offload import is_offloaded, offload_execution_device, offload_hooks_above, offloaded_tensors
@@ -19,6 +20,7 @@ from ..pipeline.sources.offloaded import OffloadedBlocks
 from ..recipe.config import SIConfig
 from ..recipe.run_options import RunOptions
 from ..reporting.report import PruneReport
+from .agreement import agree_on_run, model_identity
 from .setup import RunSetup, set_up_run
 
 __all__ = ["prune_in_memory", "PRUNED_FLAG"]
@@ -45,6 +47,8 @@ def prune_in_memory(config: SIConfig, options: RunOptions, model: nn.Module, tok
     _check_placement(model, config, options)
     run = set_up_run(config, options, model, getattr(model, "config", None), tokenizer, dataset,
                      source_checks=lambda _cfg: _check_finite_parameters(model))
+    agree_on_run(run, run_fingerprint(run.config.to_dict(), run.ids, model_identity(model)),
+                 "in memory, pruned" if prune else "in memory, induction only")
     report = run.new_report()
     undo = UndoLog()
     walker = run.walker(report, undo, prune=prune)

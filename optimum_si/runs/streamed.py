@@ -12,10 +12,11 @@ The run works in a sibling of `save_dir`, `.<name>.optimum-si-partial` (see `opt
 swapped in as `save_dir` once complete. A block is written and recorded finished (`.optimum-si-progress.json`,
 atomically, with the shards written so far) only after every planned Linear in it is pruned; a fault inside a block
 leaves the progress at the last good block. A restarted run of the same run (same recipe, calibration tokens and
-source checkpoint: the fingerprint) recomputes the activations through the finished blocks, read back from its own
-output, and continues; with `sparsity_profile="owl"` the progress file also holds the outlier ratio of every block
-profiled so far, so the dense profiling pass is not repeated either; every step of finishing (renames, index, side
-files, sidecars, manifest, swap) can be repeated, so a rerun after a kill or a full disk at any point completes the
+source checkpoint: the fingerprint; and the same source bytes under every finished block: their digests, recorded as
+the bytes were read, are checked against the source before anything else) recomputes the activations through the
+finished blocks, read back from its own output, and continues; with `sparsity_profile="owl"` the progress file also holds the outlier ratio of every block
+profiled so far, so the dense profiling pass is not repeated either; every step of finishing (packing the parts into
+shards of `max_shard_size`, index, side files, sidecars, manifest, swap) can be repeated, so a rerun after a kill or a full disk at any point completes the
 folder.
 
 Each tensor keeps its source dtype: blocks run in the checkpoint's main dtype, and a tensor stored in another dtype
@@ -40,16 +41,19 @@ from ..checkpoint import folders
 from ..checkpoint import progress as st
 from ..checkpoint.files import PROGRESS_NAME
 from ..checkpoint.index import CheckpointIndex, open_checkpoint, resolve_source
+from ..checkpoint.links import resolved
 from ..checkpoint.locking import output_lock
-from ..checkpoint.shards import ShardWriter
+from ..checkpoint.shards import ShardWriter, parse_size
 from ..export.save import write_sidecars
 from ..modeling.capture import BlockInputs
 from ..modeling.devices import check_runtime
+from ..modeling.targets import check_floating
 from ..modeling.weights import UndoLog
 from ..pipeline.sources.streamed import StreamingSource
 from ..recipe.config import SIConfig
 from ..recipe.run_options import RunOptions
 from ..reporting.report import LayerRecord, PruneReport
+from .agreement import agree_on_run
 from .setup import RunSetup, set_up_run
 
 __all__ = ["prune_checkpoint"]
@@ -65,7 +69,11 @@ def prune_checkpoint(config: SIConfig, options: RunOptions, source: str, save_di
     from transformers import AutoConfig
 
     check_runtime(options)
+    max_bytes = parse_size(max_shard_size)
     folder = resolve_source(source, revision=revision, token=token)
+    config_path = os.path.join(folder, "config.json")
+    if os.path.isfile(config_path):
+        resolved(folder, "config.json", "config.json")  # read only where it really lives (links.py)
     try:
         model_config = AutoConfig.from_pretrained(folder)
     except (OSError, ValueError, RecursionError) as err:
@@ -78,7 +86,9 @@ def prune_checkpoint(config: SIConfig, options: RunOptions, source: str, save_di
 
     run = set_up_run(config, options, skeleton, model_config, tokenizer, dataset, source_checks=check_output)
     cfg, blocks, block_path, plan = run.config, run.blocks, run.block_path, run.plan
-    fingerprint = st.run_fingerprint(cfg.to_dict(), run.ids, index)
+    _check_stored_dtypes(run, index)
+    fingerprint = st.run_fingerprint(cfg.to_dict(), run.ids, index.identity())
+    agree_on_run(run, fingerprint, "streamed", {"folder": target, "shard size": max_bytes, "overwrite": overwrite})
     group = distributed.active()
     if group is not None and not group.is_main:  # rank 0 alone owns the output folder (optimum_si.distributed)
         return _follow(group, run, skeleton, index, save_dir)
@@ -87,32 +97,38 @@ def prune_checkpoint(config: SIConfig, options: RunOptions, source: str, save_di
         folders.recover(target)
         existing = folders.describe(target)
         if existing.own and not overwrite:
-            if existing.complete and existing.fingerprint == fingerprint:
+            if existing.complete and existing.fingerprint == fingerprint and existing.manifest == "ok":
                 logger.info("%s is already complete for this run; nothing to do.", save_dir)
                 return _saved_report(target)
             raise FileExistsError(
                 f"{save_dir} holds a pruned checkpoint (or an unfinished run) that differs from this run in "
-                f"{st.fingerprint_differences(existing.fingerprint, fingerprint)}; pass overwrite=True to replace "
-                "it, or choose another save_dir."
+                f"{st.fingerprint_differences(existing.fingerprint, fingerprint, existing.manifest, existing.version)}"
+                "; pass overwrite=True to replace it, or choose another save_dir."
             )
         folders.check_clashes(target, existing, st.output_names(folder, existing.foreign))
-        partial = folders.sibling(target, "partial")
+        partial = folders.work_folder(target, "partial")
         progress, discard = _partial_run(partial, save_dir, fingerprint, len(blocks), overwrite)
         if progress is None and not discard and os.path.isdir(partial):  # finished, killed before the swap
             folders.publish(partial, target, existing)
             return _saved_report(target)
-        free = shutil.disk_usage(os.path.dirname(target)).free + (_folder_bytes(partial) if discard else 0)
-        if progress is None and free < index.total_bytes * 1.05:
+        if progress:  # before any new block: the blocks it finished must come from the same source bytes
+            _check_source_unchanged(run, skeleton, index, progress, partial)
+        where = os.path.dirname(partial)  # beside save_dir, or inside it for a mount point
+        free = shutil.disk_usage(where).free + (_folder_bytes(partial) if discard else 0)
+        # The output's size, and one shard more while the parts are packed into the final shards.
+        needed = index.total_bytes * 1.05 + min(max_bytes, index.total_bytes)
+        if progress is None and free < needed:
             raise OSError(
-                f"Not enough disk space in {os.path.dirname(target)}: the pruned checkpoint needs about "
-                f"{index.total_bytes / 1e9:.2f} GB, {free / 1e9:.2f} GB are free."
+                f"Not enough disk space in {where}: the pruned checkpoint needs about "
+                f"{needed / 1e9:.2f} GB while it is written, {free / 1e9:.2f} GB are free."
             )
         # Every check passed: from here on, files are written (only in the partial folder until the swap).
         if discard:
             shutil.rmtree(partial)
         os.makedirs(partial, exist_ok=True)
         finished = progress["finished_blocks"] if progress else 0
-        writer = ShardWriter(partial, max_shard_size, done=progress["shards"] if progress else None)
+        writer = ShardWriter(partial, max_shard_size, done=progress["shards"] if progress else None,
+                             packing=progress.get("packing") if progress else None)
         report = run.new_report()
         if progress:
             report.layers = {k: LayerRecord(**v) for k, v in progress["layers"].items()}
@@ -120,20 +136,39 @@ def prune_checkpoint(config: SIConfig, options: RunOptions, source: str, save_di
         # OWL's outlier ratio of each block profiled so far: recorded with the progress, so that a restarted run
         # does not profile those blocks again (all of them, once any block is pruned).
         owl_ratios: list[float | None] = list(progress.get("owl_ratios") or []) if progress else []
+        # A digest of the source bytes each recorded block (and the capture's embeddings) was computed from, taken as
+        # they were read: a resume checks them (`_check_source_unchanged`).
+        digests: dict[str, str] = dict(progress.get("source_digests") or {}) if progress else {}
+
+        def note_source(part: str, keys: list[str]) -> None:
+            digest = index.digest_of(keys)
+            if digests.get(part, digest) != digest:
+                raise ValueError(f"The source checkpoint {folder} changed while this run read it ({_part_name(part)} "
+                                 "was read twice with different bytes); keep the source unchanged while a run reads "
+                                 "it, and start over with overwrite=True.")
+            digests[part] = digest
 
         def record(done: int) -> None:
+            if run.ids is not None and "capture" not in digests:
+                note_source("capture", _capture_keys(run, skeleton, index))
             state = {"fingerprint": fingerprint, "finished_blocks": done, "shards": writer.shards,
-                     "layers": {k: v.__dict__ for k, v in report.layers.items()}}
+                     "layers": {k: v.__dict__ for k, v in report.layers.items()}, "source_digests": digests}
             if cfg.profile_args is not None:
                 state["owl_ratios"] = owl_ratios
+            if writer.packing is not None:
+                state["packing"] = writer.packing
             st.write_progress(partial, state)
 
         def on_block_profiled(ratios: list[float | None]) -> None:
             owl_ratios[:] = ratios
+            for i, ratio in enumerate(ratios):
+                if ratio is not None:
+                    note_source(str(i), _block_keys(run, index, i))
             record(finished)
 
         def on_block_written(i: int) -> None:
             _check_pruned(report, planned[i], f"Block {i}")
+            note_source(str(i), _block_keys(run, index, i))
             record(i + 1)
 
         if group is not None:  # the other ranks run the same blocks on their share of the windows
@@ -156,7 +191,7 @@ def prune_checkpoint(config: SIConfig, options: RunOptions, source: str, save_di
             writer.flush()
             record(len(blocks))
         # Finishing: every step can be repeated by a rerun, and the folder is swapped in only once complete.
-        writer.finish()
+        writer.finish(on_plan=lambda _packing: record(len(blocks)))
         st.copy_side_files(folder, partial)
         _check_pruned(report, [name for names in planned for name in names], "The run")
         write_sidecars(partial, cfg, report, model_config, base_model=source if not os.path.isdir(source) else None)
@@ -185,6 +220,64 @@ def _partial_run(partial: str, save_dir: str, fingerprint: dict[str, Any], num_b
         f"{st.fingerprint_differences(stored, fingerprint)}; pass overwrite=True to start over, or choose another "
         "save_dir."
     )
+
+
+def _check_stored_dtypes(run: RunSetup, index: CheckpointIndex) -> None:
+    """The skeleton is built in the checkpoint's main floating dtype: refuse planned weights stored as integers,
+    which the walk would otherwise prune as floats and round back."""
+    integer = []
+    for i, targets in enumerate(run.plan):
+        names = {id(module): name for name, module in run.blocks[i].named_modules()}
+        for target in targets.values():
+            name = ".".join(part for part in (run.block_path, str(i), names[id(target.module)], target.param) if part)
+            for key in _keys_of(index, name):
+                dtype = index.torch_dtype(key)
+                if dtype is None or not dtype.is_floating_point:
+                    integer.append(f"{key} ({index.dtypes[key]})")
+    check_floating(sorted(set(integer)))
+
+
+def _part_name(part: str) -> str:
+    return "the embeddings read for the capture" if part == "capture" else f"block {part}"
+
+
+def _block_keys(run: RunSetup, index: CheckpointIndex, i: int) -> list[str]:
+    """The checkpoint keys block `i` is read from."""
+    prefix = f"{run.block_path}.{i}."
+    return [key for name, _param in run.blocks[i].named_parameters() for key in _keys_of(index, prefix + name)]
+
+
+def _capture_keys(run: RunSetup, skeleton: nn.Module, index: CheckpointIndex) -> list[str]:
+    """The checkpoint keys the capture of the first block's inputs reads (see `capture_streamed`)."""
+    _root, prefix = _capture_root(skeleton, run.blocks)
+    return [key for name, _param in skeleton.named_parameters()
+            if not name.startswith(f"{run.block_path}.") and name.startswith(prefix) for key in _keys_of(index, name)]
+
+
+def _check_source_unchanged(run: RunSetup, skeleton: nn.Module, index: CheckpointIndex, progress: dict[str, Any],
+                            partial: str) -> None:
+    """Refuse to resume when the source bytes a recorded block (or the capture) was computed from have changed.
+
+    The whole run is refused rather than the changed block redone: every later block was computed from that block's
+    outputs, and OWL's allocation from all of them, so nothing after it could be kept; and a source that changes under
+    a run is more often a mistake (another revision downloaded into the same folder) than an intent."""
+    recorded = progress.get("source_digests") or {}
+    finished = progress["finished_blocks"]
+    if finished and not recorded:
+        raise ValueError(f"The unfinished run in {partial} does not record the source bytes its blocks were computed "
+                         "from (an earlier optimum-si wrote it), so it cannot be resumed safely; pass overwrite=True "
+                         "to start over.")
+    for part in sorted(recorded, key=lambda p: (p != "capture", int(p) if p.isdigit() else -1)):
+        keys = _capture_keys(run, skeleton, index) if part == "capture" else \
+            _block_keys(run, index, int(part)) if part.isdigit() and int(part) < len(run.blocks) else None
+        if keys is None:
+            raise ValueError(f"The progress file in {partial} records an unknown part {part!r} of the source; pass "
+                             "overwrite=True to start over.")
+        if index.fresh_digest_of(keys) != recorded[part]:
+            raise ValueError(
+                f"The source checkpoint {index.folder} changed since the unfinished run in {partial} read "
+                f"{_part_name(part)} (its bytes differ), so the blocks finished from it cannot be kept; pass "
+                "overwrite=True to start over from the source as it is now, or restore the source.")
 
 
 def _follow(group: distributed.DataParallel, run: RunSetup, skeleton: nn.Module, index: CheckpointIndex,

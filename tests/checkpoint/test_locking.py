@@ -65,3 +65,33 @@ def test_a_damaged_owner_file_only_hides_the_holders_name(tmp_path):
     for damage in ("[" * 100_000 + "]" * 100_000, "{", "[]", '{"pid": 1}'):
         owner.write_text(damage)
         assert _holder(str(owner)) == "holder unknown"
+
+
+def test_the_lock_file_is_removed_when_the_run_ends(tmp_path):
+    model, pruner = _pruned()
+    pruner.save(model, tmp_path / "out")
+    assert sorted(os.listdir(tmp_path)) == ["out"]  # no lock or owner file left beside the output
+    with output_lock(tmp_path / "out"):
+        assert (tmp_path / ".out.optimum-si.lock").exists() and (tmp_path / ".out.optimum-si.owner").exists()
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_a_lock_file_that_is_no_longer_ours_is_left_alone(tmp_path):
+    lock = tmp_path / ".out.optimum-si.lock"
+    with output_lock(tmp_path / "out"):
+        os.remove(lock)  # someone removed it, and another run made a new one meanwhile
+        lock.write_text("")
+    assert lock.exists()
+
+
+def test_a_mount_point_keeps_its_lock_inside_and_removes_it(tmp_path, monkeypatch):
+    out = tmp_path / "volume"
+    out.mkdir()
+    real = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda path: os.path.realpath(path) == str(out) or real(path))
+    with output_lock(out):
+        assert (out / ".optimum-si.lock").exists() and sorted(os.listdir(tmp_path)) == ["volume"]
+        with pytest.raises(FolderLockedError):
+            with output_lock(out):
+                pass
+    assert os.listdir(out) == []

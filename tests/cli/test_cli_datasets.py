@@ -90,3 +90,47 @@ def test_eval_records_into_the_checkpoint_and_the_dense_model_beside_it(fake_hub
     assert (out / "si_report.json").read_text() == before
     assert main(["eval", "--model", str(dense_dir), "--dataset", "wikitext2", "--record-into", str(tmp_path)]) == 2
     assert "is not an optimum-si checkpoint folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["prune", "prune-stream", "eval"])
+def test_a_named_dataset_is_fetched_before_the_model_and_an_unreachable_hub_exits_1(silent_hub, dense_dir, tmp_path,
+                                                                                    capsys, monkeypatch, command):
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the dataset was fetched")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse)
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", refuse)
+    if command == "eval":
+        argv = ["eval", "--model", str(dense_dir), "--dataset", "wikitext2", "--no-record"]
+    else:
+        argv = ["prune", "--model", str(dense_dir), "--method", "wanda", "--dataset", "c4", "--output",
+                str(tmp_path / "out"), *(["--stream"] if command == "prune-stream" else [])]
+    assert main(argv) == 1  # the network's failure, not the user's mistake
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert silent_hub.url in err and "did not answer within 0.5 s" in err and "HF_ENDPOINT" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_file_named_like_a_set_is_the_file(dense_dir, tmp_path, capsys, monkeypatch, caplog):
+    """A path that exists wins over the named set of the same name (as a local folder wins over a Hub id in
+    from_pretrained and load_dataset), and the log says so; offline here, so the named set could not even load."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c4").write_text("the quick brown fox jumps over the lazy dog " * 40)
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="optimum_si"):
+        assert main(["prune", "--model", str(dense_dir), "--method", "wanda", "--dataset", "c4", "--num-samples", "4",
+                     "--seqlen", "16", "--output", str(out), "--no-show-progress"]) == 0
+    assert "is the local file" in caplog.text and "not the named set 'c4'" in caplog.text
+    assert "calibration" not in json.loads((out / "si_config.json").read_text())["meta"]  # a file: no provenance
+    assert main(["eval", "--model", str(dense_dir), "--dataset", "c4"]) == 2
+    assert "--dataset 'c4' is a file" in capsys.readouterr().err
+
+
+def test_a_hub_recipe_on_an_unreachable_hub_exits_1(silent_hub, dense_dir, tmp_path, capsys):
+    assert main(["prune", "--model", str(dense_dir), "--recipe", "alice/recipe", "--output", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and silent_hub.url in err and "si_config.json of 'alice/recipe'" in err, err

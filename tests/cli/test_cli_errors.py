@@ -318,3 +318,76 @@ def test_argument_errors_do_not_import_torch(tmp_path):
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert len(done.stderr.strip().splitlines()) == 7
+
+
+@pytest.mark.parametrize("variable, value", [("OPTIMUM_SI_DIST_TIMEOUT", "abc"), ("OPTIMUM_SI_DIST_TIMEOUT", "-5"),
+                                             ("OPTIMUM_SI_DIST_TIMEOUT", "nan"), ("OPTIMUM_SI_NETWORK_TIMEOUT", "0")])
+def test_bad_settings_name_the_variable(dense_dir, tmp_path, capsys, monkeypatch, blocked_model_loading, variable,
+                                        value):
+    path, text = dense_dir
+    monkeypatch.setenv(variable, value)
+    for argv in (["prune", "--model", str(path), "--method", "magnitude", "--output", str(tmp_path / "out")],
+                 ["eval", "--model", str(path), "--text", str(text)]):
+        _one_line_error(capsys, main(argv), f"{variable}='{value}' is not a number of seconds", "positive number")
+
+
+def test_pickle_only_weights_need_trust_remote_code(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from tests.conftest import char_tokenizer, tiny_model
+
+    folder = tmp_path / "pickled"
+    model = tiny_model("llama")
+    model.config.save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    argv = ["prune", "--model", str(folder), "--method", "magnitude", "--output", str(tmp_path / "out"),
+            "--no-show-progress"]
+    _one_line_error(capsys, main(argv), f"--model '{folder}' holds only pickle weights (pytorch_model.bin)",
+                    "convert them to safetensors", "--trust-remote-code")
+    assert not (tmp_path / "out").exists()
+    assert main([*argv, "--trust-remote-code"]) == 0  # loaded on request, saved as safetensors
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_a_damaged_report_is_named_before_the_model_is_evaluated(dense_dir, tmp_path, capsys, monkeypatch):
+    path, _ = dense_dir
+    out = tmp_path / "out"
+    assert main(["prune", "--model", str(path), "--output", str(out), "--method", "magnitude",
+                 "--no-show-progress"]) == 0
+    capsys.readouterr()
+    report = out / "si_report.json"
+    report.write_text(report.read_text()[:40])
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded and evaluated before the report was checked")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+    for record in (["--record-as", "dense"], ["--record-into", str(out)]):
+        _one_line_error(capsys, main(["eval", "--model", str(out), "--dataset", "wikitext2", *record]),
+                        f"--record-into '{out}' cannot take the results", str(report), "truncated or corrupted",
+                        "--no-record")
+
+
+def test_a_folder_that_is_no_dataset_is_named_before_the_model_is_loaded(dense_dir, tmp_path, capsys,
+                                                                        blocked_model_loading):
+    path, _ = dense_dir
+    broken = tmp_path / "data"
+    broken.mkdir()
+    (broken / "train.json").write_text('{"text": "a"}\n{bad')
+    base = ["prune", "--model", str(path), "--output", str(tmp_path / "out"), "--method", "wanda", "--dataset"]
+    _one_line_error(capsys, main([*base, str(broken)]), f"--dataset '{broken}' is a folder that `datasets` cannot read",
+                    "save_to_disk", "text column")
+    _one_line_error(capsys, main([*base, str(path)]), f"--dataset '{path}' is a model folder")
+
+
+def test_a_model_folder_with_a_link_out_of_it_is_refused(dense_dir, tmp_path, capsys, blocked_model_loading):
+    path, _ = dense_dir
+    other = tmp_path / "other"
+    other.mkdir()
+    (path / "model.safetensors").rename(other / "model.safetensors")
+    (path / "model.safetensors").symlink_to(other / "model.safetensors")
+    _one_line_error(capsys, main(["prune", "--model", str(path), "--method", "magnitude", "--output",
+                                  str(tmp_path / "out")]),
+                    f"{path / 'model.safetensors'} is a link to {other / 'model.safetensors'}", "cp -L")

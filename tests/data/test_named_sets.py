@@ -126,6 +126,45 @@ def test_local_folders(tmp_path):
     assert torch.equal(ids, draw_windows(encode("\n\n".join(WIKI_TRAIN)), 3, 16, 0))
 
 
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_a_path_named_like_a_set_is_the_path(tmp_path, monkeypatch, caplog, kind):
+    """A path that exists wins over the named set (as a local folder wins over a Hub id in from_pretrained and
+    load_dataset), said in the log; `text_set("c4")` still means the named set."""
+    monkeypatch.chdir(tmp_path)
+    if kind == "file":
+        (tmp_path / "c4").write_text("local calibration text " * 20)
+        expected = draw_windows(encode("local calibration text " * 20), 3, 16, 0)
+    else:
+        (tmp_path / "c4").mkdir()
+        (tmp_path / "c4" / "part.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in WIKI_TRAIN))
+        expected = draw_windows(encode("\n\n".join(WIKI_TRAIN)), 3, 16, 0)
+    with caplog.at_level("WARNING", logger="optimum_si"):
+        ids, provenance = build_calibration("c4", CharTokenizer(), 3, 16, 0, None, None)
+    assert torch.equal(ids, expected)
+    assert f"is the local {kind}" in caplog.text and "not the named set 'c4'" in caplog.text
+    assert provenance is None if kind == "file" else provenance["name"] == "c4" and provenance["repo"] is None
+    assert text_set("c4") == NAMED_SETS["c4"]["calibration"]
+
+
+def test_a_folder_that_is_no_dataset_says_what_to_pass(tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "train.json").write_text('{"text": "a"}\n{bad')
+    with pytest.raises(ValueError, match=r"dataset='.*broken' is a folder that `datasets` cannot read as a dataset "
+                                         r"\(DatasetGenerationError: JSON parse error.*save_to_disk.*text column"):
+        calibration_ids(str(broken), CharTokenizer(), 2, 16, 0)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="cannot read as a dataset.*doesn't contain any data files"):
+        calibration_ids(str(empty), CharTokenizer(), 2, 16, 0)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="is a model folder"):
+        calibration_ids(str(model), CharTokenizer(), 2, 16, 0)
+
+
 def test_references_and_errors(tmp_path):
     from optimum_si.data.named_sets import is_text_set_reference
 

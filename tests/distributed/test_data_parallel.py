@@ -54,6 +54,8 @@ def _torchrun(nproc: int, out: str, *scenarios: str, timeout_env: str = "120") -
 
 SCENARIOS = ("wanda", "sparsegpt", "alps", "owl", "moe-wanda", "moe-sparsegpt", "induce", "uneven", "si", "save",
              "stream", "alone", "cli", "cli-stream", "refit", "refit-closed")
+# Each has one rank given another input than rank 0 (run last in the 2-process launch: each stops every rank).
+DISAGREEMENTS = ("disagree-recipe", "disagree-source", "disagree-output", "disagree-save")
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +66,7 @@ def runs(tmp_path_factory):
 
     out = str(tmp_path_factory.mktemp("dp"))
     tiny_model("llama").save_pretrained(os.path.join(out, "source"))
+    tiny_model("llama", seed=1).save_pretrained(os.path.join(out, "other-source"))
     _cli_inputs(out)
     # First a streaming run in which rank 1 raises in block 1 (block 0 is written by then); the 2-process launch
     # below resumes it.
@@ -74,7 +77,8 @@ def runs(tmp_path_factory):
         failed.progress = json.load(f)  # type: ignore[attr-defined]
     with open(os.path.join(out, "failed.pkl"), "wb") as f:
         pickle.dump(failed, f)
-    for world, scenarios in ((2, (*SCENARIOS, "stream_resume")), (3, ("wanda", "uneven", "si-uneven", "stream"))):
+    for world, scenarios in ((2, (*SCENARIOS, "stream_resume", *DISAGREEMENTS)),
+                             (3, ("wanda", "uneven", "si-uneven", "stream"))):
         result = _torchrun(world, out, *scenarios)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         with open(os.path.join(out, f"launch-{world}.log"), "w", encoding="utf-8") as f:
@@ -184,6 +188,58 @@ def test_a_collective_that_never_completes_times_out(monkeypatch):
     with pytest.raises(DistributedError, match="no answer from the other ranks after 0.3 s in all_reduce"):
         _group(0, 2, None)._wait(_NeverDone(), "all_reduce")
     assert time.monotonic() - started < 5
+
+
+class _FailedWork:
+    """A collective the backend itself gave up on (gloo's own timeout, or a connection a dead rank broke)."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def is_completed(self):
+        return True
+
+    def wait(self):
+        raise RuntimeError(self.message)
+
+
+def test_the_backends_own_timeout_is_the_documented_error():
+    from optimum_si.distributed import DistributedError
+
+    raw = ("[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 1800000ms for recv "
+           "operation to complete")
+    with pytest.raises(DistributedError, match=r"rank 0: no answer from the other ranks after \d+ s in all_reduce \(a "
+                                               r"rank was killed or hangs; \$OPTIMUM_SI_DIST_TIMEOUT sets the limit\)"):
+        _group(0, 2, None)._wait(_FailedWork(raw), "all_reduce")
+    with pytest.raises(DistributedError, match="rank 1: the connection to the other ranks broke in broadcast"):
+        _group(1, 2, None)._wait(_FailedWork("[gloo] Connection closed by peer [127.0.0.1]:1234"), "broadcast")
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "nan", "0", "inf"])
+def test_a_bad_timeout_setting_names_the_variable(monkeypatch, value):
+    from optimum_si.distributed import detect, timeout
+
+    monkeypatch.setenv("OPTIMUM_SI_DIST_TIMEOUT", value)
+    message = f"OPTIMUM_SI_DIST_TIMEOUT='{value}' is not a number of seconds; set it to a positive number"
+    with pytest.raises(ValueError, match=message):
+        timeout()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    with pytest.raises(ValueError, match=message):  # before any process group is made or waited for
+        detect()
+
+
+def test_the_data_parallel_switch_takes_words_and_refuses_anything_else(monkeypatch):
+    from optimum_si.distributed import detect
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    for off in ("0", "false", "OFF", "no"):
+        monkeypatch.setenv("OPTIMUM_SI_DATA_PARALLEL", off)
+        assert detect() is None  # each process alone, no group made
+    monkeypatch.setenv("OPTIMUM_SI_DATA_PARALLEL", "maybe")
+    with pytest.raises(ValueError, match="OPTIMUM_SI_DATA_PARALLEL='maybe' is neither on nor off; set it to 0"):
+        detect()
 
 
 def test_a_waiting_rank_raises_the_published_error_and_acknowledges_it(monkeypatch):
@@ -320,6 +376,23 @@ def test_a_failed_run_resumes_under_torchrun(runs):
     assert resumed.keys() == reference.keys() and resumed
     for key in reference:
         torch.testing.assert_close(resumed[key], reference[key], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("scenario, field, folders", [
+    ("disagree-recipe", "recipe field 'sparsity' (rank 0: 0.5; rank 1: 0.7)", ["disagree-recipe"]),
+    ("disagree-source", "the source model (rank 0: ", ["disagree-source"]),
+    ("disagree-output", "the output's folder (rank 0: ", ["disagree-output-0", "disagree-output-1"]),
+    ("disagree-save", "the output's folder (rank 0: ", ["disagree-save-0", "disagree-save-1"]),
+])
+def test_ranks_given_different_inputs_all_stop_before_anything_is_written(runs, scenario, field, folders):
+    results = _load(runs, scenario, 2)
+    for result in results:  # every rank stops with the same message, naming the field and the ranks
+        assert result["error"] is not None and field in result["error"], result["error"]
+        assert "rank 1: " in result["error"] and "The 2 ranks disagree on" in result["error"]
+    assert results[0]["error"] == results[1]["error"]
+    for folder in folders:  # nothing written, not even rank 0's own view of the run
+        assert not os.path.exists(os.path.join(runs, folder))
+        assert not glob.glob(os.path.join(runs, f".{folder}.*"))
 
 
 @pytest.mark.parametrize("scenario", ["wanda", "sparsegpt", "alps", "owl", "moe-wanda", "moe-sparsegpt", "induce",

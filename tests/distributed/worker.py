@@ -109,7 +109,34 @@ def run(scenario: str, out: str, rank: int) -> dict | None:
         SIPruner(method="sparsegpt", sparsity=0.5, show_progress=False).prune(
             os.path.join(out, "source"), save_dir=os.path.join(out, "resumed"), dataset=token_ids(8, 32))
         return None
+    if scenario.startswith("disagree-"):  # one rank given another input: every rank must stop, naming it
+        return _disagree(scenario, out, rank)
     raise ValueError(scenario)
+
+
+def _disagree(scenario: str, out: str, rank: int) -> dict:
+    from optimum_si import SIPruner
+
+    try:
+        if scenario == "disagree-recipe":  # rank 1 asks for 70 %, rank 0 for 50 %
+            model = tiny_model("llama")
+            SIPruner(method="sparsegpt", sparsity=0.7 if rank == 1 else 0.5, show_progress=False).prune(
+                model, dataset=token_ids(8, 32), save_dir=os.path.join(out, "disagree-recipe"))
+        elif scenario == "disagree-source":  # rank 1 streams another model's folder
+            SIPruner(method="sparsegpt", sparsity=0.5, show_progress=False).prune(
+                os.path.join(out, "source" if rank == 0 else "other-source"),
+                save_dir=os.path.join(out, "disagree-source"), dataset=token_ids(8, 32))
+        elif scenario == "disagree-output":  # rank 1 names another output folder
+            SIPruner(method="magnitude", sparsity=0.5, show_progress=False).prune(
+                os.path.join(out, "source"), save_dir=os.path.join(out, f"disagree-output-{rank}"))
+        elif scenario == "disagree-save":  # the same pruned model, saved to two folders
+            model = tiny_model("llama")
+            pruner = SIPruner(method="magnitude", sparsity=0.5, show_progress=False)
+            pruner.prune(model)
+            pruner.save(model, os.path.join(out, f"disagree-save-{rank}"))
+    except ValueError as err:
+        return {"error": str(err)}
+    return {"error": None}
 
 
 def main() -> None:

@@ -50,7 +50,7 @@ def test_saving_again_replaces_old_shards(tmp_path):
     assert shards == ["model.safetensors"]
     assert not os.path.exists(tmp_path / "model.safetensors.index.json")
     leftovers = [f for f in os.listdir(tmp_path.parent) if f.startswith(f".{tmp_path.name}.")]
-    assert leftovers == [f".{tmp_path.name}.optimum-si.lock"]  # no staging or old folder, only the (free) lock
+    assert leftovers == []  # no staging or old folder, and no lock file left beside it
 
 
 def test_model_card_has_metadata(tmp_path):
@@ -142,7 +142,7 @@ def test_a_failed_save_leaves_the_old_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space"):
         other_pruner.save(other, tmp_path / "out", overwrite=True)
     assert _files(tmp_path / "out") == before
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == [".out.optimum-si.lock"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == []
 
 
 def test_killed_between_the_renames_of_the_swap_leaves_one_whole_checkpoint(tmp_path):
@@ -216,3 +216,30 @@ def test_a_finished_checkpoint_is_replaced_only_with_overwrite(tmp_path):
     assert _files(out) == before
     SIPruner(method="magnitude", mask_structure="2:4", show_progress=False).prune(dense, save_dir=out, overwrite=True)
     assert json.loads((out / CONFIG_NAME).read_text())["mask_structure"] == "2:4"
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_every_saved_file_honours_the_umask(tmp_path, mask):
+    model, pruner = pruned_tiny()
+    previous = os.umask(mask)
+    try:
+        pruner.save(model, tmp_path / "out")
+    finally:
+        os.umask(previous)
+    modes = {name: os.stat(tmp_path / "out" / name).st_mode & 0o777 for name in os.listdir(tmp_path / "out")}
+    assert "model.safetensors" in modes and modes == dict.fromkeys(modes, 0o666 & ~mask), modes
+
+
+def test_a_bad_shard_size_is_refused_before_any_weight_is_touched(tmp_path):
+    from tests.conftest import snapshot
+
+    model = tiny_model("llama")
+    before = snapshot(model)
+    pruner = SIPruner(method="wanda", num_samples=8, seqlen=32, show_progress=False)
+    with pytest.raises(ValueError, match=r"max_shard_size='5XB' is not a size; use e\.g\. '5GB'"):
+        pruner.prune(model, dataset=token_ids(), save_dir=tmp_path / "out", max_shard_size="5XB")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    model.save_pretrained(tmp_path / "dense")
+    with pytest.raises(ValueError, match=r"max_shard_size='5XB' is not a size"):
+        pruner.prune(str(tmp_path / "dense"), dataset=token_ids(), save_dir=tmp_path / "out", max_shard_size="5XB")
+    assert sorted(os.listdir(tmp_path)) == ["dense"]

@@ -294,3 +294,15 @@ def test_transposed_experts_are_refused_unless_ignored():
         plan_block(block, "model.layers.0", None, [])
     plan = plan_block(block, "model.layers.0", None, ["*.mlp.experts"])
     assert plan.skipped["model.layers.0.mlp.experts.down_proj"] == "ignore pattern" and len(plan.targets) == 4
+
+
+def test_integer_weights_are_refused_naming_them():
+    model = tiny_model("llama")
+    linear = model.model.layers[1].self_attn.o_proj
+    linear.weight = torch.nn.Parameter(linear.weight.data.mul(100).to(torch.int32), requires_grad=False)
+    before = linear.weight.clone()
+    for method in ("magnitude", "wanda"):
+        with pytest.raises(ValueError, match=r"model\.layers\.1\.self_attn\.o_proj\.weight \(int32\) is an integer "
+                                             r"weight; optimum-si prunes \(and runs\) floating-point weights"):
+            SIPruner(method=method, num_samples=4, seqlen=16, show_progress=False).prune(model, dataset=token_ids(4, 16))
+    assert torch.equal(linear.weight, before)

@@ -355,8 +355,8 @@ def _full_disk_at(monkeypatch, step):
         monkeypatch.setattr(os, function_name, patched)
 
     name = os.path.basename
-    if step == "renames":  # the second of three part -> model-0000i-of-00003 renames
-        on("replace", lambda s, d: name(s).startswith("part-") and name(d).startswith("model-"), nth=2)
+    if step == "renames":  # the parts packed into the final shard, renamed into place
+        on("replace", lambda s, d: name(s).startswith("model") and name(s).endswith(".safetensors.tmp"))
     elif step == "index":
         on("replace", lambda s, d: name(d) == INDEX_NAME)
     elif step == "side files":
@@ -391,8 +391,8 @@ def test_full_disk_while_finishing_then_a_rerun_completes_the_folder(source, tmp
     out.mkdir()
     (out / "notes.txt").write_text("the user's own file")
     _full_disk_at(monkeypatch, step)
-    with pytest.raises(OSError, match="No space left"):
-        _pruner("magnitude").prune(str(source), save_dir=out)
+    with pytest.raises(OSError, match="No space left"):  # several shards: an index too
+        _pruner("magnitude").prune(str(source), save_dir=out, max_shard_size="100KB")
     monkeypatch.undo()
     # Never a folder that looks complete (or loads) before it is: the user's folder as it was, or no folder at all
     # for an instant between the two renames of the swap (the old one waits under a known name).
@@ -400,14 +400,14 @@ def test_full_disk_while_finishing_then_a_rerun_completes_the_folder(source, tmp
         assert not out.exists() and (tmp_path / ".out.optimum-si-old" / "notes.txt").is_file()
     else:
         assert os.listdir(out) == ["notes.txt"]
-    _pruner("magnitude").prune(str(source), save_dir=out)
+    _pruner("magnitude").prune(str(source), save_dir=out, max_shard_size="100KB")
     assert {k: v.tolist() for k, v in saved_tensors(out).items()} == {k: v.tolist() for k, v in saved_tensors(reference).items()}
     assert (out / "notes.txt").read_text() == "the user's own file"
     assert {"si_config.json", "si_report.json", "README.md", INDEX_NAME, "config.json"} <= set(os.listdir(out))
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")) == [".out.optimum-si.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")) == []  # nothing left beside it
 
 
-def test_killed_while_renaming_the_shards_then_a_rerun_completes(source, tmp_path):
+def test_killed_while_packing_the_shards_then_a_rerun_completes(source, tmp_path):
     reference = tmp_path / "reference"
     _pruner("magnitude").prune(str(source), save_dir=reference)
     out = tmp_path / "out"
@@ -416,18 +416,20 @@ def test_killed_while_renaming_the_shards_then_a_rerun_completes(source, tmp_pat
         original, count = os.replace, []
         def replace_then_die(src, dst):
             original(src, dst)
-            if os.path.basename(src).startswith("part-") and os.path.basename(dst).startswith("model-"):
+            if os.path.basename(src).endswith(".safetensors.tmp") and os.path.basename(dst).startswith("model-"):
                 count.append(dst)
                 if len(count) == 2:
                     os.kill(os.getpid(), signal.SIGKILL)
         os.replace = replace_then_die
         from optimum_si import SIPruner
         SIPruner(method="magnitude", num_samples=8, seqlen=32, show_progress=False).prune(
-            {str(source)!r}, save_dir={str(out)!r})
+            {str(source)!r}, save_dir={str(out)!r}, max_shard_size="100KB")
     """)
     assert subprocess.run([sys.executable, "-c", child], cwd=os.getcwd(), capture_output=True).returncode != 0
     assert not out.exists()
-    _pruner("magnitude").prune(str(source), save_dir=out)
+    progress = json.loads((_partial(out) / PROGRESS_NAME).read_text())
+    assert len(progress["packing"]) > 2  # killed after two of the shards were packed
+    _pruner("magnitude").prune(str(source), save_dir=out, max_shard_size="5GB")  # the recorded packing is kept
     assert {k: v.tolist() for k, v in saved_tensors(out).items()} == {k: v.tolist() for k, v in saved_tensors(reference).items()}
 
 
@@ -525,8 +527,176 @@ def test_every_part_is_on_disk_before_the_progress_file_names_it(source, tmp_pat
     events = record_disk_events(monkeypatch)
     _pruner("magnitude").prune(str(source), save_dir=out)
     progress_writes = [i for i, event in enumerate(events) if event == ("rename", os.path.join(partial, PROGRESS_NAME))]
-    assert len(progress_writes) == 3  # two blocks and the non-block tensors
-    for count, at in enumerate(progress_writes, start=1):
+    assert len(progress_writes) == 4  # two blocks, the non-block tensors and the plan of the final shards
+    for count, at in enumerate(progress_writes[:3], start=1):
         synced = {path for what, path in events[:at] if what == "sync"}
         assert {os.path.join(partial, f"part-{i:05d}.safetensors.tmp") for i in range(count)} <= synced
         assert ("sync", partial) in events[at:at + 2]  # the folder: both renames are durable
+
+
+def _four_blocks(folder):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from tests.conftest import _COMMON
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(LlamaConfig(**{**_COMMON, "num_hidden_layers": 4})).save_pretrained(folder)
+    return folder
+
+
+def _edit_in_place(path, key):
+    """Change one value in the middle of tensor `key`'s bytes: same size, same header."""
+    import struct
+
+    with open(path, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(length))
+    begin, end = header[key]["data_offsets"]
+    where = 8 + length + (begin + end) // 2 // 4 * 4
+    size = os.path.getsize(path)
+    assert 8 + length + 65536 < where < size - 65536  # outside what the source fingerprint hashes
+    with open(path, "r+b") as handle:
+        handle.seek(where)
+        value = struct.unpack("<f", handle.read(4))[0]
+        handle.seek(where)
+        handle.write(struct.pack("<f", value + 0.5))
+
+
+def test_resume_refuses_a_source_whose_bytes_changed_under_it(tmp_path, monkeypatch):
+    import optimum_si.checkpoint.progress as st
+    from optimum_si.checkpoint.index import CheckpointIndex
+
+    source = _four_blocks(tmp_path / "dense")
+    out = tmp_path / "out"
+    real_write = st.write_progress
+
+    def killed_after_block_2(folder, progress):
+        real_write(folder, progress)
+        if progress["finished_blocks"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(st, "write_progress", killed_after_block_2)
+    with pytest.raises(KeyboardInterrupt):
+        _pruner().prune(str(source), save_dir=out, dataset=token_ids())
+    monkeypatch.undo()
+    recorded = json.loads((_partial(out) / PROGRESS_NAME).read_text())["source_digests"]
+    assert set(recorded) == {"capture", "0", "1"}
+    identity = CheckpointIndex(str(source)).identity()
+    _edit_in_place(source / "model.safetensors", "model.layers.1.mlp.down_proj.weight")
+    assert CheckpointIndex(str(source)).identity() == identity  # the cheap fingerprint cannot see it
+    with pytest.raises(ValueError, match=r"The source checkpoint .*dense changed since the unfinished run in .* read "
+                                         r"block 1 \(its bytes differ\).*overwrite=True"):
+        _pruner().prune(str(source), save_dir=out, dataset=token_ids())
+    assert json.loads((_partial(out) / PROGRESS_NAME).read_text())["finished_blocks"] == 2  # nothing was lost
+    _pruner().prune(str(source), save_dir=out, dataset=token_ids(), overwrite=True)
+    fresh = tmp_path / "fresh"
+    _pruner().prune(str(source), save_dir=fresh, dataset=token_ids())
+    assert {k: v.tolist() for k, v in saved_tensors(out).items()} == \
+        {k: v.tolist() for k, v in saved_tensors(fresh).items()}
+
+
+def test_a_progress_file_without_source_digests_is_not_resumed_blindly(source, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    _fail_in_block(monkeypatch, 1, RuntimeError("boom"))
+    with pytest.raises(RuntimeError):
+        _pruner().prune(str(source), save_dir=out, dataset=token_ids())
+    monkeypatch.undo()
+    path = _partial(out) / PROGRESS_NAME
+    progress = json.loads(path.read_text())
+    del progress["source_digests"]  # as a run of an earlier optimum-si recorded it
+    path.write_text(json.dumps(progress))
+    with pytest.raises(ValueError, match="does not record the source bytes its blocks were computed from.*overwrite"):
+        _pruner().prune(str(source), save_dir=out, dataset=token_ids())
+
+
+def test_a_source_changed_while_it_is_read_is_refused(source, tmp_path, monkeypatch):
+    """OWL reads each block twice (its dense profile, then the pruning): different bytes the second time stop the
+    run before that block is recorded."""
+    from optimum_si.checkpoint.index import CheckpointIndex
+
+    real_read = CheckpointIndex.read
+    reads: dict[str, int] = {}
+
+    def changing(self, key, device="cpu"):
+        tensor = real_read(self, key, device)
+        reads[key] = reads.get(key, 0) + 1
+        if key == "model.layers.1.mlp.up_proj.weight" and reads[key] > 1:
+            tensor = tensor + 1.0
+            self.digests[key] = "changed"
+        return tensor
+
+    monkeypatch.setattr(CheckpointIndex, "read", changing)
+    with pytest.raises(ValueError, match=r"changed while this run read it \(block 1 was read twice"):
+        _pruner(sparsity_profile="owl").prune(str(source), save_dir=tmp_path / "out", dataset=token_ids())
+    assert json.loads((_partial(tmp_path / "out") / PROGRESS_NAME).read_text())["finished_blocks"] == 1
+
+
+@pytest.mark.parametrize("size", ["100KB", "250KB", "5GB"])
+def test_the_output_is_packed_into_shards_as_save_pretrained_packs_them(source, tmp_path, size):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "out"
+    _pruner("magnitude").prune(str(source), save_dir=out, max_shard_size=size)
+    AutoModelForCausalLM.from_pretrained(source).save_pretrained(tmp_path / "saved", max_shard_size=size)
+    ours = sorted(n for n in os.listdir(out) if n.endswith(".safetensors"))
+    theirs = sorted(n for n in os.listdir(tmp_path / "saved") if n.endswith(".safetensors"))
+    assert abs(len(ours) - len(theirs)) <= 1, (ours, theirs)
+    if size == "5GB":
+        assert ours == ["model.safetensors"] and not (out / INDEX_NAME).exists()
+    else:
+        index = json.loads((out / INDEX_NAME).read_text())
+        assert sorted(set(index["weight_map"].values())) == ours
+        limit = 100_000 if size == "100KB" else 250_000
+        assert all(sum(t.numel() * t.element_size() for t in load_file(out / name).values()) <= limit
+                   for name in ours)
+    reloaded = AutoModelForCausalLM.from_pretrained(out)  # loads with plain transformers
+    assert set(reloaded.state_dict()) == set(AutoModelForCausalLM.from_pretrained(source).state_dict())
+    assert not [n for n in os.listdir(out) if n.startswith("part-")]
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_every_file_honours_the_umask(source, tmp_path, mask):
+    previous = os.umask(mask)
+    try:
+        _pruner("magnitude").prune(str(source), save_dir=tmp_path / "out", max_shard_size="100KB")
+    finally:
+        os.umask(previous)
+    modes = {name: os.stat(tmp_path / "out" / name).st_mode & 0o777 for name in os.listdir(tmp_path / "out")}
+    assert any(name.endswith(".safetensors") for name in modes)
+    assert modes == dict.fromkeys(modes, 0o666 & ~mask), modes
+
+
+@pytest.mark.parametrize("damage", ["deleted", "garbled"])
+def test_a_checkpoint_with_a_lost_manifest_says_so(source, tmp_path, damage):
+    from optimum_si.checkpoint.files import MANIFEST_NAME
+
+    out = tmp_path / "out"
+    _pruner("magnitude").prune(str(source), save_dir=out)
+    if damage == "deleted":
+        os.remove(out / MANIFEST_NAME)
+        expected = (r"it has no \.optimum-si-manifest\.json \(deleted: optimum-si \d[^ ]*, which wrote it, always "
+                    r"writes one\)")
+    else:
+        (out / MANIFEST_NAME).write_text('{"files": [')
+        expected = r"its \.optimum-si-manifest\.json is damaged \("
+    with pytest.raises(FileExistsError, match=expected) as raised:
+        _pruner("magnitude").prune(str(source), save_dir=out)  # the same run: but nothing proves it
+    assert "earlier optimum-si version" not in str(raised.value)
+    _pruner("magnitude").prune(str(source), save_dir=out, overwrite=True)
+    assert (out / MANIFEST_NAME).is_file()
+
+
+def test_integer_weights_are_refused_before_anything_is_written(tmp_path):
+    from safetensors.torch import save_file
+
+    model = tiny_model("llama")
+    folder = tmp_path / "dense"
+    model.save_pretrained(folder)
+    state = load_file(folder / "model.safetensors")
+    state["model.layers.0.mlp.down_proj.weight"] = (state["model.layers.0.mlp.down_proj.weight"] * 100).to(torch.int32)
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.mlp\.down_proj\.weight \(I32\) is an integer weight; "
+                                         r"optimum-si prunes \(and runs\) floating-point weights. Load the model in a "
+                                         r"floating dtype"):
+        _pruner("magnitude").prune(str(folder), save_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not _partial(tmp_path / "out").exists()

@@ -28,7 +28,7 @@ from ..methods.base import Pattern, PruningMethod
 from ..modeling.targets import is_conv1d
 from ..modeling.weights import UndoLog, write_parameter
 from ..observers.stats import InputStats, InputStatsCollector
-from ..observers.windows import validation_windows
+from ..observers.windows import training_steps, validation_windows
 from ..reporting.report import BlockInduction
 from .config import InductionConfig
 from .losses import SpectralNorm, block_mse
@@ -130,41 +130,38 @@ class BlockInducer:
                     optimiser = torch.optim.Adam(params, lr=cfg.lr)
                 spectral_scale = None
                 bound = math.log(cfg.max_scale) if cfg.max_scale else None
-                for _epoch in range(cfg.epochs):
-                    order = [training[i] for i in torch.randperm(len(training), generator=generator).tolist()]
-                    # Data-parallel: one window per rank and step, gradients averaged over the ranks that had one
-                    # (a rank whose share is used up sits the step out), so every rank takes the same steps.
-                    for step in range(group.max_int(len(order)) if group is not None else len(order)):
-                        index = order[step] if step < len(order) else None
-                        finite = True
-                        optimiser.zero_grad(set_to_none=True)
-                        with torch.enable_grad():
-                            if index is not None:
-                                loss = block_mse(self._forward(hidden[index], grad=True), targets[index])
-                                if cfg.spectral_weight > 0:
-                                    sigma = spectral({n: w.effective_weight() for n, w in wrappers.items()})
-                                    if spectral_scale is None:
-                                        spectral_scale = float(loss.detach())  # lambda is relative to the initial MSE
-                                    # R_p = exp(-alpha * sum ||W||_2), alpha = 1 / sum of the dense norms (eq. 8).
-                                    loss = loss + cfg.spectral_weight * spectral_scale * torch.exp(
-                                        -sigma / spectral.initial)
-                                finite = bool(torch.isfinite(loss))
-                                if not finite and group is None:
-                                    raise FloatingPointError("non-finite induction loss")
-                                if finite:
-                                    loss.backward()
-                        if group is not None:  # raises FloatingPointError on every rank if one rank's loss was not
-                            group.average_gradients(params, index is not None, finite)
-                        optimiser.step()
-                        if bound is not None:
-                            with torch.no_grad():
-                                for p in params:
-                                    p.clamp_(-bound, bound)
-                        steps += 1
-                        if steps % cfg.refresh_interval == 0:
-                            t0 = time.perf_counter()
-                            mask_changes += self._refresh(block, wrappers, hidden, kwargs_by_batch)
-                            refresh_seconds += time.perf_counter() - t0
+                # Data-parallel: one window per rank and step, gradients averaged over the ranks that had one
+                # (a rank whose share is used up sits the step out), so every rank takes the same steps.
+                for index in training_steps(training, cfg.epochs, generator, group):
+                    finite = True
+                    optimiser.zero_grad(set_to_none=True)
+                    with torch.enable_grad():
+                        if index is not None:
+                            loss = block_mse(self._forward(hidden[index], grad=True), targets[index])
+                            if cfg.spectral_weight > 0:
+                                sigma = spectral({n: w.effective_weight() for n, w in wrappers.items()})
+                                if spectral_scale is None:
+                                    spectral_scale = float(loss.detach())  # lambda is relative to the initial MSE
+                                # R_p = exp(-alpha * sum ||W||_2), alpha = 1 / sum of the dense norms (eq. 8).
+                                loss = loss + cfg.spectral_weight * spectral_scale * torch.exp(
+                                    -sigma / spectral.initial)
+                            finite = bool(torch.isfinite(loss))
+                            if not finite and group is None:
+                                raise FloatingPointError("non-finite induction loss")
+                            if finite:
+                                loss.backward()
+                    if group is not None:  # raises FloatingPointError on every rank if one rank's loss was not
+                        group.average_gradients(params, index is not None, finite)
+                    optimiser.step()
+                    if bound is not None:
+                        with torch.no_grad():
+                            for p in params:
+                                p.clamp_(-bound, bound)
+                    steps += 1
+                    if steps % cfg.refresh_interval == 0:
+                        t0 = time.perf_counter()
+                        mask_changes += self._refresh(block, wrappers, hidden, kwargs_by_batch)
+                        refresh_seconds += time.perf_counter() - t0
             folded = {name: wrapper.effective_weight().detach() for name, wrapper in wrappers.items()}
             if not all(bool(torch.isfinite(w).all()) for w in folded.values()):
                 raise FloatingPointError("non-finite induced weights")

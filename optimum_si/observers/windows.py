@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["validation_windows"]
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+__all__ = ["validation_windows", "training_steps"]
 
 
 def validation_windows(count: int, fraction: float) -> list[int]:
@@ -12,3 +17,15 @@ def validation_windows(count: int, fraction: float) -> list[int]:
     if held <= 0:
         return []
     return sorted({int(i * count / held) for i in range(held)})
+
+
+def training_steps(training: list[int], epochs: int, generator: torch.Generator, group: Any = None
+                   ) -> Iterator[int | None]:
+    """The window each training step uses: `epochs` passes over `training` (local indices), each in a fresh order
+    drawn from `generator`. Data-parallel (`group`, the active process group): one window per rank and step, and
+    every rank takes as many steps as the rank with the most windows; a rank whose share is used up gets None and
+    sits the step out (it still joins the step's gradient average)."""
+    for _epoch in range(epochs):
+        order = [training[i] for i in torch.randperm(len(training), generator=generator).tolist()]
+        for step in range(group.max_int(len(order)) if group is not None else len(order)):
+            yield order[step] if step < len(order) else None

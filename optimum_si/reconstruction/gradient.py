@@ -18,6 +18,7 @@ from torch import nn
 from .. import distributed
 from ..modeling.capture import block_output
 from ..modeling.targets import is_conv1d
+from ..observers.windows import training_steps
 from .config import ReconstructionConfig
 
 __all__ = ["MaskedLinear", "train_kept_weights", "block_loss"]
@@ -83,27 +84,23 @@ def train_kept_weights(block: nn.Module, modules: dict[str, nn.Module], dense_pa
     low = config.precision == "bfloat16"
     steps = 0
     try:
-        for _epoch in range(config.epochs):
-            order = [training[i] for i in torch.randperm(len(training), generator=generator).tolist()]
-            # Data-parallel: one window per rank and step, gradients averaged over the ranks that had one.
-            for step in range(group.max_int(len(order)) if group is not None else len(order)):
-                index = order[step] if step < len(order) else None
-                finite = True
-                optimiser.zero_grad(set_to_none=True)
-                if index is not None:
-                    x = hidden[index]
-                    with torch.enable_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=low):
-                        out = block_output(block(x, **kwargs_by_batch[x.shape[0]]))
-                        loss = block_loss(out, targets[index])
-                    finite = bool(torch.isfinite(loss))
-                    if not finite and group is None:
-                        raise FloatingPointError("non-finite reconstruction loss")
-                    if finite:
-                        loss.backward()
-                if group is not None:  # raises FloatingPointError on every rank if one rank's loss was not
-                    group.average_gradients(params, index is not None, finite)
-                optimiser.step()
-                steps += 1
+        for index in training_steps(training, config.epochs, generator, group):
+            finite = True
+            optimiser.zero_grad(set_to_none=True)
+            if index is not None:
+                x = hidden[index]
+                with torch.enable_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=low):
+                    out = block_output(block(x, **kwargs_by_batch[x.shape[0]]))
+                    loss = block_loss(out, targets[index])
+                finite = bool(torch.isfinite(loss))
+                if not finite and group is None:
+                    raise FloatingPointError("non-finite reconstruction loss")
+                if finite:
+                    loss.backward()
+            if group is not None:  # raises FloatingPointError on every rank if one rank's loss was not
+                group.average_gradients(params, index is not None, finite)
+            optimiser.step()
+            steps += 1
     finally:
         for name, module in modules.items():
             _set_submodule(block, name, module)

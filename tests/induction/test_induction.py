@@ -196,15 +196,6 @@ def test_statistics_from_the_teacher_pass():
     assert not torch.equal(pruned_stats.state_dict()[last], dense_stats.state_dict()[last])
 
 
-def test_validation_windows_are_spread_and_leave_training_windows():
-    from optimum_si.induction.inducer import validation_windows
-
-    assert validation_windows(32, 0.25) == [0, 4, 8, 12, 16, 20, 24, 28]
-    assert validation_windows(8, 0.0) == []
-    assert validation_windows(1, 0.5) == []  # one window: nothing can be held out
-    assert validation_windows(3, 0.9) == [0, 1]  # never every window
-
-
 def test_held_out_windows_are_never_trained_on_and_judge_the_verdict(monkeypatch):
     from optimum_si.induction import inducer as induction
 

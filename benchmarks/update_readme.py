@@ -28,6 +28,7 @@ TABLES = {
     "ablation-table": "benchmarks/results/ablation.md",
     "streaming-table": "benchmarks/results/streaming_memory.md",
     "cloze-table": "benchmarks/results/cloze.md",
+    "reconstruction-table": "benchmarks/studies/reconstruction/results.md",
 }
 CROSS_DOMAIN_RESULTS = "benchmarks/studies/cross_domain/results.json"
 QUALITY_RESULTS = "benchmarks/studies/quality/results.json"

@@ -29,7 +29,7 @@ class ReconstructionConfig(ConfigBase):
 
     Sample config::
 
-        SIConfig(method="wanda", induction=True, reconstruction=ReconstructionConfig(epochs=4, lr=2e-4))
+        SIConfig(method="wanda", induction=True, reconstruction=ReconstructionConfig(mode="closed-form"))
     """
 
     prefix = "reconstruction"
@@ -38,8 +38,8 @@ class ReconstructionConfig(ConfigBase):
         "'gradient' (train the kept weights of the whole block with Adam against the dense block's outputs, the mask "
         "held fixed, as EBFT does) or 'closed-form' (each Linear's least-squares fit on its kept weights against its "
         "dense inputs: one solve per output row, no training).", default="gradient")
-    epochs: int = knob("gradient: passes over the training windows.", default=4)
-    lr: float = knob("gradient: Adam learning rate of the kept weights.", default=2e-4)
+    epochs: int = knob("gradient: passes over the training windows.", default=1)
+    lr: float = knob("gradient: Adam learning rate of the kept weights.", default=1e-3)
     train_norms: bool = knob("gradient: also train the block's norm weights and the Linears' biases (dense "
                              "parameters; the mask does not apply to them).", default=False)
     precision: ReconstructionPrecision = knob(

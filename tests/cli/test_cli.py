@@ -111,11 +111,13 @@ def test_prune_help_is_grouped_and_reads_in_flags():
     groups = {group.title: [a.option_strings[0] for a in group._group_actions] for group in parser._action_groups}
     assert list(groups) == ["positional arguments", "options", "model", "recipe", "calibration", "what is pruned",
                             "method knobs: SparseGPT", "method knobs: RIA", "method knobs: Z-Pruner",
-                            "method knobs: ALPS", "Sparsity Induction (SI)", "OWL allocation", "run options", "output"]
+                            "method knobs: ALPS", "Sparsity Induction (SI)", "OWL allocation",
+                            "Reconstruction of the kept weights", "run options", "output"]
     assert groups["recipe"][:3] == ["--recipe", "--method", "--sparsity"]
     assert groups["calibration"][0] == "--dataset" and "--num-samples" in groups["calibration"]
     assert groups["Sparsity Induction (SI)"][:2] == ["--induction", "--induction-epochs"]
     assert groups["OWL allocation"] == ["--owl-m", "--owl-lambda"]
+    assert groups["Reconstruction of the kept weights"][:2] == ["--reconstruction", "--reconstruction-mode"]
     assert groups["run options"][0] == "--stream" and "--device" in groups["run options"]
     assert groups["output"][:2] == ["--output", "--overwrite"]
     assert all(flag.startswith("--alps-") for flag in groups["method knobs: ALPS"])

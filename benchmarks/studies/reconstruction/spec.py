@@ -1,0 +1,69 @@
+"""The reconstruction of the kept weights on SmolLM2-135M: the rows that chose its settings (Wanda 50 %, refit in
+closed form and by gradient at several learning rates and lengths), then the grid: every base method at 50 %, 70 %
+and 2:4, without and with SI, refit in closed form and by gradient, scored on the first 20 x 512 Jargon File tokens
+(the methods grid's evaluation; the rows without reconstruction are the methods grid's).
+
+Rows are listed in run order, so an interrupted run has the most telling rows: first what decides between the
+modes (Wanda 50 %), then the chosen settings with SI and at 2:4 and 70 %, then the longer gradient refits, then the
+rest of the grid.
+"""
+
+from __future__ import annotations
+
+from benchmarks import protocol
+from benchmarks.studies.patterns import pattern_fields
+
+EVAL_WINDOWS = 20
+# variant label -> the reconstruction recipe (None: not reconstructed)
+VARIANTS: dict[str, dict | None] = {
+    "none": None,
+    "closed form": {"mode": "closed-form"},
+    "gradient lr 1e-3 x1": {"mode": "gradient", "lr": 1e-3, "epochs": 1},
+    "gradient lr 2e-4 x1": {"mode": "gradient", "lr": 2e-4, "epochs": 1},
+    "gradient lr 2e-4 x4": {"mode": "gradient", "lr": 2e-4, "epochs": 4},
+}
+# The grid's two refits: one per mode.
+GRID_VARIANTS = ("closed form", "gradient lr 1e-3 x1")
+GRID_METHODS = ("magnitude", "wanda", "sparsegpt", "ria", "zpruner", "alps")
+GRID_PATTERNS = ("50%", "70%", "2:4")
+# (method, pattern, SI, variants), the first rows in run order.
+FIRST = [
+    ("wanda", "50%", False, ["none", "closed form", "gradient lr 1e-3 x1"]),
+    ("wanda", "50%", True, ["none", "closed form", "gradient lr 1e-3 x1"]),
+    ("sparsegpt", "2:4", False, ["none", "closed form"]),
+    ("wanda", "70%", False, ["none", "closed form"]),
+    ("wanda", "50%", False, ["gradient lr 2e-4 x1", "gradient lr 2e-4 x4"]),
+]
+
+
+def _key(text: str) -> str:
+    return text.replace(" ", "-").replace("+", "").replace("--", "-")
+
+
+def _row(method: str, pattern: str, induction: bool, variant: str) -> dict:
+    refit = VARIANTS[variant]
+    si = "-si" if induction else ""
+    return {"key": f"{method}-{pattern}{si}-{_key(variant)}",
+            "label": f"{method} {pattern}{' SI' if induction else ''}, {variant}",
+            "tags": {"method": method, "pattern": pattern, "induction": induction, "variant": variant},
+            "recipe": {"method": method, **pattern_fields(pattern), **({"induction": True} if induction else {}),
+                       **({"reconstruction": refit} if refit is not None else {})}}
+
+
+def study() -> dict:
+    rows = [_row(method, pattern, induction, v) for method, pattern, induction, variants in FIRST for v in variants]
+    keys = {row["key"] for row in rows}
+    for variant in GRID_VARIANTS:  # closed form across the grid before the costlier gradient
+        for induction in (False, True):
+            for pattern in GRID_PATTERNS:
+                for method in GRID_METHODS:
+                    row = _row(method, pattern, induction, variant)
+                    if row["key"] not in keys:
+                        rows.append(row)
+                        keys.add(row["key"])
+    return {
+        "title": "Reconstruction of the kept weights",
+        "description": __doc__.split("\n\n")[0].replace("\n", " "),
+        "protocol": protocol.study_protocol(eval_windows=EVAL_WINDOWS, threads=2),
+        "rows": rows,
+    }

@@ -277,7 +277,8 @@ def test_markdown_of_a_gpu_document_renders_every_gpu_only_figure():
     text = summary.markdown(doc)
     assert "NVIDIA H100 80GB HBM3 (compute capability 9.0, 79 GiB)" in text
     assert "| tests.test_gpu::test_x | failed | assert 0.98 > 0.99 |" in text
-    assert "| wanda 50% | 2.0 | 79.0 | 80 | 95.50 | 95.22 | +0.30% | 1.0% | yes |" in text
+    cpu_seconds = cpu["cpu_prune_s"]  # the committed quality study's, whatever machine measured it
+    assert f"| wanda 50% | 2.0 | {cpu_seconds:.1f} | 80 | 95.50 | 95.22 | +0.30% | 1.0% | yes |" in text
     assert "optimum-si is 1.50x the speed of the reference loop" in text
     assert "| wanda | 2.0 / 1.5 | 1.07 / 1.07 |" in text
     assert "210 Linears converted" in text and "| 8B down_proj | 4096x14336 | 2048 | 0.500 | 0.400 | 1.25 |" in text

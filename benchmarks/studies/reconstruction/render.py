@@ -14,7 +14,7 @@ METHODS_GRID = Path(__file__).resolve().parent.parent / "methods_grid" / "result
 def _line(record: dict) -> str:
     kept = record.get("reconstruction_blocks_kept")
     seconds = record.get("reconstruction_seconds")
-    blocks = record.get("blocks")
+    blocks = record.get("blocks") or len(record.get("block_records") or [])
     per_block = "–" if seconds is None or not blocks else f"{seconds / blocks:.1f}"
     return (f"| {record['method']} | {record['pattern']} | {'yes' if record.get('induction') else 'no'} | "
             f"{record['variant']} | {record['ppl']:.2f} | {'–' if kept is None else kept} | "

@@ -38,7 +38,7 @@ from .files import MANIFEST_NAME, PLOT_FILES, PROGRESS_NAME
 
 __all__ = ["MANIFEST_NAME", "Existing", "resolve", "sibling", "work_folder", "in_place", "inside", "check_target",
            "check_replace", "recover", "describe", "write_manifest", "read_manifest", "check_clashes", "publish",
-           "sync_file", "sync_dir", "WORK_NAMES"]
+           "sync_file", "sync_dir", "write_json_durably", "WORK_NAMES"]
 
 logger = logging.getLogger(__name__)
 
@@ -413,14 +413,20 @@ def _swap_contents(staging: str, target: str, existing: Existing) -> None:
     _roll_forward(target)
 
 
-def _write_journal(target: str, journal: dict[str, Any]) -> None:
-    path = os.path.join(target, _JOURNAL)
+def write_json_durably(folder: str, name: str, data: Any) -> None:
+    """Write `folder/name` as JSON through a temporary file and a rename, both on the disk before this returns: a
+    reader sees the old file or the new one, never half of one, even after a power loss."""
+    path = os.path.join(folder, name)
     with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        json.dump(journal, handle)
+        json.dump(data, handle)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(path + ".tmp", path)
-    sync_dir(target)
+    sync_dir(folder)
+
+
+def _write_journal(target: str, journal: dict[str, Any]) -> None:
+    write_json_durably(target, _JOURNAL, journal)
 
 
 def _roll_forward(target: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .files import CARD_NAME, CONFIG_NAME, INDEX_NAME, MANIFEST_NAME, PLOT_FILES, PROGRESS_NAME, REPORT_NAME
-from .folders import describe, sync_dir
+from .folders import describe, write_json_durably
 from .index import COPIED_FILES
 from .links import resolved, trusted_roots
 from .shards import PART_PATTERN, packed_away
@@ -122,13 +122,8 @@ def _check_progress(progress: dict[str, Any], num_blocks: int) -> None:
 
 
 def write_progress(folder: str, progress: dict[str, Any]) -> None:
-    path = os.path.join(folder, PROGRESS_NAME)
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        json.dump(progress, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(path + ".tmp", path)
-    sync_dir(folder)  # the parts it names were renamed into place before: both renames are now durable
+    # The parts it names were renamed into place before: syncing the folder makes both renames durable.
+    write_json_durably(folder, PROGRESS_NAME, progress)
 
 
 def copy_side_files(source: str, save_dir: str) -> None:

@@ -39,24 +39,25 @@ def _table(path: str) -> str:
     return open(source, encoding="utf-8").read().strip() if os.path.isfile(source) else "(not measured yet)"
 
 
-def _cross_domain_grid() -> str:
-    from benchmarks.studies.cross_domain.render import readme_grid
-
-    source = os.path.join(ROOT, CROSS_DOMAIN_RESULTS)
+def _rendered(results: str, render) -> str:
+    """`render` applied to the records of the results file `results` (relative to the root)."""
+    source = os.path.join(ROOT, results)
     if not os.path.isfile(source):
         return "(not measured yet)"
     with open(source, encoding="utf-8") as handle:
-        return readme_grid(json.load(handle)).strip()
+        return render(json.load(handle)).strip()
+
+
+def _cross_domain_grid() -> str:
+    from benchmarks.studies.cross_domain.render import readme_grid
+
+    return _rendered(CROSS_DOMAIN_RESULTS, readme_grid)
 
 
 def _summary() -> str:
     from benchmarks.studies.quality.render import summary
 
-    source = os.path.join(ROOT, QUALITY_RESULTS)
-    if not os.path.isfile(source):
-        return "(not measured yet)"
-    with open(source, encoding="utf-8") as handle:
-        return summary(json.load(handle)).strip()
+    return _rendered(QUALITY_RESULTS, summary)
 
 
 def bodies() -> dict[str, str]:

@@ -201,7 +201,8 @@ def test_bad_recipe_files(dense_dir, tmp_path, capsys, blocked_model_loading, co
     _one_line_error(capsys, code, *fragments)
 
 
-def test_truncated_checkpoint_and_report_files(dense_dir, tmp_path, capsys):
+def _pruned_with_a_truncated_report(dense_dir, tmp_path, capsys):
+    """A pruned checkpoint in tmp_path/out whose si_report.json was cut short."""
     path, _ = dense_dir
     out = tmp_path / "out"
     assert main(["prune", "--model", str(path), "--output", str(out), "--method", "magnitude",
@@ -209,6 +210,11 @@ def test_truncated_checkpoint_and_report_files(dense_dir, tmp_path, capsys):
     capsys.readouterr()
     report = out / "si_report.json"
     report.write_text(report.read_text()[:40])
+    return out
+
+
+def test_truncated_checkpoint_and_report_files(dense_dir, tmp_path, capsys):
+    out = _pruned_with_a_truncated_report(dense_dir, tmp_path, capsys)
     _one_line_error(capsys, main(["report", str(out), "--plots"]), "si_report.json is not valid JSON")
     weights = out / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:200])
@@ -351,13 +357,7 @@ def test_pickle_only_weights_need_trust_remote_code(tmp_path, capsys, monkeypatc
 
 
 def test_a_damaged_report_is_named_before_the_model_is_evaluated(dense_dir, tmp_path, capsys, monkeypatch):
-    path, _ = dense_dir
-    out = tmp_path / "out"
-    assert main(["prune", "--model", str(path), "--output", str(out), "--method", "magnitude",
-                 "--no-show-progress"]) == 0
-    capsys.readouterr()
-    report = out / "si_report.json"
-    report.write_text(report.read_text()[:40])
+    out = _pruned_with_a_truncated_report(dense_dir, tmp_path, capsys)
     import transformers
 
     def refuse(*args, **kwargs):
@@ -366,7 +366,7 @@ def test_a_damaged_report_is_named_before_the_model_is_evaluated(dense_dir, tmp_
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
     for record in (["--record-as", "dense"], ["--record-into", str(out)]):
         _one_line_error(capsys, main(["eval", "--model", str(out), "--dataset", "wikitext2", *record]),
-                        f"--record-into '{out}' cannot take the results", str(report), "truncated or corrupted",
+                        f"--record-into '{out}' cannot take the results", str(out / "si_report.json"), "truncated or corrupted",
                         "--no-record")
 
 

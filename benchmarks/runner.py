@@ -4,6 +4,7 @@
     python -m benchmarks.runner methods_grid --skip-done            # only the rows results.json does not have yet
     python -m benchmarks.runner methods_grid --only alps-70%-si --update   # rerun one row, keep the others
     python -m benchmarks.runner cross_domain --dry-run              # list what would run, run nothing
+    python -m benchmarks.runner reconstruction --skip-done --threads 1   # two such runs can share 2 cores
     python -m benchmarks.runner cross_domain --render               # results.md from results.json, then the
                                                                     # tables of README.md and docs/ (run nothing)
     python -m benchmarks.runner quality --write-spec                # study.json from the study's spec.py
@@ -12,13 +13,17 @@ A study is a folder of benchmarks/studies/. Its study.json gives the protocol (c
 seqlen and seed; evaluation corpora, region, windows and seqlen; torch threads per row) and the rows. A row has a
 key (for --only and for its record), a label, tags (its place in the study's tables, copied into its record), a
 format-2 recipe (`SIConfig.from_dict`; null for the dense model) and optionally its own calibration corpus (null:
-no calibration data) and evaluation corpora. The regions are the character ranges of benchmarks/protocol.py
+no calibration data), evaluation corpora and `long_windows` (also score the first `long_windows` windows, for
+figures quoted on a longer protocol: the record's `ppl` stays the protocol's windows, bit for bit, and `long_eval`
+holds the longer score). The regions are the character ranges of benchmarks/protocol.py
 (`CALIBRATION_REGION`, `EVALUATION_REGION`), disjoint for every corpus.
 
 Each row runs in a process of its own (clean timings and peak RSS) with the study's thread count, and returns one
-record. After every row, results.json (one record per row key, written atomically) and results.md (made by the
+record; `--threads` overrides the study's thread count (each record says what it ran with). After every row,
+results.json (one record per row key, written atomically) and results.md (made by the
 study's render.py) are rewritten, so an interrupted run keeps what it finished; a failed row is reported and the
-run goes on. Without --update or --skip-done, a run starts results.json afresh (the committed file stays in git).
+run goes on. With --update or --skip-done the file is read again before each write, so two runs of one study
+(each with its own rows) keep each other's records. Without --update or --skip-done, a run starts results.json afresh (the committed file stays in git).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import math
 import os
 import re
 import subprocess
@@ -43,7 +49,7 @@ STUDIES_DIR = Path(__file__).resolve().parent / "studies"
 CHILD_FLAG = "--run-row"
 
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9%:._+-]*")
-_ROW_FIELDS = {"key", "label", "tags", "recipe", "calibration", "evaluation"}
+_ROW_FIELDS = {"key", "label", "tags", "recipe", "calibration", "evaluation", "long_windows"}
 # The protocol owns the calibration windows; a recipe that set them would disagree with the study's own record.
 _PROTOCOL_OWNED = ("num_samples", "seqlen", "seed")
 # Fields the runner writes into every record; a row's tags must not reuse them.
@@ -52,7 +58,7 @@ RECORD_FIELDS = frozenset({
     "corpora_match_reference", "python", "torch", "transformers", "threads", "cpu", "cores", "prune_s", "sparsity",
     "recipe", "config", "induction_seconds", "blocks", "blocks_kept", "validation_loss_base",
     "validation_loss_induced", "reconstruction_seconds", "reconstruction_blocks_kept", "reconstruction_loss_before",
-    "reconstruction_loss_after", "ppl", "eval_s", "wall_s", "peak_rss_mb", "optimum_si", "weights", "block_records",
+    "reconstruction_loss_after", "ppl", "long_eval", "eval_s", "wall_s", "peak_rss_mb", "optimum_si", "weights", "block_records",
 })
 # What a record keeps of each block's SI verdict (the published cards' SI section and chart come from these).
 _BLOCK_INDUCTION_FIELDS = ("kept", "validation_loss_base", "validation_loss_induced", "relative_error_base",
@@ -185,6 +191,11 @@ def _check_row(name: str, protocol: dict[str, Any], row: Any) -> None:
         _check_corpora(name, f"row {row['key']!r} calibration", [row["calibration"]], DOMAINS)
     if "evaluation" in row:
         _check_corpora(name, f"row {row['key']!r} evaluation", row["evaluation"], DOMAINS)
+    if "long_windows" in row:
+        long_windows, windows = row["long_windows"], protocol["evaluation"]["windows"]
+        if isinstance(long_windows, bool) or not isinstance(long_windows, int) or long_windows <= windows:
+            raise StudyError(f"{where}: long_windows must be an integer above the protocol's {windows} evaluation "
+                             f"windows, got {long_windows!r}.")
     if "recipe" not in row:
         raise StudyError(f"{where}: no recipe (null for the dense model).")
     try:
@@ -331,9 +342,19 @@ def run_row(protocol: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
     if config is not None:
         record.update(_prune(model, tokenizer, config, protocol, row))
     t0 = time.perf_counter()
-    scores = {corpus: perplexity(model, bench.domain_eval_ids(tokenizer, corpus), seqlen=evaluation["seqlen"],
-                                 max_windows=evaluation["windows"], show_progress=False) for corpus in corpora}
+    windows, seqlen, long_windows = evaluation["windows"], evaluation["seqlen"], row.get("long_windows")
+    ids = {corpus: bench.domain_eval_ids(tokenizer, corpus) for corpus in corpora}
+    scores = {corpus: perplexity(model, ids[corpus], seqlen=seqlen, max_windows=windows, show_progress=False)
+              for corpus in corpora}
     record["ppl"] = scores if len(scores) > 1 else scores[corpora[0]]
+    if long_windows is not None:
+        # Only the windows past the protocol's are scored again; the two means combine by their window counts.
+        rest = {corpus: perplexity(model, ids[corpus][windows * seqlen:], seqlen=seqlen,
+                                   max_windows=long_windows - windows, show_progress=False) for corpus in corpora}
+        longer = {corpus: math.exp((windows * math.log(scores[corpus]) + (long_windows - windows)
+                                    * math.log(rest[corpus])) / long_windows) for corpus in corpora}
+        record["long_eval"] = {"windows": long_windows,
+                               "ppl": longer if len(longer) > 1 else longer[corpora[0]]}
     record["eval_s"] = time.perf_counter() - t0
     record["wall_s"] = time.perf_counter() - started
     record["peak_rss_mb"] = bench.peak_rss_mb()
@@ -401,6 +422,12 @@ def _child() -> int:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.runner", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -410,6 +437,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="leave out the rows results.json already has a record of (keeps every record)")
     parser.add_argument("--update", action="store_true",
                         help="keep the records of results.json; a row that runs again replaces its own")
+    parser.add_argument("--threads", type=_positive_int, metavar="N",
+                        help="torch threads per row instead of the study's (recorded in each record)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="list the rows that would run, run nothing")
     mode.add_argument("--render", action="store_true",
@@ -441,7 +470,7 @@ def _print_plan(rows: list[dict[str, Any]], records: list[dict[str, Any]], keep:
     print(f"{len(rows)} row(s) would run; {note}.")
 
 
-def run_study(study: Study, rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> int:
+def run_study(study: Study, rows: list[dict[str, Any]], records: list[dict[str, Any]], keep: bool = False) -> int:
     """Run `rows` one process each, writing the results after every row; the number of rows that failed."""
     failed = 0
     for row in rows:
@@ -451,6 +480,8 @@ def run_study(study: Study, rows: list[dict[str, Any]], records: list[dict[str, 
             print(f"{row['key']}: FAILED: {err}", flush=True)
             failed += 1
             continue
+        if keep:  # another run of this study may have written rows of its own meanwhile
+            records = read_records(study.results_path)
         records = upsert(records, record)
         write_results(study, records)
         print(f"{row['key']}: ppl {format_ppl(record['ppl'])}, prune {record.get('prune_s', 0.0):.1f} s, "
@@ -482,7 +513,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             _print_plan(rows, records, keep)
             return 0
-        failed = run_study(study, rows, records if keep else [])
+        if args.threads is not None:
+            study = dataclasses.replace(study, spec={**study.spec, "protocol": {**study.protocol,
+                                                                                 "threads": args.threads}})
+        failed = run_study(study, rows, records if keep else [], keep)
     except StudyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -124,6 +124,8 @@ def test_the_screening_recipes_are_the_earlier_si_defaults_with_each_variant():
     (_spec(_row("a", {"method": "wanda"}, calibration=None)), "needs calibration data"),
     (_spec(_row("a", None, evaluation=["wikitext"])), "evaluation must name corpora"),
     (_spec(_row("a", None), threads=0), "threads must be a positive integer"),
+    (_spec(_row("a", None, long_windows=4)), "long_windows must be an integer above the protocol's 4"),
+    (_spec(_row("a", None, long_windows=True)), "long_windows must be an integer"),
     (_spec(_row("a", None), evaluation={"corpora": ["jargon"], "region": "whole", "windows": 4, "seqlen": 8}),
      "region must be 'evaluation'"),
     ({"rows": []}, "'protocol' object"),
@@ -192,6 +194,34 @@ def test_skip_done_runs_only_missing_rows_and_update_replaces_in_place(studies, 
     # Without --update or --skip-done the run starts the results afresh.
     assert runner.main(["toy", "--only", "wanda"]) == 0
     assert [r["key"] for r in json.loads((studies / "toy" / "results.json").read_text())] == ["wanda"]
+
+
+def test_threads_overrides_the_studys_thread_count(studies, monkeypatch, capsys):
+    fake = FakeRows({"dense": 40.0})
+    monkeypatch.setattr(runner.subprocess, "run", fake)
+    assert runner.main(["toy", "--only", "dense", "--threads", "2"]) == 0
+    assert fake.threads == ["2"] and fake.payloads[0]["protocol"]["threads"] == 2
+    assert runner.load_study("toy").protocol["threads"] == 1  # the spec itself is unchanged
+    with pytest.raises(SystemExit):
+        runner.main(["toy", "--threads", "0"])
+    assert "expected a positive integer, got '0'" in capsys.readouterr().err
+
+
+def test_two_runs_of_one_study_keep_each_others_records(studies, monkeypatch):
+    """With --update, the results file is read again before each write: a record another run wrote meanwhile
+    stays."""
+    toy = studies / "toy" / "results.json"
+    toy.write_text(json.dumps([_record(_toy_rows()[0], 40.0)]))
+    fake = FakeRows({"wanda": 300.0})
+
+    def other_run_writes_first(cmd, **kwargs):
+        toy.write_text(json.dumps(json.loads(toy.read_text()) + [_record(_toy_rows()[1], 500.0)]))
+        return fake(cmd, **kwargs)
+
+    monkeypatch.setattr(runner.subprocess, "run", other_run_writes_first)
+    assert runner.main(["toy", "--only", "wanda", "--update"]) == 0
+    records = json.loads(toy.read_text())
+    assert [(r["key"], r["ppl"]) for r in records] == [("dense", 40.0), ("magnitude", 500.0), ("wanda", 300.0)]
 
 
 def test_render_rewrites_only_the_markdown(studies, monkeypatch):
@@ -307,6 +337,23 @@ def test_one_row_prunes_and_scores_in_process(tiny_protocol):
     assert [b["index"] for b in blocks] == [0, 1] and all(b["output_error"] > 0 for b in blocks)
     assert all({"kept", "validation_loss_base", "relative_error_base"} <= set(b["induction"]) for b in blocks)
     json.dumps(record)  # a record is plain JSON
+
+
+def test_long_windows_add_a_longer_score_and_keep_the_protocols_own(tiny_protocol, monkeypatch):
+    from optimum_si.evaluation import perplexity
+    from tests.conftest import tiny_model, token_ids
+
+    spec, _ = tiny_protocol
+    spec["evaluation"]["corpora"] = ["jargon"]
+    ids = token_ids(1, 32 * 5, seed=3).reshape(-1)
+    monkeypatch.setattr(protocol, "domain_eval_ids", lambda _tok, corpus: ids)
+    record = runner.run_row(spec, {"key": "dense", "label": "dense", "recipe": None, "long_windows": 4})
+    model = tiny_model("llama")
+    assert record["ppl"] == perplexity(model, ids, seqlen=32, max_windows=2)  # bit for bit
+    assert record["long_eval"]["windows"] == 4
+    assert record["long_eval"]["ppl"] == pytest.approx(perplexity(model, ids, seqlen=32, max_windows=4), rel=1e-12)
+    assert record["long_eval"]["ppl"] != pytest.approx(record["ppl"], rel=1e-6)  # the other windows were scored
+    assert "long_eval" not in runner.run_row(spec, {"key": "dense", "label": "dense", "recipe": None})
 
 
 def test_dense_and_data_free_rows_read_no_calibration_windows(tiny_protocol):

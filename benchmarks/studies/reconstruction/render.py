@@ -1,14 +1,33 @@
-"""The reconstruction's tables: every measured row with its cost, and the grid (method x pattern x SI) with the
-perplexity without reconstruction (this study's row, else the methods grid's), in closed form and by gradient."""
+"""The reconstruction's tables: every measured row with its cost; the grid (method x pattern x SI) with the
+perplexity without reconstruction (this study's row, else the methods grid's), in closed form and by gradient; the
+best refit per pattern on the README's protocol against its target; and the cross-domain grid of the refit against
+the cross-domain study's runs without it."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from benchmarks.studies.reconstruction.spec import GRID_METHODS, GRID_PATTERNS, GRID_VARIANTS
+from benchmarks import protocol
+from benchmarks.studies.patterns import pattern_order
+from benchmarks.studies.reconstruction.spec import GRID_METHODS, GRID_PATTERNS, GRID_VARIANTS, README_WINDOWS
 
-METHODS_GRID = Path(__file__).resolve().parent.parent / "methods_grid" / "results.json"
+STUDIES = Path(__file__).resolve().parent.parent
+METHODS_GRID = STUDIES / "methods_grid" / "results.json"
+QUALITY = STUDIES / "quality" / "results.json"
+CROSS_DOMAIN = STUDIES / "cross_domain" / "results.json"
+# The targets on the README's protocol, as multiples of the dense model's perplexity.
+TARGETS = {"50%": 1.6, "2:4": 2.5, "70%": 5.0}
+CROSS_DOMAIN_BAR = 0.98
+
+
+def _read(path: Path) -> list[dict]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+
+
+def _long(record: dict) -> float | None:
+    long_eval = record.get("long_eval")
+    return long_eval["ppl"] if long_eval and long_eval.get("windows") == README_WINDOWS else None
 
 
 def _line(record: dict) -> str:
@@ -17,7 +36,8 @@ def _line(record: dict) -> str:
     blocks = record.get("blocks") or len(record.get("block_records") or [])
     per_block = "–" if seconds is None or not blocks else f"{seconds / blocks:.1f}"
     return (f"| {record['method']} | {record['pattern']} | {'yes' if record.get('induction') else 'no'} | "
-            f"{record['variant']} | {record['ppl']:.2f} | {'–' if kept is None else kept} | "
+            f"{record['variant']} | {record['ppl']:.2f} | {'–' if _long(record) is None else f'{_long(record):.2f}'} | "
+            f"{'–' if kept is None else kept} | "
             f"{'–' if seconds is None else f'{seconds:.0f}'} | {per_block} | {record.get('prune_s', 0.0):.0f} |")
 
 
@@ -35,7 +55,8 @@ def _plain(records: list[dict]) -> dict[tuple, tuple[float, str]]:
 
 def grid(records: list[dict]) -> list[str]:
     plain = _plain(records)
-    refit = {(r["method"], r["pattern"], bool(r.get("induction")), r["variant"]): r for r in records}
+    refit = {(r["method"], r["pattern"], bool(r.get("induction")), r["variant"]): r for r in records
+             if not r.get("cross_domain")}
     head = ["method", "pattern", "SI", "none"] + [f"{v} (ratio)" for v in GRID_VARIANTS]
     lines = ["| " + " | ".join(head) + " |", "|---|---|---|" + "---:|" * (len(head) - 3)]
     for method in GRID_METHODS:
@@ -54,19 +75,88 @@ def grid(records: list[dict]) -> list[str]:
     return lines
 
 
+def targets(records: list[dict]) -> list[str]:
+    """Per pattern: the best refit row on the README's protocol against its target, and the best row without
+    reconstruction that the quality study has on that protocol."""
+    quality = _read(QUALITY)
+    dense = next((r["ppl"] for r in quality if r["key"] == "dense"), None)
+    if dense is None:
+        return ["(the quality study has no dense row to compare with)"]
+    lines = ["| pattern | best refit row | PPL | x dense | target | | best row without reconstruction (quality study) |",
+             "|---|---|---:|---:|---:|---|---|"]
+    for pattern, factor in TARGETS.items():
+        measured = [r for r in records if r["pattern"] == pattern and _long(r) is not None]
+        plain = [r for r in quality if r.get("pattern") == pattern]
+        best_plain = min(plain, key=lambda r: r["ppl"], default=None)
+        plain_text = "–" if best_plain is None else f"{best_plain['key']}: {best_plain['ppl']:.2f}"
+        if not measured:
+            lines.append(f"| {pattern} | – | – | – | ≤ {factor * dense:.2f} | not measured | {plain_text} |")
+            continue
+        best = min(measured, key=_long)
+        value = _long(best)
+        name = f"{best['method']}{' + SI' if best.get('induction') else ''}, {best['variant']}"
+        verdict = "met" if value <= factor * dense else "missed"
+        lines.append(f"| {pattern} | {name} | {value:.2f} | {value / dense:.2f} | ≤ {factor * dense:.2f} ({factor}x) | "
+                     f"{verdict} | {plain_text} |")
+    return lines
+
+
+def cross_domain(records: list[dict]) -> list[str]:
+    """Refit / not refit perplexity for every calibration -> evaluation pair, against the cross-domain study's runs
+    of the same method and pattern without SI and without reconstruction."""
+    plain = {(r["method"], r["pattern"], r["calibration"]): r for r in _read(CROSS_DOMAIN) if r["variant"] == "none"}
+    runs = {(r["method"], r["pattern"], r["calibration"], r["variant"]): r for r in records if r.get("cross_domain")}
+    pairs = [(c, e) for c in protocol.DOMAINS for e in protocol.DOMAINS]
+    lines = ["| method | pattern | refit | " + " | ".join(f"{c} → {e}{' (in-domain)' if c == e else ''}"
+                                                        for c, e in pairs) + " | worst off-diagonal |",
+             "|---|---|---|" + "---:|" * (len(pairs) + 1)]
+    combos = sorted({(m, p, v) for m, p, _c, v in runs}, key=lambda k: (k[0], pattern_order(k[1]), k[2]))
+    for method, pattern, variant in combos:
+        cells, worst = [], None
+        for calibration, evaluation in pairs:
+            run, base = runs.get((method, pattern, calibration, variant)), plain.get((method, pattern, calibration))
+            if run is None or base is None:
+                cells.append("–")
+                continue
+            ratio = run["ppl"][evaluation] / base["ppl"][evaluation]
+            cells.append(f"{ratio:.3f} ({base['ppl'][evaluation]:.1f} → {run['ppl'][evaluation]:.1f})")
+            if calibration != evaluation:
+                worst = ratio if worst is None else max(worst, ratio)
+        mark = "–" if worst is None else \
+            f"{worst:.3f} ({'meets' if worst <= CROSS_DOMAIN_BAR else 'misses'} ≤ {CROSS_DOMAIN_BAR})"
+        lines.append(f"| {method} | {pattern} | {variant} | " + " | ".join(cells) + f" | {mark} |")
+    return lines
+
+
 def render(study, records: list[dict]) -> str:
-    lines = ["| method | pattern | SI | reconstruction | PPL | blocks kept | refit s | refit s per block | prune s |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|"]
-    lines += [_line(r) for r in records]
+    lines = ["| method | pattern | SI | reconstruction | PPL | PPL 40 x 512 | blocks kept | refit s | refit s per block "
+             "| prune s |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [_line(r) for r in records if not r.get("cross_domain")]
     first = records[0] if records else {}
     lines += ["", f"SmolLM2-135M-Instruct (fp32), calibration {first.get('samples')} x {first.get('seqlen')} "
                   f"Python-docs tokens (seed {first.get('seed')}), evaluation {first.get('eval')} Jargon tokens; torch "
-                  f"{first.get('torch')}, {first.get('threads')} threads, one process per row, on {first.get('cpu')}. "
-                  "refit s: the reconstruction's own seconds (the verdict's passes included), in the prune s.", "",
+                  f"{first.get('torch')}, {_threads(records)}, one process per row, on {first.get('cpu')}. "
+                  f"PPL 40 x 512: the same model scored on the first {README_WINDOWS} x 512 Jargon tokens (the README's "
+                  "protocol). refit s: the reconstruction's own seconds (the verdict's passes included), in the "
+                  "prune s.", "",
               "The grid (perplexity; ratio to the same row without reconstruction; below 1: it helped; – : not "
               "measured yet):", ""]
     lines += grid(records)
     lines += ["", "† from the methods grid (same protocol, one thread, an earlier machine): Wanda 50 % without SI gave "
                   "the same perplexity to the last digit here at two threads; rows with SI move in the last digits "
-                  "between machines (SI's float32 training)."]
+                  "between machines (SI's float32 training).", "",
+              f"The best refit per pattern on the README's protocol (first {README_WINDOWS} x 512 Jargon File tokens; "
+              "the target is a multiple of the dense model's perplexity there):", ""]
+    lines += targets(records)
+    lines += ["", "The cross-domain grid of the refit: perplexity with / without reconstruction (no SI either way), "
+                  "for each calibration -> evaluation corpus pair, first 20 x 512 tokens of each evaluation region; "
+                  "the runs without reconstruction are the cross-domain study's (one thread, an earlier machine).", ""]
+    lines += cross_domain(records)
     return "\n".join(lines) + "\n"
+
+
+def _threads(records: list[dict]) -> str:
+    counts = sorted({r.get("threads") for r in records if r.get("threads")})
+    return " or ".join(str(c) for c in counts) + " threads (each row's in results.json)" if len(counts) > 1 else \
+        f"{counts[0] if counts else '?'} threads"

@@ -1,7 +1,9 @@
 """The reconstruction of the kept weights on SmolLM2-135M: the rows that chose its settings (Wanda 50 %, refit in
 closed form and by gradient at several learning rates and lengths), then the grid: every base method at 50 %, 70 %
 and 2:4, without and with SI, refit in closed form and by gradient, scored on the first 20 x 512 Jargon File tokens
-(the methods grid's evaluation; the rows without reconstruction are the methods grid's).
+(the methods grid's evaluation; the rows without reconstruction are the methods grid's). Each refit row also scores
+the first 40 x 512 tokens (the README's protocol, `long_windows`) for the targets against dense, and the cross-domain
+rows calibrate on each corpus and score every corpus, against the cross-domain grid's runs without reconstruction.
 
 Rows are listed in run order, so an interrupted run has the most telling rows: first what decides between the
 modes (Wanda 50 %), then the chosen settings with SI and at 2:4 and 70 %, then the longer gradient refits, then the
@@ -14,6 +16,7 @@ from benchmarks import protocol
 from benchmarks.studies.patterns import pattern_fields
 
 EVAL_WINDOWS = 20
+README_WINDOWS = 40  # the README's protocol: the quality study's evaluation windows
 # variant label -> the reconstruction recipe (None: not reconstructed)
 VARIANTS: dict[str, dict | None] = {
     "none": None,
@@ -36,18 +39,31 @@ FIRST = [
 ]
 
 
+# (method, pattern, SI, variant) calibrated on each corpus and scored on every corpus.
+CROSS_DOMAIN = [("wanda", "50%", False, "gradient lr 1e-3 x1"), ("sparsegpt", "2:4", False, "gradient lr 1e-3 x1")]
+
+
 def _key(text: str) -> str:
     return text.replace(" ", "-").replace("+", "").replace("--", "-")
 
 
-def _row(method: str, pattern: str, induction: bool, variant: str) -> dict:
+def _row(method: str, pattern: str, induction: bool, variant: str, calibration: str | None = None) -> dict:
     refit = VARIANTS[variant]
     si = "-si" if induction else ""
-    return {"key": f"{method}-{pattern}{si}-{_key(variant)}",
-            "label": f"{method} {pattern}{' SI' if induction else ''}, {variant}",
-            "tags": {"method": method, "pattern": pattern, "induction": induction, "variant": variant},
-            "recipe": {"method": method, **pattern_fields(pattern), **({"induction": True} if induction else {}),
-                       **({"reconstruction": refit} if refit is not None else {})}}
+    row = {"key": f"{method}-{pattern}{si}-{_key(variant)}",
+           "label": f"{method} {pattern}{' SI' if induction else ''}, {variant}",
+           "tags": {"method": method, "pattern": pattern, "induction": induction, "variant": variant},
+           "recipe": {"method": method, **pattern_fields(pattern), **({"induction": True} if induction else {}),
+                      **({"reconstruction": refit} if refit is not None else {})}}
+    if refit is not None:
+        row["long_windows"] = README_WINDOWS
+    if calibration is not None:
+        row["key"] += f"-calibrated-on-{calibration}"
+        row["label"] += f", calibrated on {calibration}, scored on every corpus"
+        row["tags"]["cross_domain"] = True
+        row.update(calibration=calibration, evaluation=list(protocol.DOMAINS))
+        row.pop("long_windows", None)
+    return row
 
 
 def study() -> dict:
@@ -61,6 +77,7 @@ def study() -> dict:
                     if row["key"] not in keys:
                         rows.append(row)
                         keys.add(row["key"])
+    rows += [_row(*combination, calibration=corpus) for combination in CROSS_DOMAIN for corpus in protocol.DOMAINS]
     return {
         "title": "Reconstruction of the kept weights",
         "description": __doc__.split("\n\n")[0].replace("\n", " "),

@@ -1,0 +1,80 @@
+"""The reconstruction study's tables from records: the targets on the README's protocol and the cross-domain grid of
+the refit against the runs without it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import runner
+from benchmarks.studies.reconstruction import render, spec
+
+REFIT = "gradient lr 1e-3 x1"
+
+
+def _record(method, pattern, variant, ppl, induction=False, long_ppl=None, **extra):
+    record = {"key": f"{method}-{pattern}-{variant}", "label": "-", "method": method, "pattern": pattern,
+              "induction": induction, "variant": variant, "ppl": ppl, "prune_s": 1.0, **extra}
+    if long_ppl is not None:
+        record["long_eval"] = {"windows": spec.README_WINDOWS, "ppl": long_ppl}
+    return record
+
+
+@pytest.fixture
+def neighbours(tmp_path, monkeypatch):
+    """The quality and cross-domain studies' records the tables compare with."""
+    quality = [{"key": "dense", "pattern": "-", "ppl": 40.0}, {"key": "wanda-50%", "pattern": "50%", "ppl": 95.0},
+               {"key": "sparsegpt-50%-si", "pattern": "50%", "ppl": 81.0}]
+    plain = [{"method": "wanda", "pattern": "50%", "variant": "none", "calibration": corpus,
+              "ppl": {"pydocs": 10.0, "jargon": 100.0, "kjv": 50.0}} for corpus in ("pydocs", "jargon", "kjv")]
+    (tmp_path / "quality.json").write_text(json.dumps(quality))
+    (tmp_path / "cross.json").write_text(json.dumps(plain))
+    monkeypatch.setattr(render, "QUALITY", tmp_path / "quality.json")
+    monkeypatch.setattr(render, "CROSS_DOMAIN", tmp_path / "cross.json")
+    monkeypatch.setattr(render, "METHODS_GRID", tmp_path / "absent.json")
+
+
+def test_targets_take_the_best_refit_on_the_longer_protocol(neighbours):
+    records = [_record("wanda", "50%", REFIT, 82.0, long_ppl=70.0),
+               _record("sparsegpt", "50%", REFIT, 80.0, induction=True, long_ppl=60.0),
+               _record("sparsegpt", "2:4", REFIT, 170.0, long_ppl=150.0),
+               _record("alps", "50%", REFIT, 70.0)]  # no longer score: not a candidate
+    lines = render.targets(records)
+    assert lines[2] == ("| 50% | sparsegpt + SI, gradient lr 1e-3 x1 | 60.00 | 1.50 | ≤ 64.00 (1.6x) | met | "
+                        "sparsegpt-50%-si: 81.00 |")
+    assert lines[3] == "| 2:4 | sparsegpt, gradient lr 1e-3 x1 | 150.00 | 3.75 | ≤ 100.00 (2.5x) | missed | – |"
+    assert lines[4] == "| 70% | – | – | – | ≤ 200.00 | not measured | – |"
+
+
+def test_cross_domain_grid_divides_by_the_run_without_reconstruction(neighbours):
+    ppl = {"pydocs": 9.0, "jargon": 99.0, "kjv": 45.0}
+    records = [_record("wanda", "50%", REFIT, ppl, calibration=corpus, cross_domain=True)
+               for corpus in ("pydocs", "jargon")]
+    lines = render.cross_domain(records)
+    assert len(lines) == 3  # one combination
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert cells[:3] == ["wanda", "50%", REFIT]
+    assert cells[3:6] == ["0.900 (10.0 → 9.0)", "0.990 (100.0 → 99.0)", "0.900 (50.0 → 45.0)"]
+    assert cells[9:12] == ["–", "–", "–"]  # not calibrated on kjv yet
+    assert cells[12] == "0.990 (misses ≤ 0.98)"
+
+
+def test_cross_domain_rows_stay_out_of_the_listing_and_the_grid(neighbours):
+    records = [_record("wanda", "50%", REFIT, 82.0, long_ppl=75.0),
+               _record("wanda", "50%", REFIT, {"pydocs": 9.0, "jargon": 99.0, "kjv": 45.0}, calibration="jargon",
+                       cross_domain=True, threads=1)]
+    text = render.render(None, records)
+    assert "| wanda | 50% | no | gradient lr 1e-3 x1 | 82.00 | 75.00 |" in text
+    assert "| wanda | 50% | no | – | – | 82.00 |" in text
+    assert text.count("99.0") == 1  # only in the cross-domain grid
+
+
+def test_the_spec_scores_every_refit_on_the_readme_protocol_too():
+    study = runner.load_study("reconstruction")
+    for row in study.rows:
+        refit = row["recipe"].get("reconstruction") is not None
+        if row["tags"].get("cross_domain"):
+            assert row["evaluation"] == ["pydocs", "jargon", "kjv"] and "long_windows" not in row
+        else:
+            assert row.get("long_windows") == (spec.README_WINDOWS if refit else None)

@@ -5,7 +5,8 @@
 
 A marker pair `<!-- NAME -->` ... `<!-- /NAME -->` is filled with the table of NAME: a study's results.md
 (benchmarks/studies/), another benchmark's Markdown (benchmarks/results/), the cross-domain grid of the default SI
-variant, or the README's one summary table (`results-summary`, from the quality study's records). The full tables
+variant, the README's one summary table (`results-summary`, from the quality study's records) or the best
+reconstructed row per pattern against its target (`reconstruction-best`, from the reconstruction study's records). The full tables
 live in docs/results.md. Markers a file does not have are left alone. `python -m benchmarks.runner <study> --render`
 runs this after rewriting the study's results.md.
 """
@@ -32,6 +33,7 @@ TABLES = {
 }
 CROSS_DOMAIN_RESULTS = "benchmarks/studies/cross_domain/results.json"
 QUALITY_RESULTS = "benchmarks/studies/quality/results.json"
+RECONSTRUCTION_RESULTS = "benchmarks/studies/reconstruction/results.json"
 
 
 def _table(path: str) -> str:
@@ -60,10 +62,16 @@ def _summary() -> str:
     return _rendered(QUALITY_RESULTS, summary)
 
 
+def _reconstruction_best() -> str:
+    from benchmarks.studies.reconstruction.render import readme_targets
+
+    return _rendered(RECONSTRUCTION_RESULTS, readme_targets)
+
+
 def bodies() -> dict[str, str]:
     """Marker name -> the text that goes between its markers."""
     return {**{marker: _table(path) for marker, path in TABLES.items()}, "cross-domain-grid": _cross_domain_grid(),
-            "results-summary": _summary()}
+            "results-summary": _summary(), "reconstruction-best": _reconstruction_best()}
 
 
 def documents() -> list[str]:

@@ -24,8 +24,9 @@ def _record(method, pattern, variant, ppl, induction=False, long_ppl=None, **ext
 @pytest.fixture
 def neighbours(tmp_path, monkeypatch):
     """The quality and cross-domain studies' records the tables compare with."""
-    quality = [{"key": "dense", "pattern": "-", "ppl": 40.0}, {"key": "wanda-50%", "pattern": "50%", "ppl": 95.0},
-               {"key": "sparsegpt-50%-si", "pattern": "50%", "ppl": 81.0}]
+    quality = [{"key": "dense", "method": "dense", "pattern": "-", "ppl": 40.0},
+               {"key": "wanda-50%", "method": "wanda", "pattern": "50%", "induction": False, "ppl": 95.0},
+               {"key": "sparsegpt-50%-si", "method": "sparsegpt", "pattern": "50%", "induction": True, "ppl": 81.0}]
     plain = [{"method": "wanda", "pattern": "50%", "variant": "none", "calibration": corpus,
               "ppl": {"pydocs": 10.0, "jargon": 100.0, "kjv": 50.0}} for corpus in ("pydocs", "jargon", "kjv")]
     (tmp_path / "quality.json").write_text(json.dumps(quality))
@@ -41,10 +42,11 @@ def test_targets_take_the_best_refit_on_the_longer_protocol(neighbours):
                _record("sparsegpt", "2:4", REFIT, 170.0, long_ppl=150.0),
                _record("alps", "50%", REFIT, 70.0)]  # no longer score: not a candidate
     lines = render.targets(records)
-    assert lines[2] == ("| 50% | sparsegpt + SI, gradient lr 1e-3 x1 | 60.00 | 1.50 | ≤ 64.00 (1.6x) | met | "
-                        "sparsegpt-50%-si: 81.00 |")
-    assert lines[3] == "| 2:4 | sparsegpt, gradient lr 1e-3 x1 | 150.00 | 3.75 | ≤ 100.00 (2.5x) | missed | – |"
-    assert lines[4] == "| 70% | – | – | – | ≤ 200.00 | not measured | – |"
+    assert lines[2] == ("| 50% | SI + sparsegpt, gradient lr 1e-3 x1 | 60.00 | 1.50 | ≤ 64.00 (1.6x) | met | "
+                        "SI + sparsegpt: 81.00 |")
+    assert lines[3] == ("| 2:4 | sparsegpt, gradient lr 1e-3 x1 | 150.00 | 3.75 | ≤ 100.00 (2.5x) | missed | "
+                        "not on this protocol |")
+    assert lines[4] == "| 70% | – | – | – | ≤ 200.00 | not measured | not on this protocol |"
 
 
 def test_cross_domain_grid_divides_by_the_run_without_reconstruction(neighbours):

@@ -56,10 +56,20 @@ def test_cross_domain_grid_divides_by_the_run_without_reconstruction(neighbours)
     lines = render.cross_domain(records)
     assert len(lines) == 3  # one combination
     cells = [c.strip() for c in lines[2].strip("|").split("|")]
-    assert cells[:3] == ["wanda", "50%", REFIT]
-    assert cells[3:6] == ["0.900 (10.0 → 9.0)", "0.990 (100.0 → 99.0)", "0.900 (50.0 → 45.0)"]
-    assert cells[9:12] == ["–", "–", "–"]  # not calibrated on kjv yet
-    assert cells[12] == "0.990 (misses ≤ 0.98)"
+    assert cells[:4] == ["wanda", "50%", "no", REFIT]
+    assert cells[4:7] == ["0.900 (10.0 → 9.0)", "0.990 (100.0 → 99.0)", "0.900 (50.0 → 45.0)"]
+    assert cells[10:13] == ["–", "–", "–"]  # not calibrated on kjv yet
+    assert cells[13] == "0.990 (misses ≤ 0.98)"
+
+
+def test_cross_domain_rows_with_si_divide_by_the_si_run(neighbours):
+    plain = json.loads(render.CROSS_DOMAIN.read_text())
+    render.CROSS_DOMAIN.write_text(json.dumps(plain + [{**plain[0], "variant": "default",
+                                                        "ppl": {"pydocs": 9.0, "jargon": 90.0, "kjv": 45.0}}]))
+    records = [_record("wanda", "50%", REFIT, {"pydocs": 8.1, "jargon": 81.0, "kjv": 45.0}, induction=True,
+                       calibration="pydocs", cross_domain=True)]
+    cells = [c.strip() for c in render.cross_domain(records)[2].strip("|").split("|")]
+    assert cells[2] == "yes" and cells[4:7] == ["0.900 (9.0 → 8.1)", "0.900 (90.0 → 81.0)", "1.000 (45.0 → 45.0)"]
 
 
 def test_cross_domain_rows_stay_out_of_the_listing_and_the_grid(neighbours):

@@ -117,19 +117,22 @@ def readme_targets(records: list[dict]) -> str:
 
 
 def cross_domain(records: list[dict]) -> list[str]:
-    """Refit / not refit perplexity for every calibration -> evaluation pair, against the cross-domain study's runs
-    of the same method and pattern without SI and without reconstruction."""
-    plain = {(r["method"], r["pattern"], r["calibration"]): r for r in _read(CROSS_DOMAIN) if r["variant"] == "none"}
-    runs = {(r["method"], r["pattern"], r["calibration"], r["variant"]): r for r in records if r.get("cross_domain")}
+    """Refit / not refit perplexity for every calibration -> evaluation pair, against the cross-domain study's run
+    of the same method, pattern and calibration without reconstruction (its default SI for a row with SI)."""
+    plain = {(r["method"], r["pattern"], r["calibration"], r["variant"] != "none"): r for r in _read(CROSS_DOMAIN)
+             if r["variant"] in ("none", "default")}
+    runs = {(r["method"], r["pattern"], r["calibration"], r["variant"], bool(r.get("induction"))): r for r in records
+            if r.get("cross_domain")}
     pairs = [(c, e) for c in protocol.DOMAINS for e in protocol.DOMAINS]
-    lines = ["| method | pattern | refit | " + " | ".join(f"{c} → {e}{' (in-domain)' if c == e else ''}"
+    lines = ["| method | pattern | SI | refit | " + " | ".join(f"{c} → {e}{' (in-domain)' if c == e else ''}"
                                                         for c, e in pairs) + " | worst off-diagonal |",
-             "|---|---|---|" + "---:|" * (len(pairs) + 1)]
-    combos = sorted({(m, p, v) for m, p, _c, v in runs}, key=lambda k: (k[0], pattern_order(k[1]), k[2]))
-    for method, pattern, variant in combos:
+             "|---|---|---|---|" + "---:|" * (len(pairs) + 1)]
+    combos = sorted({(m, p, v, si) for m, p, _c, v, si in runs}, key=lambda k: (k[0], pattern_order(k[1]), k[3], k[2]))
+    for method, pattern, variant, induction in combos:
         cells, worst = [], None
         for calibration, evaluation in pairs:
-            run, base = runs.get((method, pattern, calibration, variant)), plain.get((method, pattern, calibration))
+            run = runs.get((method, pattern, calibration, variant, induction))
+            base = plain.get((method, pattern, calibration, induction))
             if run is None or base is None:
                 cells.append("–")
                 continue
@@ -139,7 +142,8 @@ def cross_domain(records: list[dict]) -> list[str]:
                 worst = ratio if worst is None else max(worst, ratio)
         mark = "–" if worst is None else \
             f"{worst:.3f} ({'meets' if worst <= CROSS_DOMAIN_BAR else 'misses'} ≤ {CROSS_DOMAIN_BAR})"
-        lines.append(f"| {method} | {pattern} | {variant} | " + " | ".join(cells) + f" | {mark} |")
+        lines.append(f"| {method} | {pattern} | {'yes' if induction else 'no'} | {variant} | " + " | ".join(cells)
+                     + f" | {mark} |")
     return lines
 
 
@@ -164,9 +168,10 @@ def render(study, records: list[dict]) -> str:
               f"The best refit per pattern on the README's protocol (first {README_WINDOWS} x 512 Jargon File tokens; "
               "the target is a multiple of the dense model's perplexity there):", ""]
     lines += targets(records)
-    lines += ["", "The cross-domain grid of the refit: perplexity with / without reconstruction (no SI either way), "
-                  "for each calibration -> evaluation corpus pair, first 20 x 512 tokens of each evaluation region; "
-                  "the runs without reconstruction are the cross-domain study's (one thread, an earlier machine).", ""]
+    lines += ["", "The cross-domain grid of the refit: perplexity with / without reconstruction (with SI, both with "
+                  "SI), for each calibration -> evaluation corpus pair, first 20 x 512 tokens of each evaluation "
+                  "region; the runs without reconstruction are the cross-domain study's (one thread, an earlier "
+                  "machine).", ""]
     lines += cross_domain(records)
     return "\n".join(lines) + "\n"
 

@@ -22,6 +22,7 @@ VARIANTS: dict[str, dict | None] = {
     "none": None,
     "closed form": {"mode": "closed-form"},
     "gradient lr 1e-3 x1": {"mode": "gradient", "lr": 1e-3, "epochs": 1},
+    "gradient lr 1e-3 x3": {"mode": "gradient", "lr": 1e-3, "epochs": 3},
     "gradient lr 2e-4 x1": {"mode": "gradient", "lr": 2e-4, "epochs": 1},
     "gradient lr 2e-4 x4": {"mode": "gradient", "lr": 2e-4, "epochs": 4},
 }
@@ -35,7 +36,7 @@ FIRST = [
     ("wanda", "50%", True, ["none", "closed form", "gradient lr 1e-3 x1"]),
     ("sparsegpt", "2:4", False, ["none", "closed form"]),
     ("wanda", "70%", False, ["none", "closed form"]),
-    ("wanda", "50%", False, ["gradient lr 2e-4 x1", "gradient lr 2e-4 x4"]),
+    ("wanda", "50%", False, ["gradient lr 1e-3 x3", "gradient lr 2e-4 x1", "gradient lr 2e-4 x4"]),
 ]
 
 

@@ -5,6 +5,7 @@ calibrated on). `readme_grid` is the default variant's grid that the README and 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from benchmarks import protocol
 from benchmarks.studies.patterns import pattern_order
@@ -31,30 +32,47 @@ def _variant_settings(record: dict) -> dict:
     return induction if isinstance(induction, dict) else {}
 
 
+PAIRS = [(c, e) for c in protocol.DOMAINS for e in protocol.DOMAINS]
+
+
+def pair_header(leading: list[str]) -> list[str]:
+    """The header and rule of a grid whose rows start with the columns `leading`, then one column per calibration ->
+    evaluation pair and the worst off-diagonal ratio."""
+    pairs = [f"{c} → {e}{' (in-domain)' if c == e else ''}" for c, e in PAIRS]
+    return ["| " + " | ".join([*leading, *pairs, "worst off-diagonal"]) + " |",
+            "|" + "---|" * len(leading) + "---:|" * (len(PAIRS) + 1)]
+
+
+def pair_cells(run_of: Callable[[str], dict | None], base_of: Callable[[str], dict | None]) -> tuple[list[str], str,
+                                                                                                      float | None]:
+    """One grid row: per calibration -> evaluation pair, the ratio of the run calibrated there (`run_of(corpus)`) to
+    the run it is compared with (`base_of(corpus)`); then the worst off-diagonal ratio against the bar, as text and
+    as a number (None when no off-diagonal cell is measured)."""
+    texts, worst = [], None
+    for calibration, evaluation in PAIRS:
+        run, base = run_of(calibration), base_of(calibration)
+        if run is None or base is None:
+            texts.append("–")
+            continue
+        ratio = run["ppl"][evaluation] / base["ppl"][evaluation]
+        texts.append(f"{ratio:.3f} ({base['ppl'][evaluation]:.1f} → {run['ppl'][evaluation]:.1f})")
+        if calibration != evaluation:
+            worst = ratio if worst is None else max(worst, ratio)
+    mark = "–" if worst is None else f"{worst:.3f} ({'meets' if worst <= BAR else 'misses'} ≤ {BAR})"
+    return texts, mark, worst
+
+
 def grid(records: list[dict], variant: str) -> tuple[str, dict]:
     """Markdown grid of SI/no-SI ratios for `variant`, and a summary (worst off-diagonal ratio per row)."""
-    pairs = [(c, e) for c in protocol.DOMAINS for e in protocol.DOMAINS]
-    header = "| method | pattern | " + " | ".join(f"{c} → {e}{' (in-domain)' if c == e else ''}" for c, e in pairs) + \
-        " | worst off-diagonal |"
-    lines = [header, "|---|---|" + "---:|" * (len(pairs) + 1)]
+    lines = pair_header(["method", "pattern"])
     runs = {(r["method"], r["pattern"], r["calibration"], r["variant"]): r for r in records}
     summary = {}
     cells = sorted({(r["method"], r["pattern"]) for r in records if r["variant"] == variant},
                    key=lambda k: (k[0], pattern_order(k[1])))
     for method, pattern in cells:
-        texts, worst = [], None
-        for calibration, evaluation in pairs:
-            si = runs.get((method, pattern, calibration, variant))
-            base = _base(records, method, pattern, calibration)
-            if si is None or base is None:
-                texts.append("–")
-                continue
-            ratio = si["ppl"][evaluation] / base["ppl"][evaluation]
-            texts.append(f"{ratio:.3f} ({base['ppl'][evaluation]:.1f} → {si['ppl'][evaluation]:.1f})")
-            if calibration != evaluation:
-                worst = ratio if worst is None else max(worst, ratio)
-        summary[f"{method} {pattern}"] = worst
-        mark = "–" if worst is None else f"{worst:.3f} ({'meets' if worst <= BAR else 'misses'} ≤ {BAR})"
+        texts, mark, summary[f"{method} {pattern}"] = pair_cells(
+            lambda corpus: runs.get((method, pattern, corpus, variant)),
+            lambda corpus: _base(records, method, pattern, corpus))
         lines.append(f"| {method} | {pattern} | " + " | ".join(texts) + f" | {mark} |")
     return "\n".join(lines) + "\n", summary
 

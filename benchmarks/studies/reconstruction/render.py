@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks import protocol
+from benchmarks.studies.cross_domain.render import pair_cells, pair_header
 from benchmarks.studies.patterns import pattern_order
 from benchmarks.studies.reconstruction.spec import GRID_METHODS, GRID_PATTERNS, GRID_VARIANTS, README_WINDOWS
 
@@ -18,7 +18,6 @@ QUALITY = STUDIES / "quality" / "results.json"
 CROSS_DOMAIN = STUDIES / "cross_domain" / "results.json"
 # The targets on the README's protocol, as multiples of the dense model's perplexity.
 TARGETS = {"50%": 1.6, "2:4": 2.5, "70%": 5.0}
-CROSS_DOMAIN_BAR = 0.98
 
 
 def _read(path: Path) -> list[dict]:
@@ -123,25 +122,12 @@ def cross_domain(records: list[dict]) -> list[str]:
              if r["variant"] in ("none", "default")}
     runs = {(r["method"], r["pattern"], r["calibration"], r["variant"], bool(r.get("induction"))): r for r in records
             if r.get("cross_domain")}
-    pairs = [(c, e) for c in protocol.DOMAINS for e in protocol.DOMAINS]
-    lines = ["| method | pattern | SI | refit | " + " | ".join(f"{c} → {e}{' (in-domain)' if c == e else ''}"
-                                                        for c, e in pairs) + " | worst off-diagonal |",
-             "|---|---|---|---|" + "---:|" * (len(pairs) + 1)]
+    lines = pair_header(["method", "pattern", "SI", "refit"])
     combos = sorted({(m, p, v, si) for m, p, _c, v, si in runs}, key=lambda k: (k[0], pattern_order(k[1]), k[3], k[2]))
     for method, pattern, variant, induction in combos:
-        cells, worst = [], None
-        for calibration, evaluation in pairs:
-            run = runs.get((method, pattern, calibration, variant, induction))
-            base = plain.get((method, pattern, calibration, induction))
-            if run is None or base is None:
-                cells.append("–")
-                continue
-            ratio = run["ppl"][evaluation] / base["ppl"][evaluation]
-            cells.append(f"{ratio:.3f} ({base['ppl'][evaluation]:.1f} → {run['ppl'][evaluation]:.1f})")
-            if calibration != evaluation:
-                worst = ratio if worst is None else max(worst, ratio)
-        mark = "–" if worst is None else \
-            f"{worst:.3f} ({'meets' if worst <= CROSS_DOMAIN_BAR else 'misses'} ≤ {CROSS_DOMAIN_BAR})"
+        cells, mark, _worst = pair_cells(
+            lambda corpus: runs.get((method, pattern, corpus, variant, induction)),
+            lambda corpus: plain.get((method, pattern, corpus, induction)))
         lines.append(f"| {method} | {pattern} | {'yes' if induction else 'no'} | {variant} | " + " | ".join(cells)
                      + f" | {mark} |")
     return lines

@@ -41,7 +41,7 @@ FIRST = [
 
 
 # (method, pattern, SI, variant) calibrated on each corpus and scored on every corpus.
-CROSS_DOMAIN = [("wanda", "50%", False, "gradient lr 1e-3 x1"), ("sparsegpt", "2:4", False, "gradient lr 1e-3 x1")]
+CROSS_DOMAIN = [("wanda", "50%", False, "gradient lr 1e-3 x1"), ("sparsegpt", "2:4", True, "gradient lr 1e-3 x1")]
 
 
 def _key(text: str) -> str:

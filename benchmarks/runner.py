@@ -23,7 +23,8 @@ record; `--threads` overrides the study's thread count (each record says what it
 results.json (one record per row key, written atomically) and results.md (made by the
 study's render.py) are rewritten, so an interrupted run keeps what it finished; a failed row is reported and the
 run goes on. With --update or --skip-done the file is read again before each write, so two runs of one study
-(each with its own rows) keep each other's records. Without --update or --skip-done, a run starts results.json afresh (the committed file stays in git).
+(each with its own rows) keep each other's records. Without --update or --skip-done, a run starts results.json
+afresh (the committed file stays in git).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ RECORD_FIELDS = frozenset({
     "corpora_match_reference", "python", "torch", "transformers", "threads", "cpu", "cores", "prune_s", "sparsity",
     "recipe", "config", "induction_seconds", "blocks", "blocks_kept", "validation_loss_base",
     "validation_loss_induced", "reconstruction_seconds", "reconstruction_blocks_kept", "reconstruction_loss_before",
-    "reconstruction_loss_after", "ppl", "long_eval", "eval_s", "wall_s", "peak_rss_mb", "optimum_si", "weights", "block_records",
+    "reconstruction_loss_after", "ppl", "long_eval", "eval_s", "wall_s", "peak_rss_mb", "optimum_si", "weights",
+    "block_records",
 })
 # What a record keeps of each block's SI verdict (the published cards' SI section and chart come from these).
 _BLOCK_INDUCTION_FIELDS = ("kept", "validation_loss_base", "validation_loss_induced", "relative_error_base",

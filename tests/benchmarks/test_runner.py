@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -251,6 +252,14 @@ def test_write_spec_writes_what_the_spec_module_builds(tmp_path, monkeypatch):
     assert runner.main(["quality", "--write-spec"]) == 0
     assert json.loads((tmp_path / "quality" / "study.json").read_text()) == runner.load_study("quality", tmp_path).spec
     assert runner.load_study("quality", tmp_path).spec == runner.load_study("quality").spec
+
+
+@pytest.mark.parametrize("name", [p.parent.name for p in sorted(runner.STUDIES_DIR.glob("*/spec.py"))])
+def test_every_committed_study_json_is_what_its_spec_module_builds(name):
+    # The runner reads study.json: a spec.py edited without --write-spec would run the old rows.
+    module = importlib.import_module(f"benchmarks.studies.{name}.spec")
+    assert runner.load_study(name).spec == json.loads(json.dumps(module.study())), \
+        f"run `python -m benchmarks.runner {name} --write-spec`"
 
 
 # ------------------------------------------------------------------------------------------------ the study renderers

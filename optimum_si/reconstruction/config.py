@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..fields import Choice, ConfigBase, check_bool, check_choice, check_integer, check_number, knob
 
-__all__ = ["ReconstructionConfig", "ReconstructionMode", "ReconstructionPrecision"]
+__all__ = ["ReconstructionConfig", "ReconstructionMode", "ReconstructionPrecision", "ReconstructionTarget"]
 
 _OWNER = "ReconstructionConfig"
 
@@ -16,6 +16,11 @@ _OWNER = "ReconstructionConfig"
 class ReconstructionMode(Choice):
     GRADIENT = "gradient"
     CLOSED_FORM = "closed-form"
+
+
+class ReconstructionTarget(Choice):
+    LOCAL = "local"
+    GLOBAL = "global"
 
 
 class ReconstructionPrecision(Choice):
@@ -40,6 +45,10 @@ class ReconstructionConfig(ConfigBase):
         "dense inputs: one solve per output row, no training).", default="gradient")
     epochs: int = knob("gradient: passes over the training windows.", default=1)
     lr: float = knob("gradient: Adam learning rate of the kept weights.", default=1e-3)
+    target: ReconstructionTarget = knob(
+        "gradient: what each block is refit to: 'local' (the dense block on the pruned model's own inputs) or "
+        "'global' (the dense model's own block outputs, carried as a second activation stream, so that each block "
+        "also learns to undo the error of the blocks before it).", default="local")
     train_norms: bool = knob("gradient: also train the block's norm weights and the Linears' biases (dense "
                              "parameters; the mask does not apply to them).", default=False)
     precision: ReconstructionPrecision = knob(
@@ -57,6 +66,10 @@ class ReconstructionConfig(ConfigBase):
         self.mode = check_choice(_OWNER, "mode", self.mode, ReconstructionMode)
         self.epochs = check_integer(_OWNER, "epochs", self.epochs, 1)
         self.lr = check_number(_OWNER, "lr", self.lr, low=0, low_open=True, what="a positive number")
+        self.target = check_choice(_OWNER, "target", self.target, ReconstructionTarget)
+        if self.target == "global" and self.mode == "closed-form":
+            raise ValueError("ReconstructionConfig.target='global' needs mode='gradient': the closed form fits each "
+                             "Linear to its own dense inputs. Use mode='gradient', or target='local'.")
         self.train_norms = check_bool(_OWNER, "train_norms", self.train_norms)
         self.precision = check_choice(_OWNER, "precision", self.precision, ReconstructionPrecision)
         self.damping = check_number(_OWNER, "damping", self.damping, low=0, low_open=True)

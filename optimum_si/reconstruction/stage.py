@@ -1,10 +1,12 @@
 """Block reconstruction as a stage of the walk (`optimum_si.pipeline.stage`).
 
-Per block: it asks the walker for the dense block's outputs (the target, as Sparsity Induction's local target: the
-dense block on the pruned model's own inputs); once every earlier stage has concluded (SI has kept or reverted its
-scales), it refits the kept weights of the block's pruned Linears, by gradient (`gradient.py`) or in closed form
-(`closed_form.py`), with the mask held fixed, and keeps the refit only if it lowers the block loss on held-out
-calibration windows that the refit never saw. A reverted block is left exactly as the earlier stages left it.
+Per block: it asks the walker for the dense block's outputs (the local target, as Sparsity Induction's: the dense
+block on the pruned model's own inputs), or, with the global target, runs the still-dense block on the dense model's
+own stream, which the stage carries from block to block (and replays through the blocks an interrupted run finished);
+once every earlier stage has concluded (SI has kept or reverted its scales), it refits the kept weights of the
+block's pruned Linears, by gradient (`gradient.py`) or in closed form (`closed_form.py`), with the mask held fixed,
+and keeps the refit only if it lowers the block loss on held-out calibration windows that the refit never saw. A
+reverted block is left exactly as the earlier stages left it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..modeling.capture import BlockInputs, StopForward, block_output
+from ..modeling.capture import BlockInputs, StopForward, block_output, run_block
 from ..modeling.targets import WeightTarget
 from ..modeling.weights import write_parameter
 from ..observers.stats import InputStats, InputStatsCollector
@@ -57,7 +59,21 @@ class ReconstructionStage(BlockStage):
     def __init__(self, config: ReconstructionConfig, seed: int) -> None:
         self.config = config
         self.seed = seed
+        self.global_target = config.target == "global"
+        self.teacher: Any = None  # the dense model's stream entering the current block (global target)
         self._block: dict[str, Any] = {}
+
+    def replay(self, index: int, source: Any, inputs: BlockInputs) -> None:
+        if not self.global_target:
+            return
+        block = source.load_dense(index)  # the dense stream goes through the *source* weights of the block
+        try:
+            self.teacher = run_block(block, BlockInputs(self._teacher_inputs(inputs), inputs.kwargs))
+        finally:
+            source.release(index, block)
+
+    def _teacher_inputs(self, inputs: BlockInputs) -> Any:
+        return self.teacher if self.teacher is not None else inputs.hidden
 
     def begin_block(self, ctx: BlockContext) -> None:
         self._block = {}
@@ -74,8 +90,14 @@ class ReconstructionStage(BlockStage):
                            training=[i for i in range(len(ctx.inputs.hidden)) if i not in set(held_out)])
 
     def before_prune(self, ctx: BlockContext) -> None:
-        """The closed form needs the dense weights and the Hessians of the dense block's Linear inputs on the training
-        windows (the held-out ones must not shape the refit); the block is dense here, in the basis it is pruned in."""
+        """The global target: the dense block's outputs on the dense model's stream, which also enter the next block.
+        The closed form needs the dense weights and the Hessians of the dense block's Linear inputs on the training
+        windows (the held-out ones must not shape the refit). The block is dense here, in the basis it is pruned in
+        (an earlier stage's folded scales change no output)."""
+        if self.global_target and ctx.inputs is not None:
+            self.teacher = run_block(ctx.block, BlockInputs(self._teacher_inputs(ctx.inputs), ctx.inputs.kwargs))
+            if self._block:
+                self._block["target"] = self.teacher
         if not self._block or self.config.mode != "closed-form":
             return
         targets = refit_modules(ctx.targets)
@@ -96,12 +118,13 @@ class ReconstructionStage(BlockStage):
         self._block["stats"] = collector.stats
 
     def conclude(self, ctx: BlockContext, outputs: Any) -> bool:
-        if not self._block or ctx.dense_outputs is None:
+        dense = self._block.get("target", ctx.dense_outputs)
+        if not self._block or dense is None:
             return False
         started = time.perf_counter()
         targets = refit_modules(ctx.targets)
         judged = self._block["judged"]
-        hidden, kwargs, dense = ctx.inputs.hidden, ctx.inputs.kwargs, ctx.dense_outputs
+        hidden, kwargs = ctx.inputs.hidden, ctx.inputs.kwargs
         current = [outputs[i] for i in judged] if outputs is not None else self._outputs(ctx.block, hidden, kwargs,
                                                                                            judged)
         before = self._judged_loss(current, [dense[i] for i in judged])
@@ -114,7 +137,7 @@ class ReconstructionStage(BlockStage):
                            if getattr(t.module, "bias", None) is not None}
         fallback_dense = [(module, name, getattr(module, name).detach().clone()) for module, name in dense_params]
         try:
-            new_weights, new_biases, record.steps = self._refit(ctx, targets, dense_params)
+            new_weights, new_biases, record.steps = self._refit(ctx, targets, dense_params, dense)
         except FloatingPointError:
             logger.warning("Block %d: the reconstruction loss is not finite; keeping the block as it was.", ctx.index)
             self._restore_dense(fallback_dense)
@@ -145,10 +168,9 @@ class ReconstructionStage(BlockStage):
         return record.kept
 
     # ------------------------------------------------------------------ the refit
-    def _refit(self, ctx: BlockContext, targets: dict[str, WeightTarget],
-               dense_params: list[tuple[nn.Module, str]]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor],
-                                                                    int]:
-        """New weights [out, in] (and biases) of `targets`, and the training steps taken."""
+    def _refit(self, ctx: BlockContext, targets: dict[str, WeightTarget], dense_params: list[tuple[nn.Module, str]],
+               dense_outputs: Any) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
+        """New weights [out, in] (and biases) of `targets` fit to `dense_outputs`, and the training steps taken."""
         if self.config.mode == "closed-form":
             stats: dict[str, InputStats] = self._block.pop("stats")
             dense = self._block.pop("dense")
@@ -166,7 +188,7 @@ class ReconstructionStage(BlockStage):
         modules = {name: target.module for name, target in targets.items()}
         wrappers, steps, _seconds = train_kept_weights(
             ctx.block, modules, [getattr(m, n) for m, n in dense_params], self.config, ctx.inputs.hidden,
-            ctx.inputs.kwargs, ctx.dense_outputs, self._block["training"], self.seed + ctx.index)
+            ctx.inputs.kwargs, dense_outputs, self._block["training"], self.seed + ctx.index)
         weights = {name: wrapper.masked_weight().detach() for name, wrapper in wrappers.items()}
         biases = {name: wrapper.bias.detach() for name, wrapper in wrappers.items()
                   if isinstance(wrapper.bias, nn.Parameter)}

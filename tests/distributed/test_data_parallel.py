@@ -53,7 +53,8 @@ def _torchrun(nproc: int, out: str, *scenarios: str, timeout_env: str = "120") -
 
 
 SCENARIOS = ("wanda", "sparsegpt", "alps", "owl", "moe-wanda", "moe-sparsegpt", "induce", "uneven", "si", "save",
-             "stream", "alone", "cli", "cli-stream", "refit", "refit-closed")
+             "stream", "alone", "cli", "cli-stream", "refit", "refit-closed",
+             "refit-global")
 # Each has one rank given another input than rank 0 (run last in the 2-process launch: each stops every rank).
 DISAGREEMENTS = ("disagree-recipe", "disagree-source", "disagree-output", "disagree-save")
 
@@ -307,7 +308,7 @@ def test_sparsity_induction_is_data_parallel(runs, scenario, world):
         assert abs(ours - theirs) <= 0.1 * theirs
 
 
-@pytest.mark.parametrize("scenario", ["refit", "refit-closed"])
+@pytest.mark.parametrize("scenario", ["refit", "refit-closed", "refit-global"])
 def test_the_reconstruction_is_data_parallel(runs, scenario):
     reference = torch.load(os.path.join(runs, f"{scenario}-w1-r0.pt"))
     results = _load(runs, scenario, 2)

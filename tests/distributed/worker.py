@@ -74,11 +74,13 @@ def run(scenario: str, out: str, rank: int) -> dict | None:
         result["kept"] = [block.induction.kept for block in pruner.report.blocks]
         result["loss_after"] = [block.induction.loss_after for block in pruner.report.blocks]
         return result
-    if scenario in ("refit", "refit-closed"):  # the reconstruction: gradients (or Hessians) averaged over the ranks
+    if scenario in ("refit", "refit-closed", "refit-global"):
+        # The reconstruction: gradients (or Hessians) averaged over the ranks; the global target's stream per rank.
         model = tiny_model("llama")
         mode = "closed-form" if scenario == "refit-closed" else "gradient"
+        target = "global" if scenario == "refit-global" else "local"
         pruner = SIPruner(method="wanda", sparsity=0.5, num_samples=8, show_progress=False,
-                          reconstruction={"mode": mode, "lr": 1e-3})
+                          reconstruction={"mode": mode, "lr": 1e-3, "target": target})
         pruner.prune(model, dataset=token_ids(8, 32))
         result = _result(model)
         result["kept"] = [block.reconstruction.kept for block in pruner.report.blocks]

@@ -110,9 +110,41 @@ def test_closed_form_is_each_rows_least_squares_optimum_on_its_support():
     assert bool((refit[~keep] == 0).all())
 
 
-@pytest.mark.parametrize("mode", ["gradient", "closed-form"])
-def test_streamed_equals_in_memory_bit_for_bit(mode, tmp_path):
-    stream_and_prune_in_memory(tiny_model("llama"), lambda: _pruner({"mode": mode}, method="wanda", induction=True),
+def test_the_global_target_is_the_dense_models_own_stream(monkeypatch):
+    """With target='global', each block is refit to the dense model's own block outputs (block 0: the same as the
+    local target, its inputs are the model's; block 1: the dense block 1 on the dense block 0's outputs, not on the
+    pruned block 0's)."""
+    import optimum_si.reconstruction.stage as stage
+    from optimum_si.modeling.capture import block_output
+
+    calls = []
+    original = stage.train_kept_weights
+
+    def spy(block, modules, dense_params, config, hidden, kwargs, targets, training, seed):
+        calls.append(([h.clone() for h in hidden], kwargs, [t.clone() for t in targets]))
+        return original(block, modules, dense_params, config, hidden, kwargs, targets, training, seed)
+
+    monkeypatch.setattr(stage, "train_kept_weights", spy)
+    dense = tiny_model("llama")
+    _pruner({"target": "global"}, method="wanda").prune(tiny_model("llama"), dataset=token_ids())
+    (inputs, kwargs, targets_0), (pruned_inputs, _, targets_1) = calls
+
+    def layer(i, x):
+        with torch.no_grad():
+            return block_output(dense.model.layers[i](x, **kwargs[x.shape[0]]))
+
+    dense_stream = [layer(0, x) for x in inputs]
+    for x, y in zip(dense_stream, targets_0):
+        torch.testing.assert_close(y, x)
+    for x, x_pruned, y in zip(dense_stream, pruned_inputs, targets_1):
+        torch.testing.assert_close(y, layer(1, x))
+        assert not torch.allclose(y, layer(1, x_pruned))  # the local target would be this
+
+
+@pytest.mark.parametrize("refit", [{"mode": "gradient"}, {"mode": "closed-form"}, {"target": "global"}],
+                         ids=["gradient", "closed-form", "global"])
+def test_streamed_equals_in_memory_bit_for_bit(refit, tmp_path):
+    stream_and_prune_in_memory(tiny_model("llama"), lambda: _pruner(refit, method="wanda", induction=True),
                                tmp_path, token_ids())
 
 
@@ -164,6 +196,8 @@ def test_the_report_and_the_card_say_per_block_whether_it_helped(tmp_path):
     ({"epochs": 0}, "ReconstructionConfig.epochs must be a positive integer"),
     ({"lr": -1}, "ReconstructionConfig.lr must be a positive number"),
     ({"validation_fraction": 0.9}, r"ReconstructionConfig.validation_fraction must be a number in \[0, 0.5\]"),
+    ({"target": "dense"}, "ReconstructionConfig.target must be one of 'local', 'global'"),
+    ({"target": "global", "mode": "closed-form"}, "target='global' needs mode='gradient'"),
 ])
 def test_invalid_settings_name_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -57,7 +57,9 @@ def test_streaming_equals_in_memory_bit_for_bit(source, tmp_path, method, extra)
         assert torch.equal(reloaded(ids).logits, in_memory(ids).logits)
 
 
-@pytest.mark.parametrize("recipe", [{"method": "sparsegpt"}, {"method": "wanda", "induction": True}])
+@pytest.mark.parametrize("recipe", [{"method": "sparsegpt"}, {"method": "wanda", "induction": True},
+                                    {"method": "wanda", "reconstruction": {"target": "global"}}],
+                         ids=["sparsegpt", "si-wanda", "refit-global"])
 def test_killed_run_resumes_to_the_same_checkpoint(source, tmp_path, recipe):
     calib = token_ids()
     torch.save(calib, tmp_path / "calib.pt")

@@ -45,6 +45,10 @@ class ReconstructionConfig(ConfigBase):
         "dense inputs: one solve per output row, no training).", default="gradient")
     epochs: int = knob("gradient: passes over the training windows.", default=1)
     lr: float = knob("gradient: Adam learning rate of the kept weights.", default=1e-3)
+    retry_lr: float | None = knob(
+        "gradient: a block whose refit the held-out verdict reverts is refit once more at this learning rate "
+        "(None: no retry). For bases whose weights already fit each layer (ALPS), where steps of `lr` undo more than "
+        "they win back.", default=None)
     target: ReconstructionTarget = knob(
         "gradient: what each block is refit to: 'local' (the dense block on the pruned model's own inputs) or "
         "'global' (the dense model's own block outputs, carried as a second activation stream, so that each block "
@@ -66,6 +70,8 @@ class ReconstructionConfig(ConfigBase):
         self.mode = check_choice(_OWNER, "mode", self.mode, ReconstructionMode)
         self.epochs = check_integer(_OWNER, "epochs", self.epochs, 1)
         self.lr = check_number(_OWNER, "lr", self.lr, low=0, low_open=True, what="a positive number")
+        self.retry_lr = check_number(_OWNER, "retry_lr", self.retry_lr, low=0, low_open=True, optional=True,
+                                     what="a positive number or None")
         self.target = check_choice(_OWNER, "target", self.target, ReconstructionTarget)
         if self.target == "global" and self.mode == "closed-form":
             raise ValueError("ReconstructionConfig.target='global' needs mode='gradient': the closed form fits each "

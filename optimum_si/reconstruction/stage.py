@@ -11,6 +11,7 @@ reverted block is left exactly as the earlier stages left it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -136,13 +137,15 @@ class ReconstructionStage(BlockStage):
         fallback_biases = {name: t.module.bias.detach().clone() for name, t in targets.items()
                            if getattr(t.module, "bias", None) is not None}
         fallback_dense = [(module, name, getattr(module, name).detach().clone()) for module, name in dense_params]
-        try:
-            new_weights, new_biases, record.steps = self._refit(ctx, targets, dense_params, dense)
-        except FloatingPointError:
-            logger.warning("Block %d: the reconstruction loss is not finite; keeping the block as it was.", ctx.index)
-            self._restore_dense(fallback_dense)
-            new_weights = None
-        if new_weights is not None:
+        for attempt, lr in enumerate(self._learning_rates()):
+            try:
+                new_weights, new_biases, steps = self._refit(ctx, targets, dense_params, dense, lr)
+                record.steps = (record.steps or 0) + steps
+            except FloatingPointError:
+                logger.warning("Block %d: the reconstruction loss is not finite at lr %g; keeping the block as it "
+                               "was.", ctx.index, lr)
+                self._restore_dense(fallback_dense)
+                continue
             for name, target in targets.items():
                 target.record(ctx.undo)
                 target.write(new_weights[name])
@@ -152,25 +155,37 @@ class ReconstructionStage(BlockStage):
             after = self._judged_loss(self._outputs(ctx.block, hidden, kwargs, judged), [dense[i] for i in judged])
             record.loss_after = after
             record.kept = math.isfinite(after) and after < before * (1.0 - self.config.min_gain)
-            if not record.kept:
-                for name, target in targets.items():
-                    target.write(fallback[name])
-                for name, bias in fallback_biases.items():
-                    write_parameter(targets[name].module, "bias", bias)
-                self._restore_dense(fallback_dense)
+            if record.kept:
+                record.lr = lr if self.config.mode == "gradient" else None
+                record.retried = attempt > 0
+                break
+            for name, target in targets.items():
+                target.write(fallback[name])
+            for name, bias in fallback_biases.items():
+                write_parameter(targets[name].module, "bias", bias)
+            self._restore_dense(fallback_dense)
         for name, target in ctx.targets.items():
             ctx.report.layers[f"{ctx.name}.{name}"].zeros = target.zeros()
         record.seconds = time.perf_counter() - started
         ctx.record.reconstruction = record
         logger.info("block %d: reconstruction (%s) held-out loss %.4g -> %s (%s), %d steps, %.1f s", ctx.index,
                     record.mode, before, f"{record.loss_after:.4g}" if record.loss_after is not None else "-",
+                    f"kept at lr {record.lr:g}" if record.kept and record.lr is not None else
                     "kept" if record.kept else "reverted", record.steps or 0, record.seconds)
         return record.kept
 
     # ------------------------------------------------------------------ the refit
+    def _learning_rates(self) -> list[float]:
+        """The refits tried in turn until the verdict keeps one: the configured one, then (gradient) the gentler
+        `retry_lr` for a block whose refit at `lr` was reverted."""
+        if self.config.mode == "gradient" and self.config.retry_lr is not None:
+            return [self.config.lr, self.config.retry_lr]
+        return [self.config.lr]
+
     def _refit(self, ctx: BlockContext, targets: dict[str, WeightTarget], dense_params: list[tuple[nn.Module, str]],
-               dense_outputs: Any) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
-        """New weights [out, in] (and biases) of `targets` fit to `dense_outputs`, and the training steps taken."""
+               dense_outputs: Any, lr: float) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], int]:
+        """New weights [out, in] (and biases) of `targets` fit to `dense_outputs` (gradient: at learning rate `lr`),
+        and the training steps taken."""
         if self.config.mode == "closed-form":
             stats: dict[str, InputStats] = self._block.pop("stats")
             dense = self._block.pop("dense")
@@ -186,8 +201,9 @@ class ReconstructionStage(BlockStage):
         for module, name in dense_params:
             ctx.undo.record(module, name)
         modules = {name: target.module for name, target in targets.items()}
+        config = self.config if lr == self.config.lr else dataclasses.replace(self.config, lr=lr)
         wrappers, steps, _seconds = train_kept_weights(
-            ctx.block, modules, [getattr(m, n) for m, n in dense_params], self.config, ctx.inputs.hidden,
+            ctx.block, modules, [getattr(m, n) for m, n in dense_params], config, ctx.inputs.hidden,
             ctx.inputs.kwargs, dense_outputs, self._block["training"], self.seed + ctx.index)
         weights = {name: wrapper.masked_weight().detach() for name, wrapper in wrappers.items()}
         biases = {name: wrapper.bias.detach() for name, wrapper in wrappers.items()

@@ -85,8 +85,10 @@ class BlockReconstruction:
     loss_after: float | None = None  # the same with the refit weights (None when the refit failed)
     kept: bool = False  # the verdict: refit kept, or the block left as the earlier stages left it
     validated: bool = False  # judged on held-out windows the refit never saw (else on training windows)
-    steps: int | None = None
+    steps: int | None = None  # training steps, every tried learning rate together
     seconds: float | None = None
+    lr: float | None = None  # gradient: the learning rate of the kept refit
+    retried: bool = False  # the kept refit is the retry at `retry_lr` (the first one was reverted)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BlockReconstruction:
@@ -198,10 +200,11 @@ class PruneReport:
         records = [(b.index, b.reconstruction) for b in self.blocks if b.reconstruction is not None]
         if not records:
             return None
-        per_block = [{"block": index, "kept": r.kept, "before": r.loss_before,
+        per_block = [{"block": index, "kept": r.kept, "retried": r.kept and r.retried, "before": r.loss_before,
                       "after": r.loss_after if r.kept else r.loss_before} for index, r in records]
         judged = [b for b in per_block if b["before"] is not None and b["after"] is not None]
         return {"blocks": len(records), "blocks_kept": sum(1 for b in per_block if b["kept"]),
+                "blocks_kept_at_retry": sum(1 for b in per_block if b["retried"]),
                 "mode": records[0][1].mode, "validated": all(r.validated for _, r in records),
                 "loss_before": sum(b["before"] for b in judged), "loss_after": sum(b["after"] for b in judged),
                 "per_block": per_block}

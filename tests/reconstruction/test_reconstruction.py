@@ -76,6 +76,42 @@ def test_a_refit_that_does_not_help_leaves_the_block_bit_for_bit(monkeypatch):
     assert weights_digest(refit) == weights_digest(plain)
 
 
+@pytest.mark.parametrize("harmful_retry", [False, True])
+def test_a_reverted_refit_is_retried_once_at_the_gentler_step(monkeypatch, harmful_retry, tmp_path):
+    """With `retry_lr`, a block whose refit the verdict reverts is refit once more at that learning rate; a retry that
+    does not help either leaves the run bit for bit as without reconstruction."""
+    import optimum_si.reconstruction.gradient as gradient
+
+    original = gradient.train_kept_weights
+    rates = []
+
+    def harmful_at_the_first_step(block, modules, dense_params, config, *args):
+        rates.append(config.lr)
+        wrappers, steps, seconds = original(block, modules, dense_params, config, *args)
+        if config.lr == 1e-3 or harmful_retry:
+            with torch.no_grad():
+                for wrapper in wrappers.values():
+                    wrapper.weight.mul_(3.0)
+        return wrappers, steps, seconds
+
+    monkeypatch.setattr("optimum_si.reconstruction.stage.train_kept_weights", harmful_at_the_first_step)
+    plain, refit = tiny_model("llama"), tiny_model("llama")
+    _pruner(False, method="wanda").prune(plain, dataset=token_ids())
+    pruner = _pruner({"retry_lr": 1e-4}, method="wanda")
+    pruner.prune(refit, dataset=token_ids())
+    records = [b.reconstruction for b in pruner.report.blocks]
+    assert rates == [1e-3, 1e-4] * 2 and all(r.steps == 12 for r in records)  # 6 training windows, twice
+    if harmful_retry:
+        assert not any(r.kept for r in records) and all(r.lr is None for r in records)
+        assert weights_digest(refit) == weights_digest(plain)
+    else:
+        assert all(r.kept and r.retried and r.lr == 1e-4 and r.loss_after < r.loss_before for r in records)
+        assert weights_digest(refit) != weights_digest(plain)
+        assert pruner.report.reconstruction_summary()["blocks_kept_at_retry"] == 2
+        card = open(f"{pruner.save(refit, str(tmp_path / 'out'))}/README.md", encoding="utf-8").read()
+        assert "2 of them refit a second time" in card and "| 1 | yes, at the retry step |" in card
+
+
 def test_held_out_windows_are_never_trained_on(monkeypatch):
     import optimum_si.reconstruction.stage as stage
 
@@ -197,6 +233,7 @@ def test_the_report_and_the_card_say_per_block_whether_it_helped(tmp_path):
     ({"lr": -1}, "ReconstructionConfig.lr must be a positive number"),
     ({"validation_fraction": 0.9}, r"ReconstructionConfig.validation_fraction must be a number in \[0, 0.5\]"),
     ({"target": "dense"}, "ReconstructionConfig.target must be one of 'local', 'global'"),
+    ({"retry_lr": 0}, "ReconstructionConfig.retry_lr must be a positive number or None"),
     ({"target": "global", "mode": "closed-form"}, "target='global' needs mode='gradient'"),
 ])
 def test_invalid_settings_name_the_field(kwargs, message):

@@ -58,9 +58,9 @@ RECORD_FIELDS = frozenset({
     "key", "label", "calibration", "samples", "seqlen", "seed", "eval", "eval_windows", "eval_seqlen",
     "corpora_match_reference", "python", "torch", "transformers", "threads", "cpu", "cores", "prune_s", "sparsity",
     "recipe", "config", "induction_seconds", "blocks", "blocks_kept", "validation_loss_base",
-    "validation_loss_induced", "reconstruction_seconds", "reconstruction_blocks_kept", "reconstruction_loss_before",
-    "reconstruction_loss_after", "ppl", "long_eval", "eval_s", "wall_s", "peak_rss_mb", "optimum_si", "weights",
-    "block_records",
+    "validation_loss_induced", "reconstruction_seconds", "reconstruction_blocks_kept",
+    "reconstruction_blocks_kept_at_retry", "reconstruction_loss_before", "reconstruction_loss_after", "ppl",
+    "long_eval", "eval_s", "wall_s", "peak_rss_mb", "optimum_si", "weights", "block_records",
 })
 # What a record keeps of each block's SI verdict (the published cards' SI section and chart come from these).
 _BLOCK_INDUCTION_FIELDS = ("kept", "validation_loss_base", "validation_loss_induced", "relative_error_base",
@@ -386,7 +386,8 @@ def _prune(model: Any, tokenizer: Any, config: Any, protocol: dict[str, Any], ro
     if refit is not None:
         fields["reconstruction_seconds"] = sum(b.reconstruction.seconds or 0.0 for b in report.blocks
                                                if b.reconstruction)
-        fields.update({f"reconstruction_{k}": refit[k] for k in ("blocks_kept", "loss_before", "loss_after")})
+        fields.update({f"reconstruction_{k}": refit[k]
+                       for k in ("blocks_kept", "blocks_kept_at_retry", "loss_before", "loss_after")})
     if any(b.output_error is not None or b.induction for b in report.blocks):
         fields["block_records"] = [
             {"index": b.index, "output_error": b.output_error,

@@ -52,21 +52,31 @@ def test_the_mask_is_held_fixed_and_the_kept_weights_move(mode, recipe):
     assert not torch.signbit(q_refit[~kept]).any()  # pruned weights stay exact +0.0
 
 
-def test_a_refit_that_does_not_help_leaves_the_block_bit_for_bit(monkeypatch):
-    """The verdict: a refit whose held-out loss is not lower is reverted, and the run equals the run without
-    reconstruction bit for bit (the next block is fed the reverted block's outputs)."""
+def _spoil_refits(monkeypatch, spoiled=lambda config: True) -> list[float]:
+    """Make every refit whose config `spoiled` picks harmful (its kept weights tripled after training); returns the
+    list the learning rate of every refit is appended to."""
     import optimum_si.reconstruction.gradient as gradient
 
     original = gradient.train_kept_weights
+    rates = []
 
-    def harmful(*args, **kwargs):
-        wrappers, steps, seconds = original(*args, **kwargs)
-        with torch.no_grad():
-            for wrapper in wrappers.values():
-                wrapper.weight.mul_(3.0)
+    def train(block, modules, dense_params, config, *args):
+        rates.append(config.lr)
+        wrappers, steps, seconds = original(block, modules, dense_params, config, *args)
+        if spoiled(config):
+            with torch.no_grad():
+                for wrapper in wrappers.values():
+                    wrapper.weight.mul_(3.0)
         return wrappers, steps, seconds
 
-    monkeypatch.setattr("optimum_si.reconstruction.stage.train_kept_weights", harmful)
+    monkeypatch.setattr("optimum_si.reconstruction.stage.train_kept_weights", train)
+    return rates
+
+
+def test_a_refit_that_does_not_help_leaves_the_block_bit_for_bit(monkeypatch):
+    """The verdict: a refit whose held-out loss is not lower is reverted, and the run equals the run without
+    reconstruction bit for bit (the next block is fed the reverted block's outputs)."""
+    _spoil_refits(monkeypatch)
     plain, refit = tiny_model("llama"), tiny_model("llama")
     _pruner(False, method="wanda").prune(plain, dataset=token_ids())
     pruner = _pruner(True, method="wanda")
@@ -80,21 +90,7 @@ def test_a_refit_that_does_not_help_leaves_the_block_bit_for_bit(monkeypatch):
 def test_a_reverted_refit_is_retried_once_at_the_gentler_step(monkeypatch, harmful_retry, tmp_path):
     """With `retry_lr`, a block whose refit the verdict reverts is refit once more at that learning rate; a retry that
     does not help either leaves the run bit for bit as without reconstruction."""
-    import optimum_si.reconstruction.gradient as gradient
-
-    original = gradient.train_kept_weights
-    rates = []
-
-    def harmful_at_the_first_step(block, modules, dense_params, config, *args):
-        rates.append(config.lr)
-        wrappers, steps, seconds = original(block, modules, dense_params, config, *args)
-        if config.lr == 1e-3 or harmful_retry:
-            with torch.no_grad():
-                for wrapper in wrappers.values():
-                    wrapper.weight.mul_(3.0)
-        return wrappers, steps, seconds
-
-    monkeypatch.setattr("optimum_si.reconstruction.stage.train_kept_weights", harmful_at_the_first_step)
+    rates = _spoil_refits(monkeypatch, lambda config: config.lr == 1e-3 or harmful_retry)
     plain, refit = tiny_model("llama"), tiny_model("llama")
     _pruner(False, method="wanda").prune(plain, dataset=token_ids())
     pruner = _pruner({"retry_lr": 1e-4}, method="wanda")

@@ -29,6 +29,7 @@ VARIANTS: dict[str, dict | None] = {
     "gradient lr 2e-4 x1": {"mode": "gradient", "lr": 2e-4, "epochs": 1},
     "gradient lr 2e-4 x4": {"mode": "gradient", "lr": 2e-4, "epochs": 4},
     "gradient lr 1e-3 x1 global": {"mode": "gradient", "lr": 1e-3, "epochs": 1, "target": "global"},
+    "gradient lr 1e-3 x3 global": {"mode": "gradient", "lr": 1e-3, "epochs": 3, "target": "global"},
     "gradient lr 1e-3 x1 global retry 2e-4": {"mode": "gradient", "lr": 1e-3, "epochs": 1, "target": "global",
                                                "retry_lr": 2e-4},
 }
@@ -50,9 +51,11 @@ BEST_BASE = [("alps", "50%", True, "gradient lr 2e-4 x1"), ("alps", "2:4", True,
              ("alps", "70%", True, "gradient lr 1e-3 x3")]
 
 # (method, pattern, SI, variant) refit to the dense model's own stream (the global target) instead of the dense block
-# on the pruned inputs: a weak base at 50 % and 70 % first, where the upstream error is largest.
+# on the pruned inputs: a weak base at 50 % and 70 % first, where the upstream error is largest, then three passes
+# on the best 50 % row.
 GLOBAL_TARGET = [("wanda", "50%", False, "gradient lr 1e-3 x1 global"),
-                 ("sparsegpt", "70%", False, "gradient lr 1e-3 x1 global")]
+                 ("sparsegpt", "70%", False, "gradient lr 1e-3 x1 global"),
+                 ("wanda", "50%", False, "gradient lr 1e-3 x3 global")]
 # (method, pattern, SI, variant) on the best base, SI + ALPS, whose refit at lr 1e-3 the verdict reverted in many
 # blocks (local target): the global target, and a second, gentler refit of the blocks whose first one is reverted.
 RETRY = [("alps", "2:4", True, "gradient lr 1e-3 x1 global retry 2e-4"),

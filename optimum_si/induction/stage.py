@@ -7,8 +7,8 @@ scales and folds them; once the walker has propagated the block, the verdict kee
 windows.
 
 Targets: 'local' (the dense block on the pruned model's own inputs, the statistics pass's outputs) or 'global' (the
-dense model's own block outputs: the stage carries that dense stream from block to block, and replays it through
-blocks finished by an interrupted run).
+dense model's own block outputs: the statistics pass runs on the run's `DenseStream`, shared with any other stage
+that has a global target).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from ..methods.base import Pattern, PruningMethod
-from ..modeling.capture import BlockInputs, run_block
 from ..modeling.targets import WeightTarget
+from ..pipeline.dense_stream import DenseStream
 from ..pipeline.stage import BlockContext, BlockStage
 from ..reporting.report import BlockInduction
 from .config import InductionConfig
@@ -37,17 +37,19 @@ logger = logging.getLogger(__name__)
 class InductionStage(BlockStage):
     """Sparsity Induction on every block of a walk. `method` is the configured base method (not a data-parallel
     wrapper), `seed` the recipe's, `n_m` its N:M structure, `model_config` the transformers config (head layout).
-    With `prune=False` (the walk of `SIPruner.induce`) only the distribution-level scales are folded."""
+    With `prune=False` (the walk of `SIPruner.induce`) only the distribution-level scales are folded. `dense_stream`:
+    the run's dense stream, which the global target needs (a stage of the same walk, run after this one)."""
 
     def __init__(self, config: InductionConfig, method: PruningMethod, seed: int, n_m: tuple[int, int] | None,
-                 model_config: Any, prune: bool = True) -> None:
+                 model_config: Any, prune: bool = True, dense_stream: DenseStream | None = None) -> None:
+        if prune and config.target == "global" and dense_stream is None:
+            raise ValueError("Sparsity Induction's global target needs the run's DenseStream (dense_stream=...).")
         self.config = config
         self.method = method
         self.seed = seed
         self.n_m = n_m
         self.model_config = model_config
-        self.global_target = prune and config.target == "global"
-        self.teacher: Any = None  # the dense model's stream entering the current block (global target)
+        self.dense_stream = dense_stream if prune and config.target == "global" else None
         self._block: dict[str, Any] = {}  # the current block's state between hooks
 
     def _statistics_from_teacher(self) -> bool:
@@ -57,34 +59,21 @@ class InductionStage(BlockStage):
         choice = self.config.statistics
         return choice == "dense" or (choice == "auto" and self.method.si_statistics == "dense")
 
-    def replay(self, index: int, source: Any, inputs: BlockInputs) -> None:
-        if not self.global_target:
-            return
-        block = source.load_dense(index)  # the dense stream goes through the *source* weights of the block
-        try:
-            teacher = self.teacher if self.teacher is not None else inputs.hidden
-            self.teacher = run_block(block, BlockInputs(teacher, inputs.kwargs))
-        finally:
-            source.release(index, block)
-
     def begin_block(self, ctx: BlockContext) -> None:
         self._block = {}
         if ctx.inputs is None:
             return
         ctx.keep_dense_outputs = True
         ctx.keep_masks = True
-        if self.global_target:
+        if self.dense_stream is not None:
             # The dense model's own block outputs, so each block also learns to undo upstream error.
-            teacher = BlockInputs(self.teacher if self.teacher is not None else ctx.inputs.hidden, ctx.inputs.kwargs)
-            ctx.dense_inputs = teacher
+            teacher = self.dense_stream.route_statistics_pass(ctx)
             ctx.statistics_inputs = teacher if self._statistics_from_teacher() else ctx.inputs
 
     def before_prune(self, ctx: BlockContext) -> None:
         if ctx.inputs is None:
             return
         started = time.perf_counter()
-        if self.global_target:
-            self.teacher = ctx.dense_outputs
         spreads: dict[str, float] = {}
         row_scales: dict[str, torch.Tensor] = {}
         # Wanda and SparseGPT masks are invariant to the equivalent scales (docs/si-design.md §1), except that

@@ -1,9 +1,8 @@
 """Block reconstruction as a stage of the walk (`optimum_si.pipeline.stage`).
 
 Per block: it asks the walker for the dense block's outputs (the local target, as Sparsity Induction's: the dense
-block on the pruned model's own inputs), or, with the global target, runs the still-dense block on the dense model's
-own stream, which the stage carries from block to block (and replays through the blocks an interrupted run finished);
-once every earlier stage has concluded (SI has kept or reverted its scales), it refits the kept weights of the
+block on the pruned model's own inputs), or, with the global target, reads the dense model's own block outputs off
+the run's `DenseStream` (shared with Sparsity Induction's global target); once every earlier stage has concluded (SI has kept or reverted its scales), it refits the kept weights of the
 block's pruned Linears, by gradient (`gradient.py`) or in closed form (`closed_form.py`), with the mask held fixed,
 and keeps the refit only if it lowers the block loss on held-out calibration windows that the refit never saw. A
 reverted block is left exactly as the earlier stages left it.
@@ -21,11 +20,12 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..modeling.capture import BlockInputs, StopForward, block_output, run_block
+from ..modeling.capture import BlockInputs, StopForward, block_output
 from ..modeling.targets import WeightTarget
 from ..modeling.weights import write_parameter
 from ..observers.stats import InputStats, InputStatsCollector
 from ..observers.windows import validation_windows
+from ..pipeline.dense_stream import DenseStream
 from ..pipeline.stage import BlockContext, BlockStage
 from ..reporting.report import BlockReconstruction
 from .closed_form import least_squares_on_support
@@ -55,32 +55,23 @@ def _mean_over_ranks(total: float, count: int) -> float:
 
 class ReconstructionStage(BlockStage):
     """Refits every block's kept weights after the earlier stages (see the module docstring). `seed` is the recipe's
-    (the order of the training windows)."""
+    (the order of the training windows). `dense_stream`: the run's dense stream, which the global target needs (a
+    stage of the same walk, run after this one)."""
 
-    def __init__(self, config: ReconstructionConfig, seed: int) -> None:
+    def __init__(self, config: ReconstructionConfig, seed: int, dense_stream: DenseStream | None = None) -> None:
+        if config.target == "global" and dense_stream is None:
+            raise ValueError("The reconstruction's global target needs the run's DenseStream (dense_stream=...).")
         self.config = config
         self.seed = seed
-        self.global_target = config.target == "global"
-        self.teacher: Any = None  # the dense model's stream entering the current block (global target)
+        self.dense_stream = dense_stream if config.target == "global" else None
         self._block: dict[str, Any] = {}
-
-    def replay(self, index: int, source: Any, inputs: BlockInputs) -> None:
-        if not self.global_target:
-            return
-        block = source.load_dense(index)  # the dense stream goes through the *source* weights of the block
-        try:
-            self.teacher = run_block(block, BlockInputs(self._teacher_inputs(inputs), inputs.kwargs))
-        finally:
-            source.release(index, block)
-
-    def _teacher_inputs(self, inputs: BlockInputs) -> Any:
-        return self.teacher if self.teacher is not None else inputs.hidden
 
     def begin_block(self, ctx: BlockContext) -> None:
         self._block = {}
         if ctx.inputs is None or not ctx.prune:
             return
-        ctx.keep_dense_outputs = True
+        if self.dense_stream is None:  # the local target: the dense block on these inputs
+            ctx.keep_dense_outputs = True
         group = distributed.active()
         total = group.batch_total if group is not None else len(ctx.inputs.hidden)
         held_out = validation_windows(total, self.config.validation_fraction)
@@ -91,14 +82,9 @@ class ReconstructionStage(BlockStage):
                            training=[i for i in range(len(ctx.inputs.hidden)) if i not in set(held_out)])
 
     def before_prune(self, ctx: BlockContext) -> None:
-        """The global target: the dense block's outputs on the dense model's stream, which also enter the next block.
-        The closed form needs the dense weights and the Hessians of the dense block's Linear inputs on the training
+        """The closed form needs the dense weights and the Hessians of the dense block's Linear inputs on the training
         windows (the held-out ones must not shape the refit). The block is dense here, in the basis it is pruned in
         (an earlier stage's folded scales change no output)."""
-        if self.global_target and ctx.inputs is not None:
-            self.teacher = run_block(ctx.block, BlockInputs(self._teacher_inputs(ctx.inputs), ctx.inputs.kwargs))
-            if self._block:
-                self._block["target"] = self.teacher
         if not self._block or self.config.mode != "closed-form":
             return
         targets = refit_modules(ctx.targets)
@@ -119,7 +105,7 @@ class ReconstructionStage(BlockStage):
         self._block["stats"] = collector.stats
 
     def conclude(self, ctx: BlockContext, outputs: Any) -> bool:
-        dense = self._block.get("target", ctx.dense_outputs)
+        dense = self.dense_stream.outputs if self.dense_stream is not None else ctx.dense_outputs
         if not self._block or dense is None:
             return False
         started = time.perf_counter()

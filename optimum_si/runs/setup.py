@@ -30,6 +30,7 @@ from ..modeling.devices import check_bfloat16
 from ..modeling.offload import offload_execution_device
 from ..modeling.targets import plan_block
 from ..modeling.weights import UndoLog
+from ..pipeline.dense_stream import DenseStream
 from ..pipeline.stage import BlockStage
 from ..pipeline.walker import BlockWalker
 from ..planning.owl import OWLProfile
@@ -75,16 +76,23 @@ class RunSetup:
     def stages(self, prune: bool = True, owl_done: Sequence[float | None] = (),
                owl_on_block: Callable[[list[float | None]], None] | None = None) -> list[BlockStage]:
         """The recipe's stages, in the order the walker runs them: OWL's profile (when pruning), Sparsity Induction,
-        then the reconstruction of the kept weights (when pruning). `owl_done` / `owl_on_block`: a streamed run's recorded OWL ratios and how it records new ones."""
+        then the reconstruction of the kept weights (when pruning), then the dense model's stream that their global
+        targets share (when one has a global target). `owl_done` / `owl_on_block`: a streamed run's recorded OWL
+        ratios and how it records new ones."""
         cfg = self.config
+        global_induction = cfg.induction is not None and prune and cfg.induction.target == "global"
+        global_reconstruction = cfg.reconstruction is not None and prune and cfg.reconstruction.target == "global"
+        dense_stream = DenseStream() if global_induction or global_reconstruction else None
         stages: list[BlockStage] = []
         if cfg.profile_args is not None and prune:
             stages.append(OWLProfile(self.plan, cfg.sparsity, cfg.profile_args, owl_done, owl_on_block))
         if cfg.induction is not None:
             stages.append(InductionStage(cfg.induction, cfg.pruning_method, cfg.seed, cfg.n_m, self.model_config,
-                                         prune=prune))
+                                         prune=prune, dense_stream=dense_stream))
         if cfg.reconstruction is not None and prune:
-            stages.append(ReconstructionStage(cfg.reconstruction, cfg.seed))
+            stages.append(ReconstructionStage(cfg.reconstruction, cfg.seed, dense_stream=dense_stream))
+        if dense_stream is not None:  # last: it computes a block's dense output after the others' folds
+            stages.append(dense_stream)
         return stages
 
     def walker(self, report: PruneReport, undo: UndoLog, prune: bool = True,

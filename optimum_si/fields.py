@@ -12,8 +12,8 @@ import math
 from enum import Enum
 from typing import Any, ClassVar
 
-__all__ = ["Choice", "knob", "ConfigBase", "check_integer", "check_number", "check_bool", "check_choice",
-           "check_patterns"]
+__all__ = ["Choice", "TrainingTarget", "TrainingPrecision", "knob", "ConfigBase", "check_integer", "check_number",
+           "check_bool", "check_choice", "check_patterns"]
 
 
 class Choice(str, Enum):
@@ -25,6 +25,21 @@ class Choice(str, Enum):
 
     def __format__(self, spec: str) -> str:
         return format(str(self.value), spec)
+
+
+class TrainingTarget(Choice):
+    """What a stage that trains a block (Sparsity Induction, the reconstruction) fits it to: the dense block on the
+    pruned model's own inputs ('local') or the dense model's own block outputs ('global', pipeline/dense_stream.py)."""
+
+    LOCAL = "local"
+    GLOBAL = "global"
+
+
+class TrainingPrecision(Choice):
+    """The compute dtype of a stage's training passes: float32, or bfloat16 autocast."""
+
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
 
 
 def knob(text: str, **kwargs: Any) -> Any:

@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..fields import Choice, ConfigBase, check_bool, check_choice, check_integer, check_number, check_patterns, knob
+from ..fields import (
+    Choice,
+    ConfigBase,
+    TrainingPrecision,
+    TrainingTarget,
+    check_bool,
+    check_choice,
+    check_integer,
+    check_number,
+    check_patterns,
+    knob,
+)
 
 __all__ = ["InductionConfig", "InductionRefresh", "InductionInit", "InductionTarget", "InductionStatistics",
            "InductionUnsupported", "InductionOptimizer", "InductionPrecision", "SCALING_GROUP_NAMES"]
@@ -29,9 +40,7 @@ class InductionInit(Choice):
     NONE = "none"
 
 
-class InductionTarget(Choice):
-    LOCAL = "local"
-    GLOBAL = "global"
+InductionTarget = TrainingTarget  # one choice for every stage that trains a block
 
 
 class InductionStatistics(Choice):
@@ -50,9 +59,7 @@ class InductionOptimizer(Choice):
     DAMPED_ADAM = "damped-adam"
 
 
-class InductionPrecision(Choice):
-    FLOAT32 = "float32"
-    BFLOAT16 = "bfloat16"
+InductionPrecision = TrainingPrecision
 
 
 @dataclass

@@ -6,7 +6,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..fields import Choice, ConfigBase, check_bool, check_choice, check_integer, check_number, knob
+from ..fields import (
+    Choice,
+    ConfigBase,
+    TrainingPrecision,
+    TrainingTarget,
+    check_bool,
+    check_choice,
+    check_integer,
+    check_number,
+    knob,
+)
 
 __all__ = ["ReconstructionConfig", "ReconstructionMode", "ReconstructionPrecision", "ReconstructionTarget"]
 
@@ -18,14 +28,8 @@ class ReconstructionMode(Choice):
     CLOSED_FORM = "closed-form"
 
 
-class ReconstructionTarget(Choice):
-    LOCAL = "local"
-    GLOBAL = "global"
-
-
-class ReconstructionPrecision(Choice):
-    FLOAT32 = "float32"
-    BFLOAT16 = "bfloat16"
+ReconstructionTarget = TrainingTarget  # the same choices as Sparsity Induction's
+ReconstructionPrecision = TrainingPrecision
 
 
 @dataclass

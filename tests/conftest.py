@@ -25,6 +25,19 @@ torch.set_num_threads(1)
 # Subprocesses (killed-run tests, the CLI) must compute with the same single thread to reproduce results bit for bit.
 os.environ["OMP_NUM_THREADS"] = "1"
 
+
+@pytest.fixture(autouse=True)
+def _method_registry_restored():
+    """Methods a test registers are gone after it: later tests (the command line's help lists every registered
+    method) must see the same registry whatever order the tests run in."""
+    from optimum_si.methods.registry import _REGISTRY
+
+    registered = dict(_REGISTRY)
+    yield
+    _REGISTRY.clear()
+    _REGISTRY.update(registered)
+
+
 VOCAB = 128
 _COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                num_key_value_heads=2, max_position_embeddings=256)

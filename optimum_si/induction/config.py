@@ -8,18 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..fields import (
-    Choice,
-    ConfigBase,
-    TrainingPrecision,
-    TrainingTarget,
-    check_bool,
-    check_choice,
-    check_integer,
-    check_number,
-    check_patterns,
-    knob,
-)
+from .. import fields
+from ..fields import Choice, ConfigBase, check_bool, check_choice, check_integer, check_number, check_patterns, knob
 
 __all__ = ["InductionConfig", "InductionRefresh", "InductionInit", "InductionTarget", "InductionStatistics",
            "InductionUnsupported", "InductionOptimizer", "InductionPrecision", "SCALING_GROUP_NAMES"]
@@ -40,7 +30,7 @@ class InductionInit(Choice):
     NONE = "none"
 
 
-InductionTarget = TrainingTarget  # one choice for every stage that trains a block
+InductionTarget = fields.TrainingTarget  # one choice for every stage that trains a block
 
 
 class InductionStatistics(Choice):
@@ -59,7 +49,7 @@ class InductionOptimizer(Choice):
     DAMPED_ADAM = "damped-adam"
 
 
-InductionPrecision = TrainingPrecision
+InductionPrecision = fields.TrainingPrecision
 
 
 @dataclass

@@ -6,17 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..fields import (
-    Choice,
-    ConfigBase,
-    TrainingPrecision,
-    TrainingTarget,
-    check_bool,
-    check_choice,
-    check_integer,
-    check_number,
-    knob,
-)
+from .. import fields
+from ..fields import Choice, ConfigBase, check_bool, check_choice, check_integer, check_number, knob
 
 __all__ = ["ReconstructionConfig", "ReconstructionMode", "ReconstructionPrecision", "ReconstructionTarget"]
 
@@ -28,8 +19,8 @@ class ReconstructionMode(Choice):
     CLOSED_FORM = "closed-form"
 
 
-ReconstructionTarget = TrainingTarget  # the same choices as Sparsity Induction's
-ReconstructionPrecision = TrainingPrecision
+ReconstructionTarget = fields.TrainingTarget  # the same choices as Sparsity Induction's
+ReconstructionPrecision = fields.TrainingPrecision
 
 
 @dataclass

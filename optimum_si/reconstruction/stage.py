@@ -2,10 +2,11 @@
 
 Per block: it asks the walker for the dense block's outputs (the local target, as Sparsity Induction's: the dense
 block on the pruned model's own inputs), or, with the global target, reads the dense model's own block outputs off
-the run's `DenseStream` (shared with Sparsity Induction's global target); once every earlier stage has concluded (SI has kept or reverted its scales), it refits the kept weights of the
-block's pruned Linears, by gradient (`gradient.py`) or in closed form (`closed_form.py`), with the mask held fixed,
-and keeps the refit only if it lowers the block loss on held-out calibration windows that the refit never saw. A
-reverted block is left exactly as the earlier stages left it.
+the run's `DenseStream` (shared with Sparsity Induction's global target); once every earlier stage has concluded (SI
+has kept or reverted its scales), it refits the kept weights of the block's pruned Linears, by gradient
+(`gradient.py`) or in closed form (`closed_form.py`), with the mask held fixed, and keeps the refit only if it lowers
+the block loss on held-out calibration windows that the refit never saw. A reverted block is left exactly as the
+earlier stages left it.
 """
 
 from __future__ import annotations

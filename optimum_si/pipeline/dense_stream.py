@@ -2,10 +2,9 @@
 
 Stages with a global target fit each block to the *dense* model's own block output at that depth, so that a block
 also learns to undo the error of the pruned blocks before it. Those outputs come from running each still-dense block
-on the dense stream, which nothing else in the walk keeps. One
-`DenseStream` serves every such stage of a run: the stream is held once (one more activation set, docs/memory.md)
-and each block's dense output is computed once, by the walker's statistics pass where a stage routes it there, or by
-one forward of the still-dense block otherwise.
+on the dense stream, which nothing else in the walk keeps. One `DenseStream` serves every such stage of a run: the
+stream is held once (one more activation set, docs/memory.md) and each block's dense output is computed once, by the
+walker's statistics pass where a stage routes it there, or by one forward of the still-dense block otherwise.
 
 Run it after the stages that read it (`runs/setup.py` does): its `before_prune` computes the block's output once the
 earlier stages' equivalent folds are in (they change no output), and its `conclude` advances the stream once every

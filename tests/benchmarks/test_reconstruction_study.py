@@ -72,6 +72,21 @@ def test_cross_domain_rows_with_si_divide_by_the_si_run(neighbours):
     assert cells[2] == "yes" and cells[4:7] == ["0.900 (9.0 → 8.1)", "0.900 (90.0 → 81.0)", "1.000 (45.0 → 45.0)"]
 
 
+def test_cross_domain_rows_without_reconstruction_of_this_study_are_the_divisor(neighbours):
+    own = {"pydocs": 20.0, "jargon": 200.0, "kjv": 100.0}
+    refit = {"pydocs": 18.0, "jargon": 190.0, "kjv": 90.0}
+    records = [_record("alps", "2:4", "none", own, induction=True, calibration="kjv", cross_domain=True),
+               _record("alps", "2:4", REFIT, refit, induction=True, calibration="kjv", cross_domain=True)]
+    lines = render.cross_domain(records)
+    assert len(lines) == 3  # the run without reconstruction is a divisor, not a row of its own
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert cells[:4] == ["alps", "2:4", "yes", REFIT]
+    assert cells[10:13] == ["0.900 (20.0 → 18.0)", "0.950 (200.0 → 190.0)", "0.900 (100.0 → 90.0)"]
+    assert cells[13] == "0.950 (meets ≤ 0.98)"
+    text = render.render(None, records)
+    assert "| alps | 2:4 | yes | – |" in text  # not taken for the grid's column without reconstruction
+
+
 def test_cross_domain_rows_stay_out_of_the_listing_and_the_grid(neighbours):
     records = [_record("wanda", "50%", REFIT, 82.0, long_ppl=75.0),
                _record("wanda", "50%", REFIT, {"pydocs": 9.0, "jargon": 99.0, "kjv": 45.0}, calibration="jargon",

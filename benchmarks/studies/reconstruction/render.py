@@ -47,7 +47,7 @@ def _plain(records: list[dict]) -> dict[tuple, tuple[float, str]]:
         for r in json.loads(METHODS_GRID.read_text(encoding="utf-8")):
             found[(r["method"], r["pattern"], bool(r["induction"]))] = (r["ppl"], "†")
     for r in records:
-        if r["variant"] == "none":
+        if r["variant"] == "none" and not r.get("cross_domain"):
             found[(r["method"], r["pattern"], bool(r.get("induction")))] = (r["ppl"], "")
     return found
 
@@ -116,12 +116,17 @@ def readme_targets(records: list[dict]) -> str:
 
 
 def cross_domain(records: list[dict]) -> list[str]:
-    """Refit / not refit perplexity for every calibration -> evaluation pair, against the cross-domain study's run
-    of the same method, pattern and calibration without reconstruction (its default SI for a row with SI)."""
+    """Refit / not refit perplexity for every calibration -> evaluation pair, against the run of the same method,
+    pattern and calibration without reconstruction: this study's own, else the cross-domain study's (its default SI
+    for a row with SI)."""
     plain = {(r["method"], r["pattern"], r["calibration"], r["variant"] != "none"): r for r in _read(CROSS_DOMAIN)
              if r["variant"] in ("none", "default")}
     runs = {(r["method"], r["pattern"], r["calibration"], r["variant"], bool(r.get("induction"))): r for r in records
             if r.get("cross_domain")}
+    for (method, pattern, calibration, variant, induction), record in list(runs.items()):
+        if variant == "none":
+            plain[(method, pattern, calibration, induction)] = runs.pop((method, pattern, calibration, variant,
+                                                                         induction))
     lines = pair_header(["method", "pattern", "SI", "refit"])
     combos = sorted({(m, p, v, si) for m, p, _c, v, si in runs}, key=lambda k: (k[0], pattern_order(k[1]), k[3], k[2]))
     for method, pattern, variant, induction in combos:
@@ -157,7 +162,7 @@ def render(study, records: list[dict]) -> str:
     lines += ["", "The cross-domain grid of the refit: perplexity with / without reconstruction (with SI, both with "
                   "SI), for each calibration -> evaluation corpus pair, first 20 x 512 tokens of each evaluation "
                   "region; the runs without reconstruction are the cross-domain study's (one thread, an earlier "
-                  "machine).", ""]
+                  "machine), or this study's for ALPS, which that study lacks.", ""]
     lines += cross_domain(records)
     return "\n".join(lines) + "\n"
 

@@ -1,9 +1,10 @@
 """The reconstruction of the kept weights on SmolLM2-135M: the rows that chose its settings (Wanda 50 %, refit in
 closed form and by gradient at several learning rates and lengths), then the grid: every base method at 50 %, 70 %
-and 2:4, without and with SI, refit in closed form and by gradient, scored on the first 20 x 512 Jargon File tokens
-(the methods grid's evaluation; the rows without reconstruction are the methods grid's). Each refit row also scores
-the first 40 x 512 tokens (the README's protocol, `long_windows`) for the targets against dense, and the cross-domain
-rows calibrate on each corpus and score every corpus, against the cross-domain grid's runs without reconstruction.
+and 2:4, without and with SI, refit by gradient (and in closed form: Wanda and SparseGPT without SI), scored on the
+first 20 x 512 Jargon File tokens (the methods grid's evaluation; the rows without reconstruction are the methods
+grid's). Each refit row also scores the first 40 x 512 tokens (the README's protocol, `long_windows`) for the targets
+against dense, and the cross-domain rows calibrate on each corpus and score every corpus, against the runs without
+reconstruction of the cross-domain grid (or of this study, for a method that grid lacks).
 
 Rows are listed in run order, so an interrupted run has the most telling rows: first what decides between the
 modes (Wanda 50 %), then the chosen settings with SI and at 2:4 and 70 %, then the longer gradient refits, then the
@@ -35,22 +36,24 @@ VARIANTS: dict[str, dict | None] = {
     "gradient lr 1e-3 x3 global retry 2e-4": {"mode": "gradient", "lr": 1e-3, "epochs": 3, "target": "global",
                                                "retry_lr": 2e-4},
 }
-# The grid's two refits: one per mode.
+# The grid's two refits: one per mode. The closed form, which loses to the gradient refit on both bases it was
+# measured on at 50 % and costs twice its time, is run on Wanda and SparseGPT without SI only.
 GRID_VARIANTS = ("closed form", "gradient lr 1e-3 x1")
 GRID_METHODS = ("magnitude", "wanda", "sparsegpt", "ria", "zpruner", "alps")
 GRID_PATTERNS = ("50%", "70%", "2:4")
+CLOSED_FORM_METHODS = ("wanda", "sparsegpt")
 # (method, pattern, SI, variants), the first rows in run order.
 FIRST = [
     ("wanda", "50%", False, ["none", "closed form", "gradient lr 1e-3 x1"]),
-    ("wanda", "50%", True, ["none", "closed form", "gradient lr 1e-3 x1"]),
+    ("wanda", "50%", True, ["none", "gradient lr 1e-3 x1"]),
     ("sparsegpt", "2:4", False, ["none", "closed form"]),
     ("wanda", "70%", False, ["none", "closed form"]),
-    ("wanda", "50%", False, ["gradient lr 1e-3 x3", "gradient lr 2e-4 x1", "gradient lr 2e-4 x4"]),
+    ("wanda", "50%", False, ["gradient lr 1e-3 x3", "gradient lr 2e-4 x1"]),
 ]
 
-# (method, pattern, SI, variant) after the grid: a gentler refit on SI + ALPS at 50 %, a longer one at 2:4 and 70 %.
-BEST_BASE = [("alps", "50%", True, "gradient lr 2e-4 x1"), ("alps", "2:4", True, "gradient lr 1e-3 x3"),
-             ("alps", "70%", True, "gradient lr 1e-3 x3")]
+# (method, pattern, SI, variant) after the grid: a gentler refit on SI + ALPS at 50 % (at 2:4 and 70 % the global
+# target with the retry below took the place of a longer local refit).
+BEST_BASE = [("alps", "50%", True, "gradient lr 2e-4 x1")]
 
 # (method, pattern, SI, variant) refit to the dense model's own stream (the global target) instead of the dense block
 # on the pruned inputs: a weak base at 50 % and 70 % first, where the upstream error is largest, then three passes
@@ -65,9 +68,12 @@ RETRY = [("alps", "2:4", True, "gradient lr 1e-3 x1 global retry 2e-4"),
          ("alps", "70%", True, "gradient lr 1e-3 x1 global retry 2e-4"),
          ("alps", "70%", True, "gradient lr 1e-3 x3 global retry 2e-4")]
 
-# (method, pattern, SI, variant) calibrated on each corpus and scored on every corpus.
+# (method, pattern, SI, variant) calibrated on each corpus and scored on every corpus; the best 2:4 combination
+# (SI + ALPS, global target with the retry) with its own runs without reconstruction, as the cross-domain study has
+# no ALPS.
 CROSS_DOMAIN = [("wanda", "50%", False, "gradient lr 1e-3 x1"), ("sparsegpt", "2:4", True, "gradient lr 1e-3 x1"),
-                ("wanda", "50%", False, "gradient lr 1e-3 x1 global")]
+                ("wanda", "50%", False, "gradient lr 1e-3 x1 global"), ("alps", "2:4", True, "none"),
+                ("alps", "2:4", True, "gradient lr 1e-3 x1 global retry 2e-4")]
 
 
 def _key(text: str) -> str:
@@ -100,6 +106,8 @@ def study() -> dict:
         for induction in (False, True):
             for pattern in GRID_PATTERNS:
                 for method in GRID_METHODS:
+                    if variant == "closed form" and (induction or method not in CLOSED_FORM_METHODS):
+                        continue
                     row = _row(method, pattern, induction, variant)
                     if row["key"] not in keys:
                         rows.append(row)

@@ -123,10 +123,9 @@ def cross_domain(records: list[dict]) -> list[str]:
              if r["variant"] in ("none", "default")}
     runs = {(r["method"], r["pattern"], r["calibration"], r["variant"], bool(r.get("induction"))): r for r in records
             if r.get("cross_domain")}
-    for (method, pattern, calibration, variant, induction), record in list(runs.items()):
-        if variant == "none":
-            plain[(method, pattern, calibration, induction)] = runs.pop((method, pattern, calibration, variant,
-                                                                         induction))
+    for key in [k for k in runs if k[3] == "none"]:
+        method, pattern, calibration, _variant, induction = key
+        plain[(method, pattern, calibration, induction)] = runs.pop(key)
     lines = pair_header(["method", "pattern", "SI", "refit"])
     combos = sorted({(m, p, v, si) for m, p, _c, v, si in runs}, key=lambda k: (k[0], pattern_order(k[1]), k[3], k[2]))
     for method, pattern, variant, induction in combos:

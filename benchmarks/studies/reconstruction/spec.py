@@ -63,10 +63,11 @@ GLOBAL_TARGET = [("wanda", "50%", False, "gradient lr 1e-3 x1 global"),
                  ("wanda", "50%", False, "gradient lr 1e-3 x3 global")]
 # (method, pattern, SI, variant) on the best base, SI + ALPS, whose refit at lr 1e-3 the verdict reverted in many
 # blocks (local target): the global target, and a second, gentler refit of the blocks whose first one is reverted;
-# then three passes of it at 70 %, the pattern closest to its target.
+# then three passes of it at 70 %, the pattern closest to its target, and at 50 %.
 RETRY = [("alps", "2:4", True, "gradient lr 1e-3 x1 global retry 2e-4"),
          ("alps", "70%", True, "gradient lr 1e-3 x1 global retry 2e-4"),
-         ("alps", "70%", True, "gradient lr 1e-3 x3 global retry 2e-4")]
+         ("alps", "70%", True, "gradient lr 1e-3 x3 global retry 2e-4"),
+         ("alps", "50%", True, "gradient lr 1e-3 x3 global retry 2e-4")]
 
 # (method, pattern, SI, variant) calibrated on each corpus and scored on every corpus; the best 2:4 combination
 # (SI + ALPS, global target with the retry) with its own runs without reconstruction, as the cross-domain study has

@@ -30,6 +30,7 @@ VARIANTS: dict[str, dict | None] = {
     "gradient lr 2e-4 x1": {"mode": "gradient", "lr": 2e-4, "epochs": 1},
     "gradient lr 2e-4 x4": {"mode": "gradient", "lr": 2e-4, "epochs": 4},
     "gradient lr 1e-3 x1 global": {"mode": "gradient", "lr": 1e-3, "epochs": 1, "target": "global"},
+    "gradient lr 2e-4 x1 global": {"mode": "gradient", "lr": 2e-4, "epochs": 1, "target": "global"},
     "gradient lr 1e-3 x3 global": {"mode": "gradient", "lr": 1e-3, "epochs": 3, "target": "global"},
     "gradient lr 1e-3 x1 global retry 2e-4": {"mode": "gradient", "lr": 1e-3, "epochs": 1, "target": "global",
                                                "retry_lr": 2e-4},
@@ -71,10 +72,11 @@ RETRY = [("alps", "2:4", True, "gradient lr 1e-3 x1 global retry 2e-4"),
 
 # (method, pattern, SI, variant) calibrated on each corpus and scored on every corpus; the best 2:4 combination
 # (SI + ALPS, global target with the retry) with its own runs without reconstruction, as the cross-domain study has
-# no ALPS.
+# no ALPS, then the same with only the gentler step.
 CROSS_DOMAIN = [("wanda", "50%", False, "gradient lr 1e-3 x1"), ("sparsegpt", "2:4", True, "gradient lr 1e-3 x1"),
                 ("wanda", "50%", False, "gradient lr 1e-3 x1 global"), ("alps", "2:4", True, "none"),
-                ("alps", "2:4", True, "gradient lr 1e-3 x1 global retry 2e-4")]
+                ("alps", "2:4", True, "gradient lr 1e-3 x1 global retry 2e-4"),
+                ("alps", "2:4", True, "gradient lr 2e-4 x1 global")]
 
 
 def _key(text: str) -> str:

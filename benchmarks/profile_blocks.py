@@ -98,7 +98,8 @@ def _wrap_where_imported(function: Any, profile: Profile, name, restore: list) -
 
 @contextlib.contextmanager
 def instrument(profile: Profile, blocks):
-    from optimum_si.induction import inducer, optim, stage
+    from optimum_si import optim
+    from optimum_si.induction import inducer, stage
     from optimum_si.modeling import capture
     from optimum_si.observers.output_error import OutputErrorProbe
     from optimum_si.observers.stats import InputStats

@@ -12,7 +12,7 @@ import math
 from enum import Enum
 from typing import Any, ClassVar
 
-__all__ = ["Choice", "TrainingTarget", "TrainingPrecision", "knob", "ConfigBase", "check_integer", "check_number",
+__all__ = ["Choice", "TrainingTarget", "TrainingOptimizer", "TrainingPrecision", "knob", "ConfigBase", "check_integer", "check_number",
            "check_bool", "check_choice", "check_patterns"]
 
 
@@ -33,6 +33,14 @@ class TrainingTarget(Choice):
 
     LOCAL = "local"
     GLOBAL = "global"
+
+
+class TrainingOptimizer(Choice):
+    """The optimiser of a stage that trains on calibration text: plain Adam, or Adam damped where the gradient
+    evidence is weak (optim.py)."""
+
+    ADAM = "adam"
+    DAMPED_ADAM = "damped-adam"
 
 
 class TrainingPrecision(Choice):

@@ -44,9 +44,7 @@ class InductionUnsupported(Choice):
     SKIP = "skip"
 
 
-class InductionOptimizer(Choice):
-    ADAM = "adam"
-    DAMPED_ADAM = "damped-adam"
+InductionOptimizer = fields.TrainingOptimizer
 
 
 InductionPrecision = fields.TrainingPrecision
@@ -92,7 +90,7 @@ class InductionConfig(ConfigBase):
         "architecture table defines.", default=None)
     optimizer: InductionOptimizer = knob(
         "Optimiser of the learned scales: 'adam', or 'damped-adam' (steps in proportion to the gradient evidence "
-        "for weakly exercised channels, so they stay near 1; see optimum_si/induction/optim.py and "
+        "for weakly exercised channels, so they stay near 1; see optimum_si/optim.py and "
         "docs/si-design.md).", default="damped-adam")
     precision: InductionPrecision = knob(
         "Compute dtype of the scale training's forward and backward passes: 'float32', or 'bfloat16' (autocast; "

@@ -29,10 +29,10 @@ from ..modeling.targets import is_conv1d
 from ..modeling.weights import UndoLog, write_parameter
 from ..observers.stats import InputStats, InputStatsCollector
 from ..observers.windows import training_steps, validation_windows
+from ..optim import DampedAdam
 from ..reporting.report import BlockInduction
 from .config import InductionConfig
 from .losses import SpectralNorm, block_mse
-from .optim import DampedAdam
 from .scaled_linear import HISTOGRAM_EDGES, ScaledLinear, importance_histogram
 
 __all__ = ["BlockInducer", "validation_windows"]

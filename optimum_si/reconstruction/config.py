@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from .. import fields
 from ..fields import Choice, ConfigBase, check_bool, check_choice, check_integer, check_number, knob
 
-__all__ = ["ReconstructionConfig", "ReconstructionMode", "ReconstructionPrecision", "ReconstructionTarget"]
+__all__ = ["ReconstructionConfig", "ReconstructionMode", "ReconstructionOptimizer", "ReconstructionPrecision",
+           "ReconstructionTarget"]
 
 _OWNER = "ReconstructionConfig"
 
@@ -21,6 +22,7 @@ class ReconstructionMode(Choice):
 
 ReconstructionTarget = fields.TrainingTarget  # the same choices as Sparsity Induction's
 ReconstructionPrecision = fields.TrainingPrecision
+ReconstructionOptimizer = fields.TrainingOptimizer
 
 
 @dataclass
@@ -40,6 +42,10 @@ class ReconstructionConfig(ConfigBase):
         "dense inputs: one solve per output row, no training).", default="gradient")
     epochs: int = knob("gradient: passes over the training windows.", default=1)
     lr: float = knob("gradient: Adam learning rate of the kept weights.", default=1e-3)
+    optimizer: ReconstructionOptimizer = knob(
+        "gradient: 'adam', or 'damped-adam' (each Linear's weights step in proportion to the gradient evidence where "
+        "it is weak, so weights of input channels the calibration text hardly exercises stay near their start; "
+        "optimum_si/optim.py).", default="adam")
     retry_lr: float | None = knob(
         "gradient: a block whose refit the held-out verdict reverts is refit once more at this learning rate "
         "(None: no retry). For bases whose weights already fit each layer (ALPS), where steps of `lr` undo more than "
@@ -65,6 +71,7 @@ class ReconstructionConfig(ConfigBase):
         self.mode = check_choice(_OWNER, "mode", self.mode, ReconstructionMode)
         self.epochs = check_integer(_OWNER, "epochs", self.epochs, 1)
         self.lr = check_number(_OWNER, "lr", self.lr, low=0, low_open=True, what="a positive number")
+        self.optimizer = check_choice(_OWNER, "optimizer", self.optimizer, ReconstructionOptimizer)
         self.retry_lr = check_number(_OWNER, "retry_lr", self.retry_lr, low=0, low_open=True, optional=True,
                                      what="a positive number or None")
         self.target = check_choice(_OWNER, "target", self.target, ReconstructionTarget)

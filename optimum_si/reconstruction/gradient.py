@@ -1,7 +1,7 @@
 """The gradient refit of a pruned block's kept weights: every pruned Linear of the block trains its weight with the
-mask held fixed (W * M in the forward, so a pruned weight gets no gradient and stays exactly zero), by Adam, against
-the dense block's outputs on the training windows. The block-wise fine-tuning of EBFT (Guo et al., arXiv 2402.12419;
-github.com/sunggo/EBFT), run on one block at a time inside the walk.
+mask held fixed (W * M in the forward, so a pruned weight gets no gradient and stays exactly zero), by Adam or
+`DampedAdam` (optim.py), against the dense block's outputs on the training windows. The block-wise fine-tuning of
+EBFT (Guo et al., arXiv 2402.12419; github.com/sunggo/EBFT), run on one block at a time inside the walk.
 
 Pure training: which windows train, which judge, and whether the refit is kept are the stage's (`stage.py`).
 """
@@ -19,6 +19,7 @@ from .. import distributed
 from ..modeling.capture import block_output
 from ..modeling.targets import is_conv1d
 from ..observers.windows import training_steps
+from ..optim import DampedAdam
 from .config import ReconstructionConfig
 
 __all__ = ["MaskedLinear", "train_kept_weights", "block_loss"]
@@ -78,7 +79,10 @@ def train_kept_weights(block: nn.Module, modules: dict[str, nn.Module], dense_pa
     for name, wrapper in wrappers.items():
         _set_submodule(block, name, wrapper)
     params = [p for w in wrappers.values() for p in w.parameters()] + dense_params
-    optimiser = torch.optim.Adam(params, lr=config.lr, foreach=True)  # one kernel per step, not one per tensor
+    if config.optimizer == "damped-adam":  # one group per tensor: each Linear's floor is its own typical gradient
+        optimiser: torch.optim.Optimizer = DampedAdam([{"params": [p]} for p in params], lr=config.lr)
+    else:
+        optimiser = torch.optim.Adam(params, lr=config.lr, foreach=True)  # one kernel per step, not one per tensor
     generator = torch.Generator().manual_seed(seed)
     group = distributed.active()
     low = config.precision == "bfloat16"

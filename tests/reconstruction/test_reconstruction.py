@@ -52,6 +52,25 @@ def test_the_mask_is_held_fixed_and_the_kept_weights_move(mode, recipe):
     assert not torch.signbit(q_refit[~kept]).any()  # pruned weights stay exact +0.0
 
 
+def test_the_damped_optimiser_trains_the_kept_weights_and_holds_the_mask(monkeypatch):
+    from optimum_si.optim import DampedAdam
+
+    steps = []
+    original = DampedAdam.step
+    monkeypatch.setattr(DampedAdam, "step", lambda self, closure=None: steps.append(1) or original(self, closure))
+    plain, refit = tiny_model("llama"), tiny_model("llama")
+    _pruner(False, method="wanda").prune(plain, dataset=token_ids())
+    pruner = _pruner({"optimizer": "damped-adam", "validation_fraction": 0.0, "epochs": 4}, method="wanda")
+    pruner.prune(refit, dataset=token_ids())
+    assert steps  # the refit's steps went through DampedAdam, not Adam
+    kept = plain.model.layers[0].self_attn.q_proj.weight != 0
+    assert torch.equal(kept, refit.model.layers[0].self_attn.q_proj.weight != 0)
+    records = [b.reconstruction for b in pruner.report.blocks]
+    if records[0].kept:
+        assert not torch.equal(plain.model.layers[0].self_attn.q_proj.weight[kept],
+                               refit.model.layers[0].self_attn.q_proj.weight[kept])
+
+
 def _spoil_refits(monkeypatch, spoiled=lambda config: True) -> list[float]:
     """Make every refit whose config `spoiled` picks harmful (its kept weights tripled after training); returns the
     list the learning rate of every refit is appended to."""
@@ -230,6 +249,7 @@ def test_the_report_and_the_card_say_per_block_whether_it_helped(tmp_path):
     ({"validation_fraction": 0.9}, r"ReconstructionConfig.validation_fraction must be a number in \[0, 0.5\]"),
     ({"target": "dense"}, "ReconstructionConfig.target must be one of 'local', 'global'"),
     ({"retry_lr": 0}, "ReconstructionConfig.retry_lr must be a positive number or None"),
+    ({"optimizer": "sgd"}, "ReconstructionConfig.optimizer must be one of 'adam', 'damped-adam'"),
     ({"target": "global", "mode": "closed-form"}, "target='global' needs mode='gradient'"),
 ])
 def test_invalid_settings_name_the_field(kwargs, message):

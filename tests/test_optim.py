@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from optimum_si.induction.optim import DampedAdam
+from optimum_si.optim import DampedAdam
 
 
 def test_first_step_is_adam_like_for_strong_gradients_and_zero_without_evidence():

@@ -1,11 +1,13 @@
-"""An Adam variant whose steps follow the strength of the evidence, for SI's learned scales.
+"""An Adam variant whose steps follow the strength of the evidence, for the stages that train on calibration text
+(SI's learned scales, the reconstruction's kept weights).
 
-Plain Adam divides each parameter's gradient by its own running RMS, so every scale moves about `lr` per step
+Plain Adam divides each parameter's gradient by its own running RMS, so every parameter moves about `lr` per step
 however weak its gradient: a channel that the calibration text hardly exercises (code tokens in a literary
 calibration set, say) is moved as far as a busy one, by noise. That fits the calibration domain and hurts every
-other (docs/si-design.md, cross-domain results). `DampedAdam` floors the denominator at the RMS gradient of the
-whole parameter group: parameters with typical or strong gradients step like Adam (at most `lr`), while those with
-weak gradients step in proportion to their gradient, so scales without evidence stay near their start.
+other (docs/si-design.md and docs/reconstruction.md, cross-domain results). `DampedAdam` floors the denominator at the
+RMS gradient of the whole parameter group: parameters with typical or strong gradients step like Adam (at most
+`lr`), while those with weak gradients step in proportion to their gradient, so parameters without evidence stay
+near their start.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ import math
 from enum import Enum
 from typing import Any, ClassVar
 
-__all__ = ["Choice", "TrainingTarget", "TrainingOptimizer", "TrainingPrecision", "knob", "ConfigBase", "check_integer", "check_number",
-           "check_bool", "check_choice", "check_patterns"]
+__all__ = ["Choice", "TrainingTarget", "TrainingOptimizer", "TrainingPrecision", "knob", "ConfigBase", "check_integer",
+           "check_number", "check_bool", "check_choice", "check_patterns"]
 
 
 class Choice(str, Enum):

@@ -3,6 +3,6 @@ without Sparsity Induction), its kept weights are refit to the dense block's out
 it lowers the block loss on held-out calibration windows. Its config, the stage, the gradient refit and the
 closed-form refit.
 
-Imports: `fields`, `pipeline` (the stage protocol), `modeling`, `observers`, `reporting`, `distributed`. `config` and
-this `__init__` are torch-free.
+Imports: `fields`, `optim`, `pipeline` (the stage protocol), `modeling`, `observers`, `reporting`, `distributed`.
+`config` and this `__init__` are torch-free.
 """

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["DampedAdam"]
+__all__ = ["DampedAdam", "training_optimizer"]
 
 
 class DampedAdam(torch.optim.Optimizer):
@@ -55,3 +55,15 @@ class DampedAdam(torch.optim.Optimizer):
                 denominator = (state["v"] / v_correction).sqrt_().add_(floor + group["eps"])
                 p.addcdiv_(state["m"], denominator, value=-group["lr"] / m_correction)
         return loss
+
+
+def training_optimizer(name: str, params: list[torch.nn.Parameter], lr: float, *, floor_per_tensor: bool = False,
+                       foreach: bool | None = None) -> torch.optim.Optimizer:
+    """The optimiser a stage's `optimizer` field names: `"adam"` (torch's Adam, `foreach` passed through) or
+    `"damped-adam"`. `floor_per_tensor` gives `DampedAdam` one group per tensor, so each tensor's weak-gradient floor
+    is its own typical gradient (the reconstruction's Linears differ in scale); otherwise one floor is shared."""
+    if name == "damped-adam":
+        return DampedAdam([{"params": [p]} for p in params] if floor_per_tensor else params, lr=lr)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, foreach=foreach)
+    raise ValueError(f"Unknown optimizer {name!r}; use 'adam' or 'damped-adam'.")

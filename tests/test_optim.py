@@ -1,8 +1,9 @@
 import math
 
+import pytest
 import torch
 
-from optimum_si.optim import DampedAdam
+from optimum_si.optim import DampedAdam, training_optimizer
 
 
 def test_first_step_is_adam_like_for_strong_gradients_and_zero_without_evidence():
@@ -31,3 +32,18 @@ def test_weak_gradients_step_in_proportion_and_strong_ones_are_capped():
     assert float(weights.detach()[0].abs()) <= 0.01 * 20 + 1e-6  # never more than lr per step
     assert float(weights.detach()[1:].abs().max()) < 0.01 * float(plain.detach()[1:].abs().max())  # Adam moves idle ones fully
     assert torch.allclose(plain[1:], plain[1].expand(100))
+
+
+def test_training_optimizer_builds_what_the_field_names_with_one_floor_or_one_per_tensor():
+    big, small = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(4))
+    assert type(training_optimizer("adam", [big, small], 0.1)) is torch.optim.Adam
+    shared = training_optimizer("damped-adam", [big, small], 0.1)
+    assert isinstance(shared, DampedAdam) and len(shared.param_groups) == 1
+    own = training_optimizer("damped-adam", [big, small], 0.1, floor_per_tensor=True)
+    assert len(own.param_groups) == 2
+    # With one floor per tensor, a tensor with uniformly small gradients steps as far as one with large ones.
+    big.grad, small.grad = torch.full((4,), 100.0), torch.full((4,), 0.01)
+    own.step()
+    assert torch.allclose(big.detach(), small.detach())
+    with pytest.raises(ValueError, match="adam"):
+        training_optimizer("sgd", [big], 0.1)

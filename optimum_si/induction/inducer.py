@@ -29,7 +29,7 @@ from ..modeling.targets import is_conv1d
 from ..modeling.weights import UndoLog, write_parameter
 from ..observers.stats import InputStats, InputStatsCollector
 from ..observers.windows import training_steps, validation_windows
-from ..optim import DampedAdam
+from ..optim import training_optimizer
 from ..reporting.report import BlockInduction
 from .config import InductionConfig
 from .losses import SpectralNorm, block_mse
@@ -124,10 +124,7 @@ class BlockInducer:
             record.loss_before = self._probe_loss([self._forward(hidden[i]) for i in self._probe])
             record.relative_error_base = self._relative(record.loss_before)
             if params:
-                if cfg.optimizer == "damped-adam":
-                    optimiser = DampedAdam(params, lr=cfg.lr)
-                else:
-                    optimiser = torch.optim.Adam(params, lr=cfg.lr)
+                optimiser = training_optimizer(cfg.optimizer, params, cfg.lr)
                 spectral_scale = None
                 bound = math.log(cfg.max_scale) if cfg.max_scale else None
                 # Data-parallel: one window per rank and step, gradients averaged over the ranks that had one

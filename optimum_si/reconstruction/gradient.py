@@ -19,7 +19,7 @@ from .. import distributed
 from ..modeling.capture import block_output
 from ..modeling.targets import is_conv1d
 from ..observers.windows import training_steps
-from ..optim import DampedAdam
+from ..optim import training_optimizer
 from .config import ReconstructionConfig
 
 __all__ = ["MaskedLinear", "train_kept_weights", "block_loss"]
@@ -79,10 +79,8 @@ def train_kept_weights(block: nn.Module, modules: dict[str, nn.Module], dense_pa
     for name, wrapper in wrappers.items():
         _set_submodule(block, name, wrapper)
     params = [p for w in wrappers.values() for p in w.parameters()] + dense_params
-    if config.optimizer == "damped-adam":  # one group per tensor: each Linear's floor is its own typical gradient
-        optimiser: torch.optim.Optimizer = DampedAdam([{"params": [p]} for p in params], lr=config.lr)
-    else:
-        optimiser = torch.optim.Adam(params, lr=config.lr, foreach=True)  # one kernel per step, not one per tensor
+    # Each Linear's damping floor is its own typical gradient; Adam's foreach: one kernel per step, not one per tensor.
+    optimiser = training_optimizer(config.optimizer, params, config.lr, floor_per_tensor=True, foreach=True)
     generator = torch.Generator().manual_seed(seed)
     group = distributed.active()
     low = config.precision == "bfloat16"

@@ -15,7 +15,8 @@ key (for --only and for its record), a label, tags (its place in the study's tab
 format-2 recipe (`SIConfig.from_dict`; null for the dense model) and optionally its own calibration corpus (null:
 no calibration data), evaluation corpora and `long_windows` (also score the first `long_windows` windows, for
 figures quoted on a longer protocol: the record's `ppl` stays the protocol's windows, bit for bit, and `long_eval`
-holds the longer score). The regions are the character ranges of benchmarks/protocol.py
+holds the longer score) and its own `seed` (a repeat with other calibration windows, to measure the spread). The
+regions are the character ranges of benchmarks/protocol.py
 (`CALIBRATION_REGION`, `EVALUATION_REGION`), disjoint for every corpus.
 
 Each row runs in a process of its own (clean timings and peak RSS) with the study's thread count, and returns one
@@ -50,7 +51,7 @@ STUDIES_DIR = Path(__file__).resolve().parent / "studies"
 CHILD_FLAG = "--run-row"
 
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9%:._+-]*")
-_ROW_FIELDS = {"key", "label", "tags", "recipe", "calibration", "evaluation", "long_windows"}
+_ROW_FIELDS = {"key", "label", "tags", "recipe", "calibration", "evaluation", "long_windows", "seed"}
 # The protocol owns the calibration windows; a recipe that set them would disagree with the study's own record.
 _PROTOCOL_OWNED = ("num_samples", "seqlen", "seed")
 # Fields the runner writes into every record; a row's tags must not reuse them.
@@ -198,6 +199,9 @@ def _check_row(name: str, protocol: dict[str, Any], row: Any) -> None:
         if isinstance(long_windows, bool) or not isinstance(long_windows, int) or long_windows <= windows:
             raise StudyError(f"{where}: long_windows must be an integer above the protocol's {windows} evaluation "
                              f"windows, got {long_windows!r}.")
+    if "seed" in row and (isinstance(row["seed"], bool) or not isinstance(row["seed"], int)):
+        raise StudyError(f"{where}: seed must be an integer (the protocol's calibration.seed if left out), "
+                         f"got {row['seed']!r}.")
     if "recipe" not in row:
         raise StudyError(f"{where}: no recipe (null for the dense model).")
     try:
@@ -206,6 +210,12 @@ def _check_row(name: str, protocol: dict[str, Any], row: Any) -> None:
         raise StudyError(f"{where}: {err}") from None
     if config is not None and config.needs_calibration and calibration_corpus(protocol, row) is None:
         raise StudyError(f"{where}: calibration is null, but the recipe needs calibration data.")
+
+
+def row_seed(protocol: dict[str, Any], row: dict[str, Any]) -> int:
+    """The seed of the row's calibration windows and recipe: its own (a repeat that measures the spread), else the
+    protocol's."""
+    return row.get("seed", protocol["calibration"]["seed"])
 
 
 def row_config(protocol: dict[str, Any], row: dict[str, Any]):
@@ -228,7 +238,7 @@ def row_config(protocol: dict[str, Any], row: dict[str, Any]):
         raise ValueError(f"the recipe sets {', '.join(owned)}, which the protocol's calibration section owns")
     calibration = protocol["calibration"]
     return SIConfig.from_dict({**recipe, "num_samples": calibration["samples"], "seqlen": calibration["seqlen"],
-                               "seed": calibration["seed"]})
+                               "seed": row_seed(protocol, row)})
 
 
 def calibration_corpus(protocol: dict[str, Any], row: dict[str, Any]) -> str | None:
@@ -333,7 +343,7 @@ def run_row(protocol: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
     corpora = evaluation_corpora(protocol, row)
     record: dict[str, Any] = {
         "key": row["key"], "label": row["label"], **row.get("tags", {}), "calibration": "-",
-        "samples": calibration["samples"], "seqlen": calibration["seqlen"], "seed": calibration["seed"],
+        "samples": calibration["samples"], "seqlen": calibration["seqlen"], "seed": row_seed(protocol, row),
         "eval": f"{'+'.join(corpora)} first {evaluation['windows']} x {evaluation['seqlen']}",
         "eval_windows": evaluation["windows"], "eval_seqlen": evaluation["seqlen"],
         # A fresh set-up may have had to use another Debian build of a corpus: its numbers are not the reference's.
@@ -371,7 +381,7 @@ def _prune(model: Any, tokenizer: Any, config: Any, protocol: dict[str, Any], ro
     calibration = protocol["calibration"]
     corpus = calibration_corpus(protocol, row) if config.needs_calibration else None
     dataset = None if corpus is None else bench.domain_calibration_ids(
-        tokenizer, corpus, calibration["samples"], calibration["seqlen"], calibration["seed"])
+        tokenizer, corpus, calibration["samples"], calibration["seqlen"], row_seed(protocol, row))
     pruner = SIPruner(config, show_progress=False)
     pruner.prune(model, tokenizer=tokenizer, dataset=dataset)
     report = pruner.report

@@ -87,6 +87,22 @@ def test_cross_domain_rows_without_reconstruction_of_this_study_are_the_divisor(
     assert "| alps | 2:4 | yes | – |" in text  # not taken for the grid's column without reconstruction
 
 
+def test_a_repeat_at_another_seed_is_its_own_row_divided_by_its_own_run(neighbours):
+    def run(variant, ppl, seed=None):
+        extra = {} if seed is None else {"seed": seed}
+        return _record("alps", "2:4", variant, ppl, induction=True, calibration="kjv", cross_domain=True, **extra)
+
+    records = [run("none", {"pydocs": 20.0, "jargon": 200.0, "kjv": 100.0}),
+               run(REFIT, {"pydocs": 24.0, "jargon": 190.0, "kjv": 90.0}),
+               run("none", {"pydocs": 40.0, "jargon": 100.0, "kjv": 50.0}, seed=1),
+               run(REFIT, {"pydocs": 38.0, "jargon": 95.0, "kjv": 45.0}, seed=1)]
+    rows = {cells[3]: cells for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                          for line in render.cross_domain(records)[2:])}
+    assert set(rows) == {REFIT, f"{REFIT}, seed 1"}
+    assert rows[REFIT][10] == "1.200 (20.0 → 24.0)"
+    assert rows[f"{REFIT}, seed 1"][10] == "0.950 (40.0 → 38.0)"
+
+
 def test_cross_domain_rows_stay_out_of_the_listing_and_the_grid(neighbours):
     records = [_record("wanda", "50%", REFIT, 82.0, long_ppl=75.0),
                _record("wanda", "50%", REFIT, {"pydocs": 9.0, "jargon": 99.0, "kjv": 45.0}, calibration="jargon",

@@ -96,6 +96,11 @@ def test_study_rows_become_the_right_configs():
     assert runner.calibration_corpus(cross.protocol, rows["magnitude-2:4-none"]) is None
     assert runner.evaluation_corpora(cross.protocol, rows["magnitude-2:4-none"]) == list(protocol.DOMAINS)
 
+    study = runner.load_study("reconstruction")
+    repeat = next(row for row in study.rows if row.get("seed") == 1)
+    assert runner.row_config(study.protocol, repeat).seed == 1 and runner.row_seed(study.protocol, repeat) == 1
+    assert runner.row_config(study.protocol, study.rows[0]).seed == study.protocol["calibration"]["seed"] == 0
+
     quality = runner.load_study("quality")
     assert runner.row_config(quality.protocol, quality.rows[0]) is None  # the dense model
     assert quality.protocol["threads"] == 2 and grid.protocol["threads"] == 1
@@ -127,6 +132,7 @@ def test_the_screening_recipes_are_the_earlier_si_defaults_with_each_variant():
     (_spec(_row("a", None), threads=0), "threads must be a positive integer"),
     (_spec(_row("a", None, long_windows=4)), "long_windows must be an integer above the protocol's 4"),
     (_spec(_row("a", None, long_windows=True)), "long_windows must be an integer"),
+    (_spec({**_row("a", None), "seed": "1"}), "seed must be an integer"),
     (_spec(_row("a", None), evaluation={"corpora": ["jargon"], "region": "whole", "windows": 4, "seqlen": 8}),
      "region must be 'evaluation'"),
     ({"rows": []}, "'protocol' object"),
@@ -373,3 +379,17 @@ def test_dense_and_data_free_rows_read_no_calibration_windows(tiny_protocol):
     assert corpora_seen == [] and dense["calibration"] == magnitude["calibration"] == "-"
     assert isinstance(dense["ppl"], float) and "prune_s" not in dense and "config" not in dense
     assert "induction_seconds" not in magnitude and magnitude["sparsity"] == pytest.approx(0.5)
+
+
+def test_a_row_with_its_own_seed_calibrates_and_records_with_it(tiny_protocol, monkeypatch):
+    from tests.conftest import token_ids
+
+    spec, _ = tiny_protocol
+    seeds = []
+    monkeypatch.setattr(protocol, "domain_calibration_ids",
+                        lambda _tok, corpus, samples, seqlen, seed: seeds.append(seed) or token_ids(samples, seqlen))
+    row = {"key": "w", "label": "w", "calibration": "kjv", "seed": 3, "recipe": {"method": "wanda"}}
+    record = runner.run_row(spec, row)
+    assert seeds == [3] and record["seed"] == 3 and record["config"]["seed"] == 3
+    runner.run_row(spec, {k: v for k, v in row.items() if k != "seed"})
+    assert seeds == [3, spec["calibration"]["seed"]]

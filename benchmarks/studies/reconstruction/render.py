@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from benchmarks.protocol import SEED
 from benchmarks.studies.cross_domain.render import pair_cells, pair_header
 from benchmarks.studies.patterns import pattern_order
 from benchmarks.studies.reconstruction.spec import GRID_METHODS, GRID_PATTERNS, GRID_VARIANTS, README_WINDOWS
@@ -117,22 +118,28 @@ def readme_targets(records: list[dict]) -> str:
 
 def cross_domain(records: list[dict]) -> list[str]:
     """Refit / not refit perplexity for every calibration -> evaluation pair, against the run of the same method,
-    pattern and calibration without reconstruction: this study's own, else the cross-domain study's (its default SI
-    for a row with SI)."""
-    plain = {(r["method"], r["pattern"], r["calibration"], r["variant"] != "none"): r for r in _read(CROSS_DOMAIN)
-             if r["variant"] in ("none", "default")}
-    runs = {(r["method"], r["pattern"], r["calibration"], r["variant"], bool(r.get("induction"))): r for r in records
-            if r.get("cross_domain")}
-    for key in [k for k in runs if k[3] == "none"]:
-        method, pattern, calibration, _variant, induction = key
-        plain[(method, pattern, calibration, induction)] = runs.pop(key)
+    pattern, calibration and seed without reconstruction: this study's own, else the cross-domain study's (its
+    default SI for a row with SI). A repeat at another seed is a row of its own."""
+    plain = {(r["method"], r["pattern"], r["calibration"], r["variant"] != "none", r.get("seed", SEED)): r
+             for r in _read(CROSS_DOMAIN) if r["variant"] in ("none", "default")}
+    runs = {}
+    for r in records:
+        if not r.get("cross_domain"):
+            continue
+        seed = r.get("seed", SEED)
+        if r["variant"] == "none":
+            plain[(r["method"], r["pattern"], r["calibration"], bool(r.get("induction")), seed)] = r
+        else:
+            runs[(r["method"], r["pattern"], r["calibration"], r["variant"], bool(r.get("induction")), seed)] = r
     lines = pair_header(["method", "pattern", "SI", "refit"])
-    combos = sorted({(m, p, v, si) for m, p, _c, v, si in runs}, key=lambda k: (k[0], pattern_order(k[1]), k[3], k[2]))
-    for method, pattern, variant, induction in combos:
+    combos = sorted({(m, p, v, si, seed) for m, p, _c, v, si, seed in runs},
+                    key=lambda k: (k[0], pattern_order(k[1]), k[3], k[2], k[4]))
+    for method, pattern, variant, induction, seed in combos:
         cells, mark, _worst = pair_cells(
-            lambda corpus: runs.get((method, pattern, corpus, variant, induction)),
-            lambda corpus: plain.get((method, pattern, corpus, induction)))
-        lines.append(f"| {method} | {pattern} | {'yes' if induction else 'no'} | {variant} | " + " | ".join(cells)
+            lambda corpus: runs.get((method, pattern, corpus, variant, induction, seed)),
+            lambda corpus: plain.get((method, pattern, corpus, induction, seed)))
+        label = variant if seed == SEED else f"{variant}, seed {seed}"
+        lines.append(f"| {method} | {pattern} | {'yes' if induction else 'no'} | {label} | " + " | ".join(cells)
                      + f" | {mark} |")
     return lines
 

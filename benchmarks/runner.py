@@ -219,7 +219,8 @@ def row_seed(protocol: dict[str, Any], row: dict[str, Any]) -> int:
 
 
 def row_config(protocol: dict[str, Any], row: dict[str, Any]):
-    """The SIConfig of `row` (None for the dense model): its recipe with the protocol's calibration windows."""
+    """The SIConfig of `row` (None for the dense model): its recipe with the protocol's calibration windows and the
+    row's seed."""
     from optimum_si import SIConfig
 
     recipe = row["recipe"]

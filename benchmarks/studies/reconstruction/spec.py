@@ -42,8 +42,8 @@ VARIANTS: dict[str, dict | None] = {
     "gradient lr 2e-4 x1 global damped": {"mode": "gradient", "lr": 2e-4, "epochs": 1, "target": "global",
                                           "optimizer": "damped-adam"},
 }
-# The grid's two refits: one per mode. The closed form, which loses to the gradient refit on both bases it was
-# measured on at 50 % and costs twice its time, is run on Wanda and SparseGPT without SI only.
+# The grid's two refits: one per mode. The closed form, which lost to the gradient refit on both bases it was first
+# measured on at 50 % for twice its time, is run on Wanda and SparseGPT without SI only.
 GRID_VARIANTS = ("closed form", "gradient lr 1e-3 x1")
 GRID_METHODS = ("magnitude", "wanda", "sparsegpt", "ria", "zpruner", "alps")
 GRID_PATTERNS = ("50%", "70%", "2:4")

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from .fields import TrainingOptimizer
+
 __all__ = ["DampedAdam", "training_optimizer"]
 
 
@@ -62,8 +64,8 @@ def training_optimizer(name: str, params: list[torch.nn.Parameter], lr: float, *
     """The optimiser a stage's `optimizer` field names: `"adam"` (torch's Adam, `foreach` passed through) or
     `"damped-adam"`. `floor_per_tensor` gives `DampedAdam` one group per tensor, so each tensor's weak-gradient floor
     is its own typical gradient (the reconstruction's Linears differ in scale); otherwise one floor is shared."""
-    if name == "damped-adam":
+    if name == TrainingOptimizer.DAMPED_ADAM:
         return DampedAdam([{"params": [p]} for p in params] if floor_per_tensor else params, lr=lr)
-    if name == "adam":
+    if name == TrainingOptimizer.ADAM:
         return torch.optim.Adam(params, lr=lr, foreach=foreach)
-    raise ValueError(f"Unknown optimizer {name!r}; use 'adam' or 'damped-adam'.")
+    raise ValueError(f"Unknown optimizer {name!r}; use one of {', '.join(repr(c.value) for c in TrainingOptimizer)}.")

@@ -59,7 +59,22 @@ def test_cross_domain_grid_divides_by_the_run_without_reconstruction(neighbours)
     assert cells[:4] == ["wanda", "50%", "no", REFIT]
     assert cells[4:7] == ["0.900 (10.0 → 9.0)", "0.990 (100.0 → 99.0)", "0.900 (50.0 → 45.0)"]
     assert cells[10:13] == ["–", "–", "–"]  # not calibrated on kjv yet
+    assert cells[13] == "0.990 (misses ≤ 0.98; 4 of 6 cells)"  # one cell over the bar settles it
+
+
+def test_a_row_meets_the_bar_only_with_every_cell(neighbours):
+    records = [_record("wanda", "50%", REFIT, {"pydocs": 9.0, "jargon": 99.0, "kjv": 45.0}, calibration=corpus,
+                       cross_domain=True) for corpus in ("pydocs", "jargon", "kjv")]
+    cells = [c.strip() for c in render.cross_domain(records)[2].strip("|").split("|")]
     assert cells[13] == "0.990 (misses ≤ 0.98)"
+    records = [_record("wanda", "50%", REFIT, {"pydocs": 9.0, "jargon": 97.0, "kjv": 45.0}, calibration=corpus,
+                       cross_domain=True) for corpus in ("pydocs", "jargon")]
+    cells = [c.strip() for c in render.cross_domain(records)[2].strip("|").split("|")]
+    assert cells[13] == "0.970 (partial: 4 of 6 cells)"  # no verdict while a cell may still miss
+    records.append(_record("wanda", "50%", REFIT, {"pydocs": 9.0, "jargon": 97.0, "kjv": 45.0}, calibration="kjv",
+                           cross_domain=True))
+    cells = [c.strip() for c in render.cross_domain(records)[2].strip("|").split("|")]
+    assert cells[13] == "0.970 (meets ≤ 0.98)"
 
 
 def test_cross_domain_rows_with_si_divide_by_the_si_run(neighbours):
@@ -82,7 +97,7 @@ def test_cross_domain_rows_without_reconstruction_of_this_study_are_the_divisor(
     cells = [c.strip() for c in lines[2].strip("|").split("|")]
     assert cells[:4] == ["alps", "2:4", "yes", REFIT]
     assert cells[10:13] == ["0.900 (20.0 → 18.0)", "0.950 (200.0 → 190.0)", "0.900 (100.0 → 90.0)"]
-    assert cells[13] == "0.950 (meets ≤ 0.98)"
+    assert cells[13] == "0.950 (partial: 2 of 6 cells)"
     text = render.render(None, records)
     assert "| alps | 2:4 | yes | – |" in text  # not taken for the grid's column without reconstruction
 
@@ -101,6 +116,28 @@ def test_a_repeat_at_another_seed_is_its_own_row_divided_by_its_own_run(neighbou
     assert set(rows) == {REFIT, f"{REFIT}, seed 1"}
     assert rows[REFIT][10] == "1.200 (20.0 → 24.0)"
     assert rows[f"{REFIT}, seed 1"][10] == "0.950 (40.0 → 38.0)"
+
+
+def test_seeds_with_every_calibration_get_a_geometric_mean_row_with_the_verdict(neighbours):
+    def run(variant, corpus, ppl, seed):
+        return _record("alps", "2:4", variant, ppl, induction=True, calibration=corpus, cross_domain=True, seed=seed)
+
+    plain = {"pydocs": 10.0, "jargon": 100.0, "kjv": 50.0}
+    records = []
+    for seed, code in ((0, 12.0), (1, 7.5), (2, 11.0)):  # the refit's code perplexity moves with the seed
+        for corpus in ("pydocs", "jargon", "kjv"):
+            records.append(run("none", corpus, plain, seed))
+            if seed < 2 or corpus == "pydocs":  # seed 2 lacks two calibrations: not in the mean
+                records.append(run(REFIT, corpus, {"pydocs": code, "jargon": 90.0, "kjv": 45.0}, seed))
+    rows = {cells[3]: cells for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                          for line in render.cross_domain(records)[2:])}
+    assert set(rows) == {REFIT, f"{REFIT}, seed 1", f"{REFIT}, seed 2",
+                         f"{REFIT}, geometric mean over seeds 0, 1"}
+    assert rows[REFIT][13] == "1.200 (misses ≤ 0.98)"
+    assert rows[f"{REFIT}, seed 2"][13] == "0.900 (partial: 2 of 6 cells)"
+    mean = rows[f"{REFIT}, geometric mean over seeds 0, 1"]
+    assert mean[7] == "0.949 (10.0 → 9.5)"  # sqrt(1.2 x 0.75) on jargon -> pydocs
+    assert mean[13] == "0.949 (meets ≤ 0.98)"
 
 
 def test_cross_domain_rows_stay_out_of_the_listing_and_the_grid(neighbours):

@@ -47,8 +47,8 @@ def pair_cells(run_of: Callable[[str], dict | None], base_of: Callable[[str], di
                                                                                                       float | None]:
     """One grid row: per calibration -> evaluation pair, the ratio of the run calibrated there (`run_of(corpus)`) to
     the run it is compared with (`base_of(corpus)`); then the worst off-diagonal ratio against the bar, as text and
-    as a number (None when no off-diagonal cell is measured). A row with only some off-diagonal cells measured and none over
-    the bar is marked partial, with no verdict: its worst cell may be among those still missing."""
+    as a number (None when no off-diagonal cell is measured). A row with some off-diagonal cells still missing and
+    none over the bar is marked partial, with no verdict: its worst cell may be among the missing ones."""
     texts, worst, measured = [], None, 0
     off_diagonal = sum(calibration != evaluation for calibration, evaluation in PAIRS)
     for calibration, evaluation in PAIRS:
@@ -64,7 +64,8 @@ def pair_cells(run_of: Callable[[str], dict | None], base_of: Callable[[str], di
     if worst is None:
         mark = "–"
     elif worst > BAR:  # one cell over the bar settles it
-        mark = f"{worst:.3f} (misses ≤ {BAR}{'' if measured == off_diagonal else f'; {measured} of {off_diagonal} cells'})"
+        cells = "" if measured == off_diagonal else f"; {measured} of {off_diagonal} cells"
+        mark = f"{worst:.3f} (misses ≤ {BAR}{cells})"
     elif measured < off_diagonal:
         mark = f"{worst:.3f} (partial: {measured} of {off_diagonal} cells)"
     else:

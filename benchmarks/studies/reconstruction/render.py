@@ -127,7 +127,7 @@ def cross_domain(records: list[dict]) -> list[str]:
     than the bar's margin)."""
     plain = {(r["method"], r["pattern"], r["calibration"], r["variant"] != "none", r.get("seed", SEED)): r
              for r in _read(CROSS_DOMAIN) if r["variant"] in ("none", "default")}
-    runs = {}
+    runs: dict[tuple, dict[int, dict[str, dict]]] = {}  # (method, pattern, variant, SI) -> seed -> calibration -> run
     for r in records:
         if not r.get("cross_domain"):
             continue
@@ -135,26 +135,24 @@ def cross_domain(records: list[dict]) -> list[str]:
         if r["variant"] == "none":
             plain[(r["method"], r["pattern"], r["calibration"], bool(r.get("induction")), seed)] = r
         else:
-            runs[(r["method"], r["pattern"], r["calibration"], r["variant"], bool(r.get("induction")), seed)] = r
+            combination = (r["method"], r["pattern"], r["variant"], bool(r.get("induction")))
+            runs.setdefault(combination, {}).setdefault(seed, {})[r["calibration"]] = r
     lines = pair_header(["method", "pattern", "SI", "refit"])
-    combos = sorted({(m, p, v, si) for m, p, _c, v, si, _seed in runs},
-                    key=lambda k: (k[0], pattern_order(k[1]), k[3], k[2]))
-    for method, pattern, variant, induction in combos:
-        def run_at(seed):
-            return lambda corpus: runs.get((method, pattern, corpus, variant, induction, seed))
+    for combination in sorted(runs, key=lambda k: (k[0], pattern_order(k[1]), k[3], k[2])):
+        method, pattern, variant, induction = combination
 
         def plain_at(seed):
             return lambda corpus: plain.get((method, pattern, corpus, induction, seed))
 
         head = f"| {method} | {pattern} | {'yes' if induction else 'no'} | "
-        seeds = sorted({k[5] for k in runs if k[:2] == (method, pattern) and k[3:5] == (variant, induction)})
-        for seed in seeds:
-            cells, mark, _worst = pair_cells(run_at(seed), plain_at(seed))
+        for seed, by_corpus in sorted(runs[combination].items()):
+            cells, mark, _worst = pair_cells(by_corpus.get, plain_at(seed))
             label = variant if seed == SEED else f"{variant}, seed {seed}"
             lines.append(head + label + " | " + " | ".join(cells) + f" | {mark} |")
-        complete = [seed for seed in seeds if all(run_at(seed)(c) and plain_at(seed)(c) for c in DOMAINS)]
+        complete = sorted(seed for seed, by_corpus in runs[combination].items()
+                          if all(by_corpus.get(c) and plain_at(seed)(c) for c in DOMAINS))
         if len(complete) > 1:
-            cells, mark, _worst = pair_cells(_geometric_mean([run_at(seed) for seed in complete]),
+            cells, mark, _worst = pair_cells(_geometric_mean([runs[combination][seed].get for seed in complete]),
                                              _geometric_mean([plain_at(seed) for seed in complete]))
             label = f"{variant}, geometric mean over seeds {', '.join(map(str, complete))}"
             lines.append(head + label + " | " + " | ".join(cells) + f" | {mark} |")

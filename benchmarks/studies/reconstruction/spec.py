@@ -86,7 +86,8 @@ BF16 = [("wanda", "50%", False, "gradient lr 1e-3 x1 bf16")]
 # (SI + ALPS, global target with the retry) with its own runs without reconstruction, as the cross-domain study has
 # no ALPS, then the same with only the gentler step, with the damped optimiser (weights of input channels the
 # calibration text hardly exercises stay near their start), and with both; then the best 50 % combination (Wanda,
-# three global passes).
+# three global passes), and the best 70 % combination (SI + ALPS, three global passes with the retry) with its own runs
+# without reconstruction.
 CROSS_DOMAIN = [("wanda", "50%", False, "gradient lr 1e-3 x1"), ("sparsegpt", "2:4", True, "gradient lr 1e-3 x1"),
                 ("wanda", "50%", False, "gradient lr 1e-3 x1 global"), ("alps", "2:4", True, "none"),
                 ("alps", "2:4", True, "gradient lr 1e-3 x1 global retry 2e-4"),
@@ -98,7 +99,7 @@ CROSS_DOMAIN = [("wanda", "50%", False, "gradient lr 1e-3 x1"), ("sparsegpt", "2
 
 # (method, pattern, SI, variant) repeated at other seeds (other calibration windows, so another SI and mask) on every
 # calibration corpus: the cells of the best 2:4 combination calibrated on prose and scored on code swing between
-# refits with no order in their step sizes, so each cell is judged on its mean over the seeds.
+# refits with no order in their step sizes, so each cell is judged on the geometric mean of the seeds' ratios.
 SPREAD = [("alps", "2:4", True, "none"), ("alps", "2:4", True, "gradient lr 1e-3 x1 global retry 2e-4")]
 SPREAD_SEEDS = (1, 2)
 

@@ -6,7 +6,7 @@ the cross-domain study's runs without it."""
 from __future__ import annotations
 
 import json
-import math
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 
@@ -164,7 +164,7 @@ def _geometric_mean(record_of_seed: list[Callable[[str], dict]]) -> Callable[[st
     the seeds' records, so that a ratio of two of them is the geometric mean of the seeds' own ratios."""
     def record(corpus: str) -> dict:
         records = [of(corpus) for of in record_of_seed]
-        return {"ppl": {e: math.exp(sum(math.log(r["ppl"][e]) for r in records) / len(records)) for e in DOMAINS}}
+        return {"ppl": {e: statistics.geometric_mean(r["ppl"][e] for r in records) for e in DOMAINS}}
     return record
 
 

@@ -54,6 +54,11 @@ class ReconstructionConfig(ConfigBase):
         "gradient: what each block is refit to: 'local' (the dense block on the pruned model's own inputs) or "
         "'global' (the dense model's own block outputs, carried as a second activation stream, so that each block "
         "also learns to undo the error of the blocks before it).", default="local")
+    proximal: float = knob(
+        "gradient: weight of a pull toward the weights the refit starts from: the loss adds `proximal` x the block's "
+        "starting loss on the training windows x the mean over the refit Linears of |W - W_start|^2 / |W_start|^2, so "
+        "that weights the calibration text says little about stay near their start (L2-SP, Li et al., arXiv "
+        "1802.01483). 0: no pull.", default=0.0)
     train_norms: bool = knob("gradient: also train the block's norm weights and the Linears' biases (dense "
                              "parameters; the mask does not apply to them).", default=False)
     precision: ReconstructionPrecision = knob(
@@ -78,6 +83,10 @@ class ReconstructionConfig(ConfigBase):
         if self.target == "global" and self.mode == "closed-form":
             raise ValueError("ReconstructionConfig.target='global' needs mode='gradient': the closed form fits each "
                              "Linear to its own dense inputs. Use mode='gradient', or target='local'.")
+        self.proximal = check_number(_OWNER, "proximal", self.proximal, low=0)
+        if self.proximal and self.mode == "closed-form":
+            raise ValueError("ReconstructionConfig.proximal needs mode='gradient': the closed form has no training "
+                             "loss to add the pull to. Use mode='gradient', or proximal=0.")
         self.train_norms = check_bool(_OWNER, "train_norms", self.train_norms)
         self.precision = check_choice(_OWNER, "precision", self.precision, ReconstructionPrecision)
         self.damping = check_number(_OWNER, "damping", self.damping, low=0, low_open=True)

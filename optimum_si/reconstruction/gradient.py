@@ -22,12 +22,20 @@ from ..observers.windows import training_steps
 from ..optim import training_optimizer
 from .config import ReconstructionConfig
 
-__all__ = ["MaskedLinear", "train_kept_weights", "block_loss"]
+__all__ = ["MaskedLinear", "train_kept_weights", "block_loss", "relative_drift"]
 
 
 def block_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error between a block's output and its target, in float32."""
     return (output.float() - target.float()).square().mean()
+
+
+def relative_drift(weights: Sequence[torch.Tensor], starts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean over the matrices of |W - W_start|^2 / |W_start|^2 (Frobenius norms): how far a refit has moved the
+    weights, as a fraction of their size, so that wide and narrow Linears weigh alike."""
+    terms = [(w - s).square().sum() / s.square().sum().clamp_min(torch.finfo(s.dtype).tiny)
+             for w, s in zip(weights, starts)]
+    return torch.stack(terms).mean()
 
 
 class MaskedLinear(nn.Module):
@@ -62,10 +70,14 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
 def train_kept_weights(block: nn.Module, modules: dict[str, nn.Module], dense_params: list[nn.Parameter],
                        config: ReconstructionConfig, hidden: Sequence[torch.Tensor],
                        kwargs_by_batch: dict[int, dict[str, Any]], targets: Sequence[torch.Tensor],
-                       training: list[int], seed: int) -> tuple[dict[str, MaskedLinear], int, float]:
+                       training: list[int], seed: int, start_loss: float = 0.0
+                       ) -> tuple[dict[str, MaskedLinear], int, float]:
     """Train the kept weights of `modules` (the block's pruned Linears by name), and `dense_params` in place (the
     norms, with `train_norms`), on the windows `training` (local indices; a data-parallel rank trains on its own
-    share, gradients averaged over the ranks at every step).
+    share, gradients averaged over the ranks at every step). With `config.proximal`, each step's loss adds the pull
+    toward the starting weights, `config.proximal * start_loss * relative_drift` (`start_loss`: the block loss
+    before the refit on the training windows of every rank, the same number on each, which puts the pull on the
+    block loss's scale).
 
     Returns the trained wrappers (the block holds its original modules again), the number of steps and the seconds
     spent. Raises FloatingPointError (on every rank) when a loss is not finite."""
@@ -79,6 +91,8 @@ def train_kept_weights(block: nn.Module, modules: dict[str, nn.Module], dense_pa
     for name, wrapper in wrappers.items():
         _set_submodule(block, name, wrapper)
     params = [p for w in wrappers.values() for p in w.parameters()] + dense_params
+    pull = config.proximal * start_loss
+    starts = [w.weight.detach().clone() for w in wrappers.values()] if pull else []
     # Each Linear's damping floor is its own typical gradient; Adam's foreach: one kernel per step, not one per tensor.
     optimiser = training_optimizer(config.optimizer, params, config.lr, floor_per_tensor=True, foreach=True)
     generator = torch.Generator().manual_seed(seed)
@@ -94,6 +108,8 @@ def train_kept_weights(block: nn.Module, modules: dict[str, nn.Module], dense_pa
                 with torch.enable_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=low):
                     out = block_output(block(x, **kwargs_by_batch[x.shape[0]]))
                     loss = block_loss(out, targets[index])
+                    if pull:
+                        loss = loss + pull * relative_drift([w.masked_weight() for w in wrappers.values()], starts)
                 finite = bool(torch.isfinite(loss))
                 if not finite and group is None:
                     raise FloatingPointError("non-finite reconstruction loss")

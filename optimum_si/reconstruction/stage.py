@@ -124,6 +124,11 @@ class ReconstructionStage(BlockStage):
         fallback_biases = {name: t.module.bias.detach().clone() for name, t in targets.items()
                            if getattr(t.module, "bias", None) is not None}
         fallback_dense = [(module, name, getattr(module, name).detach().clone()) for module, name in dense_params]
+        if self.config.mode == "gradient" and self.config.proximal:
+            training = self._block["training"]
+            start = [outputs[i] for i in training] if outputs is not None else self._outputs(ctx.block, hidden,
+                                                                                             kwargs, training)
+            self._block["start_loss"] = self._judged_loss(start, [dense[i] for i in training])
         for attempt, lr in enumerate(self._learning_rates()):
             try:
                 new_weights, new_biases, steps = self._refit(ctx, targets, dense_params, dense, lr)
@@ -191,7 +196,8 @@ class ReconstructionStage(BlockStage):
         config = self.config if lr == self.config.lr else dataclasses.replace(self.config, lr=lr)
         wrappers, steps, _seconds = train_kept_weights(
             ctx.block, modules, [getattr(m, n) for m, n in dense_params], config, ctx.inputs.hidden,
-            ctx.inputs.kwargs, dense_outputs, self._block["training"], self.seed + ctx.index)
+            ctx.inputs.kwargs, dense_outputs, self._block["training"], self.seed + ctx.index,
+            start_loss=self._block.get("start_loss", 0.0))
         weights = {name: wrapper.masked_weight().detach() for name, wrapper in wrappers.items()}
         biases = {name: wrapper.bias.detach() for name, wrapper in wrappers.items()
                   if isinstance(wrapper.bias, nn.Parameter)}
@@ -225,6 +231,7 @@ class ReconstructionStage(BlockStage):
 
     @staticmethod
     def _judged_loss(outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> float:
-        """Mean block loss over the judged windows (of every rank, so that all ranks take the same verdict)."""
+        """Mean block loss over the given windows of every rank (the judged ones: so that all ranks take the same
+        verdict)."""
         total = sum(float(block_loss(out, y)) for out, y in zip(outputs, targets))
         return _mean_over_ranks(total, len(outputs))

@@ -71,6 +71,36 @@ def test_the_damped_optimiser_trains_the_kept_weights_and_holds_the_mask(monkeyp
                                refit.model.layers[0].self_attn.q_proj.weight[kept])
 
 
+def test_relative_drift_is_the_mean_of_each_matrix_squared_relative_change():
+    from optimum_si.reconstruction.gradient import relative_drift
+
+    starts = [torch.tensor([[3.0, 4.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])]
+    moved = [torch.tensor([[3.0, 5.0]]), torch.tensor([[1.0, 0.0], [0.0, 3.0]])]
+    # (1 / 25 + 4 / 2) / 2
+    assert relative_drift(moved, starts).item() == pytest.approx((1 / 25 + 4 / 2) / 2)
+    assert relative_drift(starts, starts).item() == 0.0
+
+
+def test_the_proximal_pull_keeps_the_refit_nearer_its_start_and_holds_the_mask():
+    start, loose, pulled = tiny_model("llama"), tiny_model("llama"), tiny_model("llama")
+    _pruner(False, method="wanda").prune(start, dataset=token_ids())
+    refit = {"validation_fraction": 0.0, "epochs": 8}
+    loose_pruner = _pruner(refit, method="wanda")
+    loose_pruner.prune(loose, dataset=token_ids())
+    pulled_pruner = _pruner({**refit, "proximal": 1e3}, method="wanda")
+    pulled_pruner.prune(pulled, dataset=token_ids())
+    assert loose_pruner.report.blocks[0].reconstruction.kept and pulled_pruner.report.blocks[0].reconstruction.kept
+
+    def drift(model):  # block 0 sees the same inputs and mask in all three runs
+        layer, first = model.model.layers[0], start.model.layers[0]
+        return sum(float((layer.get_submodule(n).weight - first.get_submodule(n).weight).detach().square().sum())
+                   for n in BLOCK)
+
+    assert 0 < drift(pulled) < 0.1 * drift(loose)
+    assert torch.equal(_zeros(start)["0.mlp.down_proj"], _zeros(pulled)["0.mlp.down_proj"])
+    assert pulled_pruner.report.sparsity == loose_pruner.report.sparsity
+
+
 def _spoil_refits(monkeypatch, spoiled=lambda config: True) -> list[float]:
     """Make every refit whose config `spoiled` picks harmful (its kept weights tripled after training); returns the
     list the learning rate of every refit is appended to."""
@@ -79,9 +109,9 @@ def _spoil_refits(monkeypatch, spoiled=lambda config: True) -> list[float]:
     original = gradient.train_kept_weights
     rates = []
 
-    def train(block, modules, dense_params, config, *args):
+    def train(block, modules, dense_params, config, *args, **kwargs):
         rates.append(config.lr)
-        wrappers, steps, seconds = original(block, modules, dense_params, config, *args)
+        wrappers, steps, seconds = original(block, modules, dense_params, config, *args, **kwargs)
         if spoiled(config):
             with torch.no_grad():
                 for wrapper in wrappers.values():
@@ -133,9 +163,9 @@ def test_held_out_windows_are_never_trained_on(monkeypatch):
     seen = []
     original = stage.train_kept_weights
 
-    def spy(block, modules, dense_params, config, hidden, kwargs, targets, training, seed):
+    def spy(block, modules, dense_params, config, hidden, kwargs, targets, training, seed, **extra):
         seen.append(list(training))
-        return original(block, modules, dense_params, config, hidden, kwargs, targets, training, seed)
+        return original(block, modules, dense_params, config, hidden, kwargs, targets, training, seed, **extra)
 
     monkeypatch.setattr(stage, "train_kept_weights", spy)
     pruner = _pruner({"validation_fraction": 0.25}, method="wanda")
@@ -171,9 +201,9 @@ def test_the_global_target_is_the_dense_models_own_stream(monkeypatch):
     calls = []
     original = stage.train_kept_weights
 
-    def spy(block, modules, dense_params, config, hidden, kwargs, targets, training, seed):
+    def spy(block, modules, dense_params, config, hidden, kwargs, targets, training, seed, **extra):
         calls.append(([h.clone() for h in hidden], kwargs, [t.clone() for t in targets]))
-        return original(block, modules, dense_params, config, hidden, kwargs, targets, training, seed)
+        return original(block, modules, dense_params, config, hidden, kwargs, targets, training, seed, **extra)
 
     monkeypatch.setattr(stage, "train_kept_weights", spy)
     dense = tiny_model("llama")
@@ -251,6 +281,8 @@ def test_the_report_and_the_card_say_per_block_whether_it_helped(tmp_path):
     ({"retry_lr": 0}, "ReconstructionConfig.retry_lr must be a positive number or None"),
     ({"optimizer": "sgd"}, "ReconstructionConfig.optimizer must be one of 'adam', 'damped-adam'"),
     ({"target": "global", "mode": "closed-form"}, "target='global' needs mode='gradient'"),
+    ({"proximal": -1}, "ReconstructionConfig.proximal must be"),
+    ({"proximal": 1.0, "mode": "closed-form"}, "proximal needs mode='gradient'"),
 ])
 def test_invalid_settings_name_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):

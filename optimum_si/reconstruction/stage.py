@@ -115,7 +115,7 @@ class ReconstructionStage(BlockStage):
         hidden, kwargs = ctx.inputs.hidden, ctx.inputs.kwargs
         current = [outputs[i] for i in judged] if outputs is not None else self._outputs(ctx.block, hidden, kwargs,
                                                                                            judged)
-        before = self._judged_loss(current, [dense[i] for i in judged])
+        before = self._mean_block_loss(current, [dense[i] for i in judged])
         record = BlockReconstruction(mode=str(self.config.mode), loss_before=before, kept=False,
                                      validated=self._block["validated"])
         dense_params = self._dense_params(ctx.block, targets) if self.config.train_norms and \
@@ -128,7 +128,7 @@ class ReconstructionStage(BlockStage):
             training = self._block["training"]
             start = [outputs[i] for i in training] if outputs is not None else self._outputs(ctx.block, hidden,
                                                                                              kwargs, training)
-            self._block["start_loss"] = self._judged_loss(start, [dense[i] for i in training])
+            self._block["start_loss"] = self._mean_block_loss(start, [dense[i] for i in training])
         for attempt, lr in enumerate(self._learning_rates()):
             try:
                 new_weights, new_biases, steps = self._refit(ctx, targets, dense_params, dense, lr)
@@ -144,7 +144,7 @@ class ReconstructionStage(BlockStage):
             for name, bias in new_biases.items():
                 ctx.undo.record(targets[name].module, "bias")
                 write_parameter(targets[name].module, "bias", bias)
-            after = self._judged_loss(self._outputs(ctx.block, hidden, kwargs, judged), [dense[i] for i in judged])
+            after = self._mean_block_loss(self._outputs(ctx.block, hidden, kwargs, judged), [dense[i] for i in judged])
             record.loss_after = after
             record.kept = math.isfinite(after) and after < before * (1.0 - self.config.min_gain)
             if record.kept:
@@ -230,7 +230,7 @@ class ReconstructionStage(BlockStage):
         return [block_output(block(hidden[i], **kwargs[hidden[i].shape[0]])) for i in windows]
 
     @staticmethod
-    def _judged_loss(outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> float:
+    def _mean_block_loss(outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> float:
         """Mean block loss over the given windows of every rank (the judged ones: so that all ranks take the same
         verdict)."""
         total = sum(float(block_loss(out, y)) for out, y in zip(outputs, targets))

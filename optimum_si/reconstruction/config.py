@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from .. import fields
 from ..fields import Choice, ConfigBase, check_bool, check_choice, check_integer, check_number, knob
 
-__all__ = ["ReconstructionConfig", "ReconstructionMode", "ReconstructionOptimizer", "ReconstructionPrecision",
-           "ReconstructionTarget"]
+__all__ = ["MaskStream", "ReconstructionConfig", "ReconstructionMode", "ReconstructionOptimizer",
+           "ReconstructionPrecision", "ReconstructionTarget"]
 
 _OWNER = "ReconstructionConfig"
 
@@ -18,6 +18,13 @@ _OWNER = "ReconstructionConfig"
 class ReconstructionMode(Choice):
     GRADIENT = "gradient"
     CLOSED_FORM = "closed-form"
+
+
+class MaskStream(Choice):
+    """Which activation stream the blocks after a refit block are pruned on (see `ReconstructionConfig.mask_stream`)."""
+
+    REFIT = "refit"
+    UNREFIT = "unrefit"
 
 
 ReconstructionTarget = fields.TrainingTarget  # the same choices as Sparsity Induction's
@@ -59,6 +66,12 @@ class ReconstructionConfig(ConfigBase):
         "starting loss on the training windows x the mean over the refit Linears of |W - W_start|^2 / |W_start|^2, so "
         "that weights the calibration text says little about stay near their start (L2-SP, Li et al., arXiv "
         "1802.01483). 0: no pull.", default=0.0)
+    mask_stream: MaskStream = knob(
+        "Which stream each later block's mask (and Sparsity Induction's scales) is chosen on: 'refit' (the outputs of "
+        "the blocks as refit, the stream the written model runs) or 'unrefit' (the outputs the blocks had before "
+        "their refit, so that every mask and scale is the one a run without reconstruction chooses; the refit then "
+        "trains each block on the refit model's own stream, carried beside it: one more activation set and one more "
+        "forward per block). 'unrefit' runs cannot be resumed after an interruption.", default="refit")
     train_norms: bool = knob("gradient: also train the block's norm weights and the Linears' biases (dense "
                              "parameters; the mask does not apply to them).", default=False)
     precision: ReconstructionPrecision = knob(
@@ -87,6 +100,11 @@ class ReconstructionConfig(ConfigBase):
         if self.proximal and self.mode == "closed-form":
             raise ValueError("ReconstructionConfig.proximal needs mode='gradient': the closed form has no training "
                              "loss to add the pull to. Use mode='gradient', or proximal=0.")
+        self.mask_stream = check_choice(_OWNER, "mask_stream", self.mask_stream, MaskStream)
+        if self.mask_stream == "unrefit" and self.mode == "closed-form":
+            raise ValueError("ReconstructionConfig.mask_stream='unrefit' needs mode='gradient': the closed form fits "
+                             "each Linear to the dense inputs of the stream the block is pruned on. Use "
+                             "mode='gradient', or mask_stream='refit'.")
         self.train_norms = check_bool(_OWNER, "train_norms", self.train_norms)
         self.precision = check_choice(_OWNER, "precision", self.precision, ReconstructionPrecision)
         self.damping = check_number(_OWNER, "damping", self.damping, low=0, low_open=True)

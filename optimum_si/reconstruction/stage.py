@@ -7,6 +7,11 @@ has kept or reverted its scales), it refits the kept weights of the block's prun
 (`gradient.py`) or in closed form (`closed_form.py`), with the mask held fixed, and keeps the refit only if it lowers
 the block loss on held-out calibration windows that the refit never saw. A reverted block is left exactly as the
 earlier stages left it.
+
+With `mask_stream="unrefit"` the walk's own stream stays the one the blocks had before their refit (so every later
+mask and SI scale is the one a run without reconstruction chooses) and this stage carries the refit model's stream
+beside it: each block is refit, judged and propagated on the refit stream, and its local target is the dense block on
+that stream.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..modeling.capture import BlockInputs, StopForward, block_output
+from ..modeling.capture import BlockInputs, StopForward, block_output, run_block
 from ..modeling.targets import WeightTarget
 from ..modeling.weights import write_parameter
 from ..observers.stats import InputStats, InputStatsCollector
@@ -66,12 +71,22 @@ class ReconstructionStage(BlockStage):
         self.seed = seed
         self.dense_stream = dense_stream if config.target == "global" else None
         self._block: dict[str, Any] = {}
+        self._separate = config.mask_stream == "unrefit"
+        self._refit_hidden: Any = None  # mask_stream="unrefit": the refit model's stream entering the current block
+
+    def replay(self, index: int, source: Any, inputs: BlockInputs) -> None:
+        if self._separate:
+            raise ValueError("A run with ReconstructionConfig(mask_stream='unrefit') cannot be resumed: the stream "
+                             "its later masks are chosen on (the blocks before their refit) is not in the written "
+                             "blocks. Pass overwrite=True to start over, or use mask_stream='refit'.")
 
     def begin_block(self, ctx: BlockContext) -> None:
         self._block = {}
         if ctx.inputs is None or not ctx.prune:
             return
-        if self.dense_stream is None:  # the local target: the dense block on these inputs
+        if self._separate:
+            self._block["hidden"] = self._refit_hidden if self._refit_hidden is not None else ctx.inputs.hidden
+        elif self.dense_stream is None:  # the local target: the dense block on these inputs
             ctx.keep_dense_outputs = True
         group = distributed.active()
         total = group.batch_total if group is not None else len(ctx.inputs.hidden)
@@ -86,6 +101,8 @@ class ReconstructionStage(BlockStage):
         """The closed form needs the dense weights and the Hessians of the dense block's Linear inputs on the training
         windows (the held-out ones must not shape the refit). The block is dense here, in the basis it is pruned in
         (an earlier stage's folded scales change no output)."""
+        if self._block and self._separate and self.dense_stream is None:  # the local target on the refit stream
+            self._block["dense_outputs"] = run_block(ctx.block, BlockInputs(self._block["hidden"], ctx.inputs.kwargs))
         if not self._block or self.config.mode != "closed-form":
             return
         targets = refit_modules(ctx.targets)
@@ -106,13 +123,25 @@ class ReconstructionStage(BlockStage):
         self._block["stats"] = collector.stats
 
     def conclude(self, ctx: BlockContext, outputs: Any) -> bool:
-        dense = self.dense_stream.outputs if self.dense_stream is not None else ctx.dense_outputs
-        if not self._block or dense is None:
+        dense = self.dense_stream.outputs if self.dense_stream is not None else \
+            self._block.get("dense_outputs", ctx.dense_outputs)
+        if not self._block:
             return False
+        if self._separate:  # the walk's `outputs` are on its own stream: this stage's are computed on the refit one
+            if dense is not None:
+                self._refit_block(ctx, dense, None)
+            self._refit_hidden = None if outputs is None else \
+                run_block(ctx.block, BlockInputs(self._block["hidden"], ctx.inputs.kwargs))
+            return False  # the walk's stream stays the unrefit blocks' outputs
+        return dense is not None and self._refit_block(ctx, dense, outputs)
+
+    def _refit_block(self, ctx: BlockContext, dense: Any, outputs: Any) -> bool:
+        """Refit the block's kept weights to `dense` (the target outputs on every window) and keep the refit only if
+        the held-out verdict says so; `outputs`: the block's outputs on its inputs, when the walker has them."""
         started = time.perf_counter()
         targets = refit_modules(ctx.targets)
         judged = self._block["judged"]
-        hidden, kwargs = ctx.inputs.hidden, ctx.inputs.kwargs
+        hidden, kwargs = self._block.get("hidden", ctx.inputs.hidden), ctx.inputs.kwargs
         current = [outputs[i] for i in judged] if outputs is not None else self._outputs(ctx.block, hidden, kwargs,
                                                                                            judged)
         before = self._mean_block_loss(current, [dense[i] for i in judged])
@@ -195,7 +224,8 @@ class ReconstructionStage(BlockStage):
         modules = {name: target.module for name, target in targets.items()}
         config = self.config if lr == self.config.lr else dataclasses.replace(self.config, lr=lr)
         wrappers, steps, _seconds = train_kept_weights(
-            ctx.block, modules, [getattr(m, n) for m, n in dense_params], config, ctx.inputs.hidden,
+            ctx.block, modules, [getattr(m, n) for m, n in dense_params], config,
+            self._block.get("hidden", ctx.inputs.hidden),
             ctx.inputs.kwargs, dense_outputs, self._block["training"], self.seed + ctx.index,
             start_loss=self._block.get("start_loss", 0.0))
         weights = {name: wrapper.masked_weight().detach() for name, wrapper in wrappers.items()}

@@ -222,8 +222,52 @@ def test_the_global_target_is_the_dense_models_own_stream(monkeypatch):
         assert not torch.allclose(y, layer(1, x_pruned))  # the local target would be this
 
 
-@pytest.mark.parametrize("refit", [{"mode": "gradient"}, {"mode": "closed-form"}, {"target": "global"}],
-                         ids=["gradient", "closed-form", "global"])
+@pytest.mark.parametrize("target", ["local", "global"])
+def test_unrefit_mask_stream_keeps_every_mask_and_scale_of_the_run_without_refit(monkeypatch, target):
+    """With mask_stream='unrefit' every block is pruned (and SI trained) on the stream of the blocks before their
+    refit, so everything but the refit Linears' kept weights is the run without reconstruction's, bit for bit; each
+    block is refit on the refit model's own stream (block 1: the refit block 0's outputs)."""
+    import optimum_si.reconstruction.stage as stage
+    from optimum_si.modeling.capture import block_output
+
+    calls = []
+    original = stage.train_kept_weights
+
+    def spy(block, modules, dense_params, config, hidden, kwargs, targets, training, seed, **extra):
+        calls.append(([h.clone() for h in hidden], kwargs))
+        return original(block, modules, dense_params, config, hidden, kwargs, targets, training, seed, **extra)
+
+    monkeypatch.setattr(stage, "train_kept_weights", spy)
+    recipe = dict(method="wanda", induction=True)
+    plain, refit = tiny_model("llama"), tiny_model("llama")
+    _pruner(False, **recipe).prune(plain, dataset=token_ids())
+    pruner = _pruner({"mask_stream": "unrefit", "target": target, "validation_fraction": 0.0, "epochs": 4}, **recipe)
+    pruner.prune(refit, dataset=token_ids())
+    masks, refit_masks = _zeros(plain), _zeros(refit)
+    assert all(torch.equal(masks[name], refit_masks[name]) for name in masks)
+    refit_weights = {f"model.layers.{i}.{name}.weight" for i in range(2) for name in BLOCK}
+    expected = plain.state_dict()
+    for key, value in refit.state_dict().items():
+        if key not in refit_weights:
+            assert torch.equal(value, expected[key]), key  # norms with SI's folded scales, embeddings, head
+    assert all(b.reconstruction.kept for b in pruner.report.blocks)
+    assert not torch.equal(plain.model.layers[1].mlp.down_proj.weight, refit.model.layers[1].mlp.down_proj.weight)
+    (inputs, kwargs), (refit_stream, _) = calls
+
+    def layer(model, x):
+        with torch.no_grad():
+            return block_output(model.model.layers[0](x, **kwargs[x.shape[0]]))
+
+    expected_1 = [layer(refit, x) for x in inputs]
+    unrefit_1 = [layer(plain, x) for x in inputs]
+    for x, y, z in zip(refit_stream, expected_1, unrefit_1):
+        torch.testing.assert_close(x, y)
+        assert not torch.allclose(x, z)  # the walk's own stream (the unrefit block 0) would be this
+
+
+@pytest.mark.parametrize("refit", [{"mode": "gradient"}, {"mode": "closed-form"}, {"target": "global"},
+                                   {"target": "global", "mask_stream": "unrefit"}],
+                         ids=["gradient", "closed-form", "global", "global-unrefit"])
 def test_streamed_equals_in_memory_bit_for_bit(refit, tmp_path):
     stream_and_prune_in_memory(tiny_model("llama"), lambda: _pruner(refit, method="wanda", induction=True),
                                tmp_path, token_ids())
@@ -283,6 +327,8 @@ def test_the_report_and_the_card_say_per_block_whether_it_helped(tmp_path):
     ({"target": "global", "mode": "closed-form"}, "target='global' needs mode='gradient'"),
     ({"proximal": -1}, "ReconstructionConfig.proximal must be"),
     ({"proximal": 1.0, "mode": "closed-form"}, "proximal needs mode='gradient'"),
+    ({"mask_stream": "dense"}, "ReconstructionConfig.mask_stream must be one of 'refit', 'unrefit'"),
+    ({"mask_stream": "unrefit", "mode": "closed-form"}, "mask_stream='unrefit' needs mode='gradient'"),
 ])
 def test_invalid_settings_name_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -90,6 +90,37 @@ def test_killed_run_resumes_to_the_same_checkpoint(source, tmp_path, recipe):
     assert resumed.report.sparsity == 0.5 and len(resumed.report.layers) == 14
 
 
+def test_a_killed_run_whose_masks_follow_the_unrefit_stream_is_refused_not_resumed(source, tmp_path):
+    """That stream (the blocks before their refit) is not in the written blocks: resuming would choose other masks."""
+    calib = token_ids()
+    torch.save(calib, tmp_path / "calib.pt")
+    recipe = {"method": "wanda", "reconstruction": {"target": "global", "mask_stream": "unrefit"}}
+    out = tmp_path / "out"
+    child = textwrap.dedent(f"""
+        import os, signal, torch
+        import optimum_si.checkpoint.progress as st
+        original = st.write_progress
+        def write_then_die(save_dir, progress):
+            original(save_dir, progress)
+            if progress["finished_blocks"] == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+        st.write_progress = write_then_die
+        from optimum_si import SIPruner
+        SIPruner(**{recipe!r}, num_samples=8, seqlen=32, show_progress=False).prune(
+            {str(source)!r}, save_dir={str(out)!r}, dataset=torch.load({str(tmp_path / 'calib.pt')!r}))
+    """)
+    assert subprocess.run([sys.executable, "-c", child], cwd=os.getcwd(), capture_output=True).returncode != 0
+    progress = (_partial(out) / PROGRESS_NAME).read_text()
+    with pytest.raises(ValueError, match=r"cannot be resumed.*overwrite=True"):
+        _pruner(**recipe).prune(str(source), save_dir=out, dataset=calib)
+    assert (_partial(out) / PROGRESS_NAME).read_text() == progress  # the finished block is still there
+    reference = tmp_path / "reference"
+    _pruner(**recipe).prune(str(source), save_dir=reference, dataset=calib)
+    _pruner(**recipe).prune(str(source), save_dir=out, dataset=calib, overwrite=True)
+    assert {k: v.tolist() for k, v in saved_tensors(out).items()} == \
+        {k: v.tolist() for k, v in saved_tensors(reference).items()}
+
+
 def test_complete_folder_with_another_recipe_needs_overwrite(source, tmp_path):
     out = tmp_path / "out"
     _pruner("magnitude").prune(str(source), save_dir=out)

@@ -54,7 +54,7 @@ def _torchrun(nproc: int, out: str, *scenarios: str, timeout_env: str = "120") -
 
 SCENARIOS = ("wanda", "sparsegpt", "alps", "owl", "moe-wanda", "moe-sparsegpt", "induce", "uneven", "si", "save",
              "stream", "alone", "cli", "cli-stream", "refit", "refit-closed",
-             "refit-global")
+             "refit-global", "refit-unrefit")
 # Each has one rank given another input than rank 0 (run last in the 2-process launch: each stops every rank).
 DISAGREEMENTS = ("disagree-recipe", "disagree-source", "disagree-output", "disagree-save")
 
@@ -308,11 +308,14 @@ def test_sparsity_induction_is_data_parallel(runs, scenario, world):
         assert abs(ours - theirs) <= 0.1 * theirs
 
 
-@pytest.mark.parametrize("scenario", ["refit", "refit-closed", "refit-global"])
+@pytest.mark.parametrize("scenario", ["refit", "refit-closed", "refit-global", "refit-unrefit"])
 def test_the_reconstruction_is_data_parallel(runs, scenario):
     reference = torch.load(os.path.join(runs, f"{scenario}-w1-r0.pt"))
     results = _load(runs, scenario, 2)
     _assert_ranks_identical(results)
+    if scenario == "refit-unrefit":  # every mask is the one the same ranks choose without a refit
+        plain = _load(runs, "wanda", 2)[0]["weights"]
+        assert all(torch.equal(w == 0, plain[k] == 0) for k, w in results[0]["weights"].items())
     assert all(result["kept"] == results[0]["kept"] for result in results)  # one verdict on every rank
     assert any(results[0]["kept"])
     assert _mask_agreement(results[0]["weights"], reference["weights"]) >= 0.995

@@ -57,15 +57,8 @@ def test_streaming_equals_in_memory_bit_for_bit(source, tmp_path, method, extra)
         assert torch.equal(reloaded(ids).logits, in_memory(ids).logits)
 
 
-@pytest.mark.parametrize("recipe", [{"method": "sparsegpt"}, {"method": "wanda", "induction": True},
-                                    {"method": "wanda", "reconstruction": {"target": "global"}}],
-                         ids=["sparsegpt", "si-wanda", "refit-global"])
-def test_killed_run_resumes_to_the_same_checkpoint(source, tmp_path, recipe):
-    calib = token_ids()
-    torch.save(calib, tmp_path / "calib.pt")
-    reference = tmp_path / "reference"
-    _pruner(**recipe).prune(str(source), save_dir=reference, dataset=calib)
-    out = tmp_path / "out"
+def _killed_after_the_first_block(source, out, recipe, calib_file) -> subprocess.CompletedProcess:
+    """Runs `recipe` streamed into `out` in a child process that is killed once block 0 is written."""
     child = textwrap.dedent(f"""
         import os, signal, torch
         import optimum_si.checkpoint.progress as st
@@ -77,9 +70,21 @@ def test_killed_run_resumes_to_the_same_checkpoint(source, tmp_path, recipe):
         st.write_progress = write_then_die
         from optimum_si import SIPruner
         SIPruner(**{recipe!r}, num_samples=8, seqlen=32, show_progress=False).prune(
-            {str(source)!r}, save_dir={str(out)!r}, dataset=torch.load({str(tmp_path / 'calib.pt')!r}))
+            {str(source)!r}, save_dir={str(out)!r}, dataset=torch.load({str(calib_file)!r}))
     """)
-    result = subprocess.run([sys.executable, "-c", child], cwd=os.getcwd(), capture_output=True)
+    return subprocess.run([sys.executable, "-c", child], cwd=os.getcwd(), capture_output=True)
+
+
+@pytest.mark.parametrize("recipe", [{"method": "sparsegpt"}, {"method": "wanda", "induction": True},
+                                    {"method": "wanda", "reconstruction": {"target": "global"}}],
+                         ids=["sparsegpt", "si-wanda", "refit-global"])
+def test_killed_run_resumes_to_the_same_checkpoint(source, tmp_path, recipe):
+    calib = token_ids()
+    torch.save(calib, tmp_path / "calib.pt")
+    reference = tmp_path / "reference"
+    _pruner(**recipe).prune(str(source), save_dir=reference, dataset=calib)
+    out = tmp_path / "out"
+    result = _killed_after_the_first_block(source, out, recipe, tmp_path / "calib.pt")
     assert result.returncode != 0
     progress = json.loads((_partial(out) / PROGRESS_NAME).read_text())
     assert progress["finished_blocks"] == 1
@@ -96,20 +101,7 @@ def test_a_killed_run_whose_masks_follow_the_unrefit_stream_is_refused_not_resum
     torch.save(calib, tmp_path / "calib.pt")
     recipe = {"method": "wanda", "reconstruction": {"target": "global", "mask_stream": "unrefit"}}
     out = tmp_path / "out"
-    child = textwrap.dedent(f"""
-        import os, signal, torch
-        import optimum_si.checkpoint.progress as st
-        original = st.write_progress
-        def write_then_die(save_dir, progress):
-            original(save_dir, progress)
-            if progress["finished_blocks"] == 1:
-                os.kill(os.getpid(), signal.SIGKILL)
-        st.write_progress = write_then_die
-        from optimum_si import SIPruner
-        SIPruner(**{recipe!r}, num_samples=8, seqlen=32, show_progress=False).prune(
-            {str(source)!r}, save_dir={str(out)!r}, dataset=torch.load({str(tmp_path / 'calib.pt')!r}))
-    """)
-    assert subprocess.run([sys.executable, "-c", child], cwd=os.getcwd(), capture_output=True).returncode != 0
+    assert _killed_after_the_first_block(source, out, recipe, tmp_path / "calib.pt").returncode != 0
     progress = (_partial(out) / PROGRESS_NAME).read_text()
     with pytest.raises(ValueError, match=r"cannot be resumed.*overwrite=True"):
         _pruner(**recipe).prune(str(source), save_dir=out, dataset=calib)

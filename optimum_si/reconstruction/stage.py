@@ -11,7 +11,9 @@ earlier stages left it.
 With `mask_stream="unrefit"` the walk's own stream stays the one the blocks had before their refit (so every later
 mask and SI scale is the one a run without reconstruction chooses) and this stage carries the refit model's stream
 beside it: each block is refit, judged and propagated on the refit stream, and its local target is the dense block on
-that stream.
+that stream. The report's per-block output error (the walker's probe, on the walk's stream) then reads each block as
+it was before its refit, but for the last block, which the probe runs as refit; the held-out losses of the
+reconstruction record are on the refit stream.
 """
 
 from __future__ import annotations

@@ -138,13 +138,12 @@ SPREAD_SEEDS = (1, 2)
 
 
 # (method, pattern, SI, variant) calibrated on each corpus (prose first) and scored on every corpus, at each seed, then
-# on the README's protocol: the best 2:4 combination with every later mask and SI scale chosen on the stream of the blocks before their refit, as
-# in the run without reconstruction. Masks chosen on the refit stream (calibrated on prose) fit the Python docs worse
-# than the same method's own masks in a probe, with and without SI.
+# on the README's protocol: the best 2:4 combination with every later mask and SI scale chosen on the stream of the
+# blocks before their refit, as in the run without reconstruction. Masks chosen on the refit stream (calibrated on
+# prose) fit the Python docs worse than the same method's own masks in a probe, with and without SI.
 UNREFIT_MASKS = [("alps", "2:4", True, "gradient lr 1e-3 x1 global retry 2e-4 unrefit masks")]
 UNREFIT_MASKS_CALIBRATIONS = ("jargon", "kjv", "pydocs")
 UNREFIT_MASKS_SEEDS = (None, 1, 2)
-
 
 # (method, pattern, SI, variant) calibrated on each corpus (prose first) and scored on every corpus: the best 50 %
 # combination (RIA, six global passes), whose three-pass refit met the cross-domain bar.

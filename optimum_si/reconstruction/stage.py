@@ -86,9 +86,10 @@ class ReconstructionStage(BlockStage):
         self._block = {}
         if ctx.inputs is None or not ctx.prune:
             return
-        if self._separate:
-            self._block["hidden"] = self._refit_hidden if self._refit_hidden is not None else ctx.inputs.hidden
-        elif self.dense_stream is None:  # the local target: the dense block on these inputs
+        # The stream the block is refit, judged and (with mask_stream="unrefit") propagated on.
+        self._block["hidden"] = self._refit_hidden if self._separate and self._refit_hidden is not None else \
+            ctx.inputs.hidden
+        if not self._separate and self.dense_stream is None:  # the local target: the dense block on these inputs
             ctx.keep_dense_outputs = True
         group = distributed.active()
         total = group.batch_total if group is not None else len(ctx.inputs.hidden)
@@ -143,7 +144,7 @@ class ReconstructionStage(BlockStage):
         started = time.perf_counter()
         targets = refit_modules(ctx.targets)
         judged = self._block["judged"]
-        hidden, kwargs = self._block.get("hidden", ctx.inputs.hidden), ctx.inputs.kwargs
+        hidden, kwargs = self._block["hidden"], ctx.inputs.kwargs
         current = [outputs[i] for i in judged] if outputs is not None else self._outputs(ctx.block, hidden, kwargs,
                                                                                            judged)
         before = self._mean_block_loss(current, [dense[i] for i in judged])
@@ -226,8 +227,7 @@ class ReconstructionStage(BlockStage):
         modules = {name: target.module for name, target in targets.items()}
         config = self.config if lr == self.config.lr else dataclasses.replace(self.config, lr=lr)
         wrappers, steps, _seconds = train_kept_weights(
-            ctx.block, modules, [getattr(m, n) for m, n in dense_params], config,
-            self._block.get("hidden", ctx.inputs.hidden),
+            ctx.block, modules, [getattr(m, n) for m, n in dense_params], config, self._block["hidden"],
             ctx.inputs.kwargs, dense_outputs, self._block["training"], self.seed + ctx.index,
             start_loss=self._block.get("start_loss", 0.0))
         weights = {name: wrapper.masked_weight().detach() for name, wrapper in wrappers.items()}

@@ -4,6 +4,8 @@ on, the closed form is the least-squares optimum of each row, and streamed, offl
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -157,20 +159,28 @@ def test_a_reverted_refit_is_retried_once_at_the_gentler_step(monkeypatch, harmf
         assert "2 of them refit a second time" in card and "| 1 | yes, at the retry step |" in card
 
 
-def test_held_out_windows_are_never_trained_on(monkeypatch):
+def _record_refit_inputs(monkeypatch) -> list:
+    """Each block's refit, in block order: its input windows (`hidden`), their keyword arguments (`kwargs`), its target
+    outputs (`targets`) and the windows it trains on (`training`)."""
     import optimum_si.reconstruction.stage as stage
 
-    seen = []
+    calls = []
     original = stage.train_kept_weights
 
     def spy(block, modules, dense_params, config, hidden, kwargs, targets, training, seed, **extra):
-        seen.append(list(training))
+        calls.append(SimpleNamespace(hidden=[h.clone() for h in hidden], kwargs=kwargs,
+                                     targets=[t.clone() for t in targets], training=list(training)))
         return original(block, modules, dense_params, config, hidden, kwargs, targets, training, seed, **extra)
 
     monkeypatch.setattr(stage, "train_kept_weights", spy)
+    return calls
+
+
+def test_held_out_windows_are_never_trained_on(monkeypatch):
+    calls = _record_refit_inputs(monkeypatch)
     pruner = _pruner({"validation_fraction": 0.25}, method="wanda")
     pruner.prune(tiny_model("llama"), dataset=token_ids())
-    assert seen == [[1, 2, 3, 5, 6, 7]] * 2  # 8 windows, 0 and 4 held out; one pass by default
+    assert [call.training for call in calls] == [[1, 2, 3, 5, 6, 7]] * 2  # 8 windows, 0 and 4 held out; one pass by default
     assert all(b.reconstruction.validated and b.reconstruction.steps == 6 for b in pruner.report.blocks)
 
 
@@ -195,29 +205,21 @@ def test_the_global_target_is_the_dense_models_own_stream(monkeypatch):
     """With target='global', each block is refit to the dense model's own block outputs (block 0: the same as the
     local target, its inputs are the model's; block 1: the dense block 1 on the dense block 0's outputs, not on the
     pruned block 0's)."""
-    import optimum_si.reconstruction.stage as stage
     from optimum_si.modeling.capture import block_output
 
-    calls = []
-    original = stage.train_kept_weights
-
-    def spy(block, modules, dense_params, config, hidden, kwargs, targets, training, seed, **extra):
-        calls.append(([h.clone() for h in hidden], kwargs, [t.clone() for t in targets]))
-        return original(block, modules, dense_params, config, hidden, kwargs, targets, training, seed, **extra)
-
-    monkeypatch.setattr(stage, "train_kept_weights", spy)
+    calls = _record_refit_inputs(monkeypatch)
     dense = tiny_model("llama")
     _pruner({"target": "global"}, method="wanda").prune(tiny_model("llama"), dataset=token_ids())
-    (inputs, kwargs, targets_0), (pruned_inputs, _, targets_1) = calls
+    block_0, block_1 = calls
 
     def layer(i, x):
         with torch.no_grad():
-            return block_output(dense.model.layers[i](x, **kwargs[x.shape[0]]))
+            return block_output(dense.model.layers[i](x, **block_0.kwargs[x.shape[0]]))
 
-    dense_stream = [layer(0, x) for x in inputs]
-    for x, y in zip(dense_stream, targets_0):
+    dense_stream = [layer(0, x) for x in block_0.hidden]
+    for x, y in zip(dense_stream, block_0.targets):
         torch.testing.assert_close(y, x)
-    for x, x_pruned, y in zip(dense_stream, pruned_inputs, targets_1):
+    for x, x_pruned, y in zip(dense_stream, block_1.hidden, block_1.targets):
         torch.testing.assert_close(y, layer(1, x))
         assert not torch.allclose(y, layer(1, x_pruned))  # the local target would be this
 
@@ -227,17 +229,9 @@ def test_unrefit_mask_stream_keeps_every_mask_and_scale_of_the_run_without_refit
     """With mask_stream='unrefit' every block is pruned (and SI trained) on the stream of the blocks before their
     refit, so everything but the refit Linears' kept weights is the run without reconstruction's, bit for bit; each
     block is refit on the refit model's own stream (block 1: the refit block 0's outputs)."""
-    import optimum_si.reconstruction.stage as stage
     from optimum_si.modeling.capture import block_output
 
-    calls = []
-    original = stage.train_kept_weights
-
-    def spy(block, modules, dense_params, config, hidden, kwargs, targets, training, seed, **extra):
-        calls.append(([h.clone() for h in hidden], kwargs))
-        return original(block, modules, dense_params, config, hidden, kwargs, targets, training, seed, **extra)
-
-    monkeypatch.setattr(stage, "train_kept_weights", spy)
+    calls = _record_refit_inputs(monkeypatch)
     recipe = dict(method="wanda", induction=True)
     plain, refit = tiny_model("llama"), tiny_model("llama")
     _pruner(False, **recipe).prune(plain, dataset=token_ids())
@@ -252,15 +246,15 @@ def test_unrefit_mask_stream_keeps_every_mask_and_scale_of_the_run_without_refit
             assert torch.equal(value, expected[key]), key  # norms with SI's folded scales, embeddings, head
     assert all(b.reconstruction.kept for b in pruner.report.blocks)
     assert not torch.equal(plain.model.layers[1].mlp.down_proj.weight, refit.model.layers[1].mlp.down_proj.weight)
-    (inputs, kwargs), (refit_stream, _) = calls
+    block_0, block_1 = calls
 
     def layer(model, x):
         with torch.no_grad():
-            return block_output(model.model.layers[0](x, **kwargs[x.shape[0]]))
+            return block_output(model.model.layers[0](x, **block_0.kwargs[x.shape[0]]))
 
-    expected_1 = [layer(refit, x) for x in inputs]
-    unrefit_1 = [layer(plain, x) for x in inputs]
-    for x, y, z in zip(refit_stream, expected_1, unrefit_1):
+    expected_1 = [layer(refit, x) for x in block_0.hidden]
+    unrefit_1 = [layer(plain, x) for x in block_0.hidden]
+    for x, y, z in zip(block_1.hidden, expected_1, unrefit_1):
         torch.testing.assert_close(x, y)
         assert not torch.allclose(x, z)  # the walk's own stream (the unrefit block 0) would be this
 

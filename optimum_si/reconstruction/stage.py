@@ -40,7 +40,7 @@ from .closed_form import least_squares_on_support
 from .config import ReconstructionConfig
 from .gradient import block_loss, train_kept_weights
 
-__all__ = ["ReconstructionStage", "refit_modules"]
+__all__ = ["ReconstructionStage", "check_resumable", "refit_modules"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,15 @@ def _mean_over_ranks(total: float, count: int) -> float:
     return total / count if count else float("nan")
 
 
+def check_resumable(config: ReconstructionConfig | None) -> None:
+    """Raise ValueError if an interrupted run with this reconstruction recipe cannot be resumed from its written
+    blocks (with mask_stream='unrefit', the stream its later masks are chosen on is not among them)."""
+    if config is not None and config.mask_stream == "unrefit":
+        raise ValueError("A run with ReconstructionConfig(mask_stream='unrefit') cannot be resumed: the stream its "
+                         "later masks are chosen on (the blocks before their refit) is not in the written blocks. "
+                         "Pass overwrite=True to start over, or use mask_stream='refit'.")
+
+
 class ReconstructionStage(BlockStage):
     """Refits every block's kept weights after the earlier stages (see the module docstring). `seed` is the recipe's
     (the order of the training windows). `dense_stream`: the run's dense stream, which the global target needs (a
@@ -77,10 +86,7 @@ class ReconstructionStage(BlockStage):
         self._refit_hidden: Any = None  # mask_stream="unrefit": the refit model's stream entering the current block
 
     def replay(self, index: int, source: Any, inputs: BlockInputs) -> None:
-        if self._separate:
-            raise ValueError("A run with ReconstructionConfig(mask_stream='unrefit') cannot be resumed: the stream "
-                             "its later masks are chosen on (the blocks before their refit) is not in the written "
-                             "blocks. Pass overwrite=True to start over, or use mask_stream='refit'.")
+        check_resumable(self.config)
 
     def begin_block(self, ctx: BlockContext) -> None:
         self._block = {}

@@ -52,6 +52,7 @@ from ..modeling.weights import UndoLog
 from ..pipeline.sources.streamed import StreamingSource
 from ..recipe.config import SIConfig
 from ..recipe.run_options import RunOptions
+from ..reconstruction.stage import check_resumable
 from ..reporting.report import LayerRecord, PruneReport
 from .agreement import agree_on_run
 from .setup import RunSetup, set_up_run
@@ -113,6 +114,8 @@ def prune_checkpoint(config: SIConfig, options: RunOptions, source: str, save_di
             return _saved_report(target)
         if progress:  # before any new block: the blocks it finished must come from the same source bytes
             _check_source_unchanged(run, skeleton, index, progress, partial)
+            if progress["finished_blocks"]:  # before the capture, whose time a refused resume would waste
+                check_resumable(cfg.reconstruction)
         where = os.path.dirname(partial)  # beside save_dir, or inside it for a mount point
         free = shutil.disk_usage(where).free + (_folder_bytes(partial) if discard else 0)
         # The output's size, and one shard more while the parts are packed into the final shards.

@@ -95,16 +95,23 @@ def test_killed_run_resumes_to_the_same_checkpoint(source, tmp_path, recipe):
     assert resumed.report.sparsity == 0.5 and len(resumed.report.layers) == 14
 
 
-def test_a_killed_run_whose_masks_follow_the_unrefit_stream_is_refused_not_resumed(source, tmp_path):
-    """That stream (the blocks before their refit) is not in the written blocks: resuming would choose other masks."""
+def test_a_killed_run_whose_masks_follow_the_unrefit_stream_is_refused_not_resumed(source, tmp_path, monkeypatch):
+    """That stream (the blocks before their refit) is not in the written blocks: resuming would choose other masks.
+    The refusal comes before the capture of the first block's inputs, which it would waste."""
+    from optimum_si.runs import streamed
+
     calib = token_ids()
     torch.save(calib, tmp_path / "calib.pt")
     recipe = {"method": "wanda", "reconstruction": {"target": "global", "mask_stream": "unrefit"}}
     out = tmp_path / "out"
     assert _killed_after_the_first_block(source, out, recipe, tmp_path / "calib.pt").returncode != 0
     progress = (_partial(out) / PROGRESS_NAME).read_text()
+    captures = []
+    real_capture = streamed.capture_streamed
+    monkeypatch.setattr(streamed, "capture_streamed", lambda *args: captures.append(1) or real_capture(*args))
     with pytest.raises(ValueError, match=r"cannot be resumed.*overwrite=True"):
         _pruner(**recipe).prune(str(source), save_dir=out, dataset=calib)
+    assert not captures
     assert (_partial(out) / PROGRESS_NAME).read_text() == progress  # the finished block is still there
     reference = tmp_path / "reference"
     _pruner(**recipe).prune(str(source), save_dir=reference, dataset=calib)

@@ -10,7 +10,7 @@ from .. import fields
 from ..fields import Choice, ConfigBase, check_bool, check_choice, check_integer, check_number, knob
 
 __all__ = ["MaskStream", "ReconstructionConfig", "ReconstructionMode", "ReconstructionOptimizer",
-           "ReconstructionPrecision", "ReconstructionTarget"]
+           "ReconstructionPrecision", "ReconstructionTarget", "StepScale"]
 
 _OWNER = "ReconstructionConfig"
 
@@ -18,6 +18,13 @@ _OWNER = "ReconstructionConfig"
 class ReconstructionMode(Choice):
     GRADIENT = "gradient"
     CLOSED_FORM = "closed-form"
+
+
+class StepScale(Choice):
+    """How far Adam steps each kept weight (see `ReconstructionConfig.step_scale`)."""
+
+    UNIFORM = "uniform"
+    COLUMN = "column"
 
 
 class MaskStream(Choice):
@@ -53,6 +60,11 @@ class ReconstructionConfig(ConfigBase):
         "gradient: 'adam', or 'damped-adam' (each Linear's weights step in proportion to the gradient evidence where "
         "it is weak, so weights of input channels the calibration text hardly exercises stay near their start; "
         "optimum_si/optim.py).", default="adam")
+    step_scale: StepScale = knob(
+        "gradient: 'uniform' (every kept weight steps about `lr`, as in Adam) or 'column' (each weight's step is `lr` "
+        "x its input column's RMS over the Linear's mean column RMS, so an equivalent rescaling of the input channels, "
+        "such as Sparsity Induction's folded scales, rescales the steps with the weights; gradient.py).",
+        default="uniform")
     retry_lr: float | None = knob(
         "gradient: a block whose refit the held-out verdict reverts is refit once more at this learning rate "
         "(None: no retry). For bases whose weights already fit each layer (ALPS), where steps of `lr` undo more than "
@@ -90,6 +102,7 @@ class ReconstructionConfig(ConfigBase):
         self.epochs = check_integer(_OWNER, "epochs", self.epochs, 1)
         self.lr = check_number(_OWNER, "lr", self.lr, low=0, low_open=True, what="a positive number")
         self.optimizer = check_choice(_OWNER, "optimizer", self.optimizer, ReconstructionOptimizer)
+        self.step_scale = check_choice(_OWNER, "step_scale", self.step_scale, StepScale)
         self.retry_lr = check_number(_OWNER, "retry_lr", self.retry_lr, low=0, low_open=True, optional=True,
                                      what="a positive number or None")
         self.target = check_choice(_OWNER, "target", self.target, ReconstructionTarget)
@@ -105,6 +118,9 @@ class ReconstructionConfig(ConfigBase):
             raise ValueError("ReconstructionConfig.mask_stream='unrefit' needs mode='gradient': the closed form fits "
                              "each Linear to the dense inputs of the stream the block is pruned on. Use "
                              "mode='gradient', or mask_stream='refit'.")
+        if self.step_scale == "column" and self.mode == "closed-form":
+            raise ValueError("ReconstructionConfig.step_scale='column' needs mode='gradient': the closed form takes no "
+                             "steps. Use mode='gradient', or step_scale='uniform'.")
         self.train_norms = check_bool(_OWNER, "train_norms", self.train_norms)
         self.precision = check_choice(_OWNER, "precision", self.precision, ReconstructionPrecision)
         self.damping = check_number(_OWNER, "damping", self.damping, low=0, low_open=True)

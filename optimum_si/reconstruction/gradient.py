@@ -22,7 +22,7 @@ from ..observers.windows import training_steps
 from ..optim import training_optimizer
 from .config import ReconstructionConfig
 
-__all__ = ["MaskedLinear", "train_kept_weights", "block_loss", "relative_drift"]
+__all__ = ["MaskedLinear", "train_kept_weights", "block_loss", "column_step_scales", "relative_drift"]
 
 
 def block_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -38,15 +38,31 @@ def relative_drift(weights: Sequence[torch.Tensor], starts: Sequence[torch.Tenso
     return torch.stack(terms).mean()
 
 
+def column_step_scales(matrix: torch.Tensor) -> torch.Tensor:
+    """Each input column's RMS over the matrix's mean column RMS ([in]; 1 for an all-zero column, whose weights are
+    all pruned). Training `W / scales` instead of `W` makes Adam's step on each weight proportional to its column's
+    size, so rescaling the input channels (W diag(s), inputs / s, as Sparsity Induction's folded scales do) rescales
+    the steps with them: the refit is the same in either basis, up to one factor per matrix."""
+    rms = matrix.float().square().mean(dim=0).sqrt()
+    live = rms > 0
+    mean = rms[live].mean() if bool(live.any()) else rms.new_tensor(1.0)
+    return torch.where(live, rms / mean, torch.ones_like(rms))
+
+
 class MaskedLinear(nn.Module):
     """A pruned Linear (or GPT-2 Conv1D, which computes the same x W^T + b) whose kept weights train: the forward uses
-    `weight * mask`, so the pruned entries never move the output nor receive a gradient."""
+    `weight * mask`, so the pruned entries never move the output nor receive a gradient. With `column_steps`, the
+    trained parameter is the weight over `column_step_scales` (the forward multiplies them back)."""
 
-    def __init__(self, module: nn.Module, train_bias: bool) -> None:
+    def __init__(self, module: nn.Module, train_bias: bool, column_steps: bool = False) -> None:
         super().__init__()
         weight = module.weight.detach()
         matrix = (weight.T if is_conv1d(module) else weight).float()  # [out, in]
         self.register_buffer("mask", matrix != 0, persistent=False)
+        self.column_scales: torch.Tensor | None = None
+        if column_steps:
+            self.column_scales = column_step_scales(matrix)
+            matrix = matrix / self.column_scales
         self.weight = nn.Parameter(matrix.clone())
         bias = getattr(module, "bias", None)
         if bias is not None and train_bias:
@@ -55,6 +71,8 @@ class MaskedLinear(nn.Module):
             self.bias = None if bias is None else bias.detach().float()
 
     def masked_weight(self) -> torch.Tensor:
+        if self.column_scales is not None:
+            return self.weight * self.column_scales * self.mask
         return self.weight * self.mask
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -82,7 +100,8 @@ def train_kept_weights(block: nn.Module, modules: dict[str, nn.Module], dense_pa
     Returns the trained wrappers (the block holds its original modules again), the number of steps and the seconds
     spent. Raises FloatingPointError (on every rank) when a loss is not finite."""
     started = time.perf_counter()
-    wrappers = {name: MaskedLinear(module, config.train_norms) for name, module in modules.items()}
+    column_steps = config.step_scale == "column"
+    wrappers = {name: MaskedLinear(module, config.train_norms, column_steps) for name, module in modules.items()}
     flags = {id(p): p.requires_grad for p in block.parameters()}
     for p in block.parameters():  # only what this refit trains gets gradient buffers
         p.requires_grad_(False)
@@ -92,7 +111,7 @@ def train_kept_weights(block: nn.Module, modules: dict[str, nn.Module], dense_pa
         _set_submodule(block, name, wrapper)
     params = [p for w in wrappers.values() for p in w.parameters()] + dense_params
     pull = config.proximal * start_loss
-    starts = [w.weight.detach().clone() for w in wrappers.values()] if pull else []
+    starts = [w.masked_weight().detach().clone() for w in wrappers.values()] if pull else []
     # Each Linear's damping floor is its own typical gradient; Adam's foreach: one kernel per step, not one per tensor.
     optimiser = training_optimizer(config.optimizer, params, config.lr, floor_per_tensor=True, foreach=True)
     generator = torch.Generator().manual_seed(seed)

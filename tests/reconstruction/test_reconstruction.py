@@ -103,6 +103,65 @@ def test_the_proximal_pull_keeps_the_refit_nearer_its_start_and_holds_the_mask()
     assert pulled_pruner.report.sparsity == loose_pruner.report.sparsity
 
 
+class _OneLinearBlock(torch.nn.Module):
+    def __init__(self, weight):
+        super().__init__()
+        self.proj = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        self.proj.weight.data.copy_(weight)
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+def _refit_one_linear(weight, inputs, targets, step_scale):
+    from optimum_si.reconstruction.gradient import train_kept_weights
+
+    block = _OneLinearBlock(weight)
+    config = ReconstructionConfig(lr=1e-2, epochs=5, step_scale=step_scale)
+    wrappers, _steps, _seconds = train_kept_weights(
+        block, {"proj": block.proj}, [], config, inputs, {2: {}}, targets, list(range(len(inputs))), seed=0)
+    return wrappers["proj"].masked_weight().detach()
+
+
+@pytest.mark.parametrize("step_scale", ["uniform", "column"])
+def test_column_steps_refit_alike_in_any_basis_of_the_input_channels(step_scale):
+    """W diag(s) on inputs / s is the same Linear (Sparsity Induction's folded scales are such an s). With
+    step_scale='column' the refit in that basis is the refit in the first one, rescaled (s keeps the mean column
+    RMS, the one factor the steps are normalised by); Adam's uniform steps are not."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(6, 8, generator=generator) * (torch.rand(8, generator=generator) + 0.2)
+    weight[:, 1::2] = 0.0  # half the weights pruned
+    inputs = [torch.randn(2, 5, 8, generator=generator) for _ in range(4)]
+    targets = [x @ torch.randn(6, 8, generator=generator).T for x in inputs]
+    s = torch.rand(8, generator=generator) * 4 + 0.25
+    rms = weight.square().mean(0).sqrt()
+    live = rms > 0
+    s = s * rms[live].mean() / (rms * s)[live].mean()
+    first = _refit_one_linear(weight, inputs, targets, step_scale)
+    rescaled = _refit_one_linear(weight * s, [x / s for x in inputs], targets, step_scale)
+    assert torch.equal(first == 0, weight == 0) and torch.equal(rescaled == 0, weight == 0)  # the mask holds
+    assert not torch.allclose(first, weight)
+    same = torch.allclose(rescaled, first * s, rtol=1e-4, atol=1e-6)
+    assert same == (step_scale == "column")
+
+
+def test_column_steps_hold_the_mask_through_a_whole_run_with_si_and_the_retry():
+    plain, refit, uniform = tiny_model("llama"), tiny_model("llama"), tiny_model("llama")
+    recipe = dict(method="wanda", induction=True)
+    _pruner(False, **recipe).prune(plain, dataset=token_ids())
+    refit_recipe = {"validation_fraction": 0.0, "epochs": 8, "retry_lr": 1e-4}
+    pruner = _pruner({**refit_recipe, "step_scale": "column"}, **recipe)
+    pruner.prune(refit, dataset=token_ids())
+    _pruner(refit_recipe, **recipe).prune(uniform, dataset=token_ids())
+    # block 0 sees the same inputs, scales and mask in every run: only the steps differ
+    assert not torch.equal(refit.model.layers[0].mlp.up_proj.weight, uniform.model.layers[0].mlp.up_proj.weight)
+    assert all(torch.equal(_zeros(plain)[f"0.{n}"], _zeros(refit)[f"0.{n}"]) for n in BLOCK)
+    first = pruner.report.blocks[0].reconstruction
+    assert first.kept and first.loss_after < first.loss_before
+    kept = plain.model.layers[0].mlp.up_proj.weight != 0
+    assert not torch.equal(plain.model.layers[0].mlp.up_proj.weight[kept], refit.model.layers[0].mlp.up_proj.weight[kept])
+
+
 def _spoil_refits(monkeypatch, spoiled=lambda config: True) -> list[float]:
     """Make every refit whose config `spoiled` picks harmful (its kept weights tripled after training); returns the
     list the learning rate of every refit is appended to."""
@@ -322,6 +381,8 @@ def test_the_report_and_the_card_say_per_block_whether_it_helped(tmp_path):
     ({"proximal": -1}, "ReconstructionConfig.proximal must be"),
     ({"proximal": 1.0, "mode": "closed-form"}, "proximal needs mode='gradient'"),
     ({"mask_stream": "dense"}, "ReconstructionConfig.mask_stream must be one of 'refit', 'unrefit'"),
+    ({"step_scale": "row"}, "ReconstructionConfig.step_scale must be one of 'uniform', 'column'"),
+    ({"step_scale": "column", "mode": "closed-form"}, "step_scale='column' needs mode='gradient'"),
     ({"mask_stream": "unrefit", "mode": "closed-form"}, "mask_stream='unrefit' needs mode='gradient'"),
 ])
 def test_invalid_settings_name_the_field(kwargs, message):

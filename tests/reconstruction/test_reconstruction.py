@@ -103,24 +103,15 @@ def test_the_proximal_pull_keeps_the_refit_nearer_its_start_and_holds_the_mask()
     assert pulled_pruner.report.sparsity == loose_pruner.report.sparsity
 
 
-class _OneLinearBlock(torch.nn.Module):
-    def __init__(self, weight):
-        super().__init__()
-        self.proj = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
-        self.proj.weight.data.copy_(weight)
-
-    def forward(self, x):
-        return self.proj(x)
-
-
 def _refit_one_linear(weight, inputs, targets, step_scale):
     from optimum_si.reconstruction.gradient import train_kept_weights
 
-    block = _OneLinearBlock(weight)
+    block = torch.nn.Sequential(torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False))
+    block[0].weight.data.copy_(weight)
     config = ReconstructionConfig(lr=1e-2, epochs=5, step_scale=step_scale)
     wrappers, _steps, _seconds = train_kept_weights(
-        block, {"proj": block.proj}, [], config, inputs, {2: {}}, targets, list(range(len(inputs))), seed=0)
-    return wrappers["proj"].masked_weight().detach()
+        block, {"0": block[0]}, [], config, inputs, {2: {}}, targets, list(range(len(inputs))), seed=0)
+    return wrappers["0"].masked_weight().detach()
 
 
 @pytest.mark.parametrize("step_scale", ["uniform", "column"])

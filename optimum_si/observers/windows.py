@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["validation_windows", "training_steps"]
+__all__ = ["validation_windows", "training_step_count", "training_steps"]
 
 
 def validation_windows(count: int, fraction: float) -> list[int]:
@@ -17,6 +17,11 @@ def validation_windows(count: int, fraction: float) -> list[int]:
     if held <= 0:
         return []
     return sorted({int(i * count / held) for i in range(held)})
+
+
+def training_step_count(training: list[int], epochs: int, group: Any = None) -> int:
+    """How many steps `training_steps` yields (on every rank alike when data-parallel)."""
+    return epochs * (group.max_int(len(training)) if group is not None else len(training))
 
 
 def training_steps(training: list[int], epochs: int, generator: torch.Generator, group: Any = None

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from .. import fields
 from ..fields import Choice, ConfigBase, check_bool, check_choice, check_integer, check_number, knob
 
-__all__ = ["MaskStream", "ReconstructionConfig", "ReconstructionMode", "ReconstructionOptimizer",
-           "ReconstructionPrecision", "ReconstructionTarget", "StepScale"]
+__all__ = ["LearningRateSchedule", "MaskStream", "ReconstructionConfig", "ReconstructionMode",
+           "ReconstructionOptimizer", "ReconstructionPrecision", "ReconstructionTarget", "StepScale"]
 
 _OWNER = "ReconstructionConfig"
 
@@ -25,6 +25,13 @@ class StepScale(Choice):
 
     UNIFORM = "uniform"
     COLUMN = "column"
+
+
+class LearningRateSchedule(Choice):
+    """How the refit's learning rate moves over its steps (see `ReconstructionConfig.lr_schedule`)."""
+
+    CONSTANT = "constant"
+    COSINE = "cosine"
 
 
 class MaskStream(Choice):
@@ -56,6 +63,10 @@ class ReconstructionConfig(ConfigBase):
         "dense inputs: one solve per output row, no training).", default="gradient")
     epochs: int = knob("gradient: passes over the training windows.", default=1)
     lr: float = knob("gradient: Adam learning rate of the kept weights.", default=1e-3)
+    lr_schedule: LearningRateSchedule = knob(
+        "gradient: 'constant' (every step at `lr`) or 'cosine' (from `lr` down to near zero over the refit's steps, "
+        "on a half cosine: Loshchilov & Hutter, arXiv 1608.03983), so the last passes settle instead of jumping "
+        "around the minimum.", default="constant")
     optimizer: ReconstructionOptimizer = knob(
         "gradient: 'adam', or 'damped-adam' (each Linear's weights step in proportion to the gradient evidence where "
         "it is weak, so weights of input channels the calibration text hardly exercises stay near their start; "
@@ -101,6 +112,7 @@ class ReconstructionConfig(ConfigBase):
         self.mode = check_choice(_OWNER, "mode", self.mode, ReconstructionMode)
         self.epochs = check_integer(_OWNER, "epochs", self.epochs, 1)
         self.lr = check_number(_OWNER, "lr", self.lr, low=0, low_open=True, what="a positive number")
+        self.lr_schedule = check_choice(_OWNER, "lr_schedule", self.lr_schedule, LearningRateSchedule)
         self.optimizer = check_choice(_OWNER, "optimizer", self.optimizer, ReconstructionOptimizer)
         self.step_scale = check_choice(_OWNER, "step_scale", self.step_scale, StepScale)
         self.retry_lr = check_number(_OWNER, "retry_lr", self.retry_lr, low=0, low_open=True, optional=True,
@@ -118,6 +130,9 @@ class ReconstructionConfig(ConfigBase):
             raise ValueError("ReconstructionConfig.mask_stream='unrefit' needs mode='gradient': the closed form fits "
                              "each Linear to the dense inputs of the stream the block is pruned on. Use "
                              "mode='gradient', or mask_stream='refit'.")
+        if self.lr_schedule == "cosine" and self.mode == "closed-form":
+            raise ValueError("ReconstructionConfig.lr_schedule='cosine' needs mode='gradient': the closed form takes "
+                             "no steps. Use mode='gradient', or lr_schedule='constant'.")
         if self.step_scale == "column" and self.mode == "closed-form":
             raise ValueError("ReconstructionConfig.step_scale='column' needs mode='gradient': the closed form takes no "
                              "steps. Use mode='gradient', or step_scale='uniform'.")

@@ -18,7 +18,7 @@ from torch import nn
 from .. import distributed
 from ..modeling.capture import block_output
 from ..modeling.targets import is_conv1d
-from ..observers.windows import training_steps
+from ..observers.windows import training_step_count, training_steps
 from ..optim import training_optimizer
 from .config import ReconstructionConfig
 
@@ -116,6 +116,10 @@ def train_kept_weights(block: nn.Module, modules: dict[str, nn.Module], dense_pa
     optimiser = training_optimizer(config.optimizer, params, config.lr, floor_per_tensor=True, foreach=True)
     generator = torch.Generator().manual_seed(seed)
     group = distributed.active()
+    schedule = None
+    if config.lr_schedule == "cosine":
+        total = training_step_count(training, config.epochs, group)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(total, 1))
     low = config.precision == "bfloat16"
     steps = 0
     try:
@@ -137,6 +141,8 @@ def train_kept_weights(block: nn.Module, modules: dict[str, nn.Module], dense_pa
             if group is not None:  # raises FloatingPointError on every rank if one rank's loss was not
                 group.average_gradients(params, index is not None, finite)
             optimiser.step()
+            if schedule is not None:
+                schedule.step()
             steps += 1
     finally:
         for name, module in modules.items():

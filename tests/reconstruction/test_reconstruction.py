@@ -103,12 +103,12 @@ def test_the_proximal_pull_keeps_the_refit_nearer_its_start_and_holds_the_mask()
     assert pulled_pruner.report.sparsity == loose_pruner.report.sparsity
 
 
-def _refit_one_linear(weight, inputs, targets, step_scale):
+def _refit_one_linear(weight, inputs, targets, step_scale, lr_schedule="constant"):
     from optimum_si.reconstruction.gradient import train_kept_weights
 
     block = torch.nn.Sequential(torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False))
     block[0].weight.data.copy_(weight)
-    config = ReconstructionConfig(lr=1e-2, epochs=5, step_scale=step_scale)
+    config = ReconstructionConfig(lr=1e-2, epochs=5, step_scale=step_scale, lr_schedule=lr_schedule)
     wrappers, _steps, _seconds = train_kept_weights(
         block, {"0": block[0]}, [], config, inputs, {2: {}}, targets, list(range(len(inputs))), seed=0)
     return wrappers["0"].masked_weight().detach()
@@ -134,6 +134,36 @@ def test_column_steps_refit_alike_in_any_basis_of_the_input_channels(step_scale)
     assert not torch.allclose(first, weight)
     same = torch.allclose(rescaled, first * s, rtol=1e-4, atol=1e-6)
     assert same == (step_scale == "column")
+
+
+def test_cosine_schedule_steps_from_lr_down_to_near_zero(monkeypatch):
+    """Each Adam step under lr_schedule='cosine' uses lr x (1 + cos(pi t / T)) / 2 for step t of T; 'constant' uses
+    lr throughout."""
+    import math
+
+    seen: dict[str, list[float]] = {"constant": [], "cosine": []}
+    current = ["constant"]
+    step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        seen[current[0]].append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(6, 8, generator=generator)
+    weight[:, ::2] = 0.0
+    inputs = [torch.randn(2, 5, 8, generator=generator) for _ in range(4)]
+    targets = [x @ torch.randn(6, 8, generator=generator).T for x in inputs]
+    refits = {}
+    for schedule in ("constant", "cosine"):
+        current[0] = schedule
+        refits[schedule] = _refit_one_linear(weight, inputs, targets, "uniform", lr_schedule=schedule)
+    total = 5 * 4
+    assert seen["constant"] == [1e-2] * total
+    assert seen["cosine"] == pytest.approx([1e-2 * (1 + math.cos(math.pi * t / total)) / 2 for t in range(total)])
+    assert torch.equal(refits["cosine"] == 0, weight == 0)  # the mask holds
+    assert not torch.equal(refits["cosine"], refits["constant"])
 
 
 def test_column_steps_hold_the_mask_through_a_whole_run_with_si_and_the_retry():
@@ -374,6 +404,8 @@ def test_the_report_and_the_card_say_per_block_whether_it_helped(tmp_path):
     ({"mask_stream": "dense"}, "ReconstructionConfig.mask_stream must be one of 'refit', 'unrefit'"),
     ({"step_scale": "row"}, "ReconstructionConfig.step_scale must be one of 'uniform', 'column'"),
     ({"step_scale": "column", "mode": "closed-form"}, "step_scale='column' needs mode='gradient'"),
+    ({"lr_schedule": "linear"}, "ReconstructionConfig.lr_schedule must be one of 'constant', 'cosine'"),
+    ({"lr_schedule": "cosine", "mode": "closed-form"}, "lr_schedule='cosine' needs mode='gradient'"),
     ({"mask_stream": "unrefit", "mode": "closed-form"}, "mask_stream='unrefit' needs mode='gradient'"),
 ])
 def test_invalid_settings_name_the_field(kwargs, message):

@@ -76,13 +76,16 @@ def run(scenario: str, out: str, rank: int) -> dict | None:
         return result
     if scenario in ("refit", "refit-closed", "refit-global", "refit-unrefit"):
         # The reconstruction: gradients (or Hessians) averaged over the ranks; the global target's stream and the
-        # refit model's stream (refit-unrefit: masks chosen on the stream before the refits) per rank.
+        # refit model's stream (refit-unrefit: masks chosen on the stream before the refits) per rank; refit-global
+        # also steps its learning rate on the cosine schedule, whose length every rank must agree on.
         model = tiny_model("llama")
         mode = "closed-form" if scenario == "refit-closed" else "gradient"
         target = "global" if scenario in ("refit-global", "refit-unrefit") else "local"
         stream = "unrefit" if scenario == "refit-unrefit" else "refit"
+        schedule = "cosine" if scenario == "refit-global" else "constant"
         pruner = SIPruner(method="wanda", sparsity=0.5, num_samples=8, show_progress=False,
-                          reconstruction={"mode": mode, "lr": 1e-3, "target": target, "mask_stream": stream})
+                          reconstruction={"mode": mode, "lr": 1e-3, "target": target, "mask_stream": stream,
+                                          "lr_schedule": schedule})
         pruner.prune(model, dataset=token_ids(8, 32))
         result = _result(model)
         result["kept"] = [block.reconstruction.kept for block in pruner.report.blocks]

@@ -65,8 +65,8 @@ class ReconstructionConfig(ConfigBase):
     lr: float = knob("gradient: Adam learning rate of the kept weights.", default=1e-3)
     lr_schedule: LearningRateSchedule = knob(
         "gradient: 'constant' (every step at `lr`) or 'cosine' (from `lr` down to near zero over the refit's steps, "
-        "on a half cosine: Loshchilov & Hutter, arXiv 1608.03983), so the last passes settle instead of jumping "
-        "around the minimum.", default="constant")
+        "on a half cosine: Loshchilov & Hutter, arXiv 1608.03983). It measured worse than 'constant' on the rows "
+        "tried (docs/reconstruction.md).", default="constant")
     optimizer: ReconstructionOptimizer = knob(
         "gradient: 'adam', or 'damped-adam' (each Linear's weights step in proportion to the gradient evidence where "
         "it is weak, so weights of input channels the calibration text hardly exercises stay near their start; "

@@ -208,8 +208,8 @@ COLUMN_STEPS_CALIBRATIONS = ("jargon",)
 COSINE = [("ria", "50%", False, "gradient lr 1e-3 x6 global cosine")]
 COSINE_CROSS_DOMAIN = [("alps", "2:4", True, "gradient lr 1e-3 x3 global retry 2e-4 unrefit masks cosine")]
 
-# (method, pattern, SI, variant): the cosine schedule did worse than a constant rate on the best 50 % combination (the
-# refit is short of its minimum, not jumping around it), so twelve passes of it on the README's protocol; then the best
+# (method, pattern, SI, variant): the cosine schedule did worse than a constant rate on the best 50 % combination, so
+# twelve constant passes on the README's protocol, in case six stop short of the refit's best; then the best
 # 2:4 combination with the local target and its masks chosen before the refit, calibrated on the Jargon File: more
 # fitting of the calibration stream made its Python-docs cell worse, and the local target fits it the least.
 LONGER_50 = [("ria", "50%", False, "gradient lr 1e-3 x12 global")]

@@ -54,6 +54,10 @@ class BlockContext:
     statistics_inputs: BlockInputs | None = None  # where the statistics come from (default: `inputs`)
     dense_inputs: BlockInputs | None = None  # what the dense outputs are computed on (default: `inputs`)
     keep_masks: bool = False  # keep the base method's keep masks in `keeps`
+    # Where the output-error probe runs (default: `inputs`, whose outputs the walker computes anyway): set by a stage
+    # that keeps the walk's stream apart from the one the written model runs, so that the probe reads the block as
+    # written on that model's stream (the probe then runs the block itself once it is final).
+    probe_inputs: BlockInputs | None = None
     # Filled by the walker:
     stats: dict[str, InputStats] = field(default_factory=dict)
     dense_outputs: Any = None  # the dense block's outputs on `dense_inputs` (with keep_dense_outputs)

@@ -102,7 +102,8 @@ class BlockWalker:
             # from a pass over the same inputs that runs anyway when there is one (the dense pass a stage asked for,
             # or the first statistics pass run to the end on the probe windows), else from a forward of its own.
             probe_source = self._probe_source(ctx)
-            probe = OutputErrorProbe(block, inputs) if probe_source == "own" else None
+            probe_inputs = ctx.probe_inputs or inputs
+            probe = OutputErrorProbe(block, probe_inputs) if probe_source == "own" else None
             groups = self._groups(targets)
             if ctx.keep_dense_outputs and len(groups) > 1:
                 raise ValueError("A stage of this run needs the dense outputs of each whole block; it cannot run with "
@@ -146,7 +147,7 @@ class BlockWalker:
                 if stage.conclude(ctx, outputs) and outputs is not None:
                     outputs = run_block(block, inputs)  # the next stage and block must see the block as it is now
             if probe is not None:
-                record.output_error = probe.measure(block, outputs)
+                record.output_error = probe.measure(block, outputs if probe_inputs is inputs else None)
             if outputs is not None:
                 check_finite(outputs, f"the outputs of block {index}")
                 inputs.hidden = outputs
@@ -181,6 +182,8 @@ class BlockWalker:
         pass instead of 0.125) or "own" (a forward of its own)."""
         if ctx.inputs is None or not self.prune:
             return None
+        if ctx.probe_inputs is not None and ctx.probe_inputs is not ctx.inputs:
+            return "own"
         if ctx.keep_dense_outputs:
             return "dense" if (ctx.dense_inputs or ctx.inputs) is ctx.inputs else "own"
         # With expert_calibration="all" the statistics pass sends every token to every expert: not the block's outputs.

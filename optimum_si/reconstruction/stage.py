@@ -11,9 +11,9 @@ earlier stages left it.
 With `mask_stream="unrefit"` the walk's own stream stays the one the blocks had before their refit (so every later
 mask and SI scale is the one a run without reconstruction chooses) and this stage carries the refit model's stream
 beside it: each block is refit, judged and propagated on the refit stream, and its local target is the dense block on
-that stream. The report's per-block output error (the walker's probe, on the walk's stream) then reads each block as
-it was before its refit, but for the last block, which the probe runs as refit; the held-out losses of the
-reconstruction record are on the refit stream.
+that stream. The report's per-block output error is measured on the refit stream too (the walker's probe, pointed
+there by `probe_inputs`), so that it reads each block as written, on the stream the written model runs; so are the
+held-out losses of the reconstruction record.
 """
 
 from __future__ import annotations
@@ -95,6 +95,8 @@ class ReconstructionStage(BlockStage):
         # The stream the block is refit, judged and (with mask_stream="unrefit") propagated on.
         self._block["hidden"] = self._refit_hidden if self._separate and self._refit_hidden is not None else \
             ctx.inputs.hidden
+        if self._separate:  # the walk's outputs will be the unrefit block's: the probe must run the block as written
+            ctx.probe_inputs = BlockInputs(self._block["hidden"], ctx.inputs.kwargs)
         if not self._separate and self.dense_stream is None:  # the local target: the dense block on these inputs
             ctx.keep_dense_outputs = True
         group = distributed.active()

@@ -339,6 +339,26 @@ def test_unrefit_mask_stream_keeps_every_mask_and_scale_of_the_run_without_refit
         assert not torch.allclose(x, z)  # the walk's own stream (the unrefit block 0) would be this
 
 
+def test_unrefit_mask_stream_reports_the_output_error_of_each_block_as_written(monkeypatch):
+    """The report's per-block output error reads the refit block on the refit model's stream (the stream the written
+    model runs), not the block before its refit that the walk's own stream carries."""
+    from optimum_si.modeling.capture import block_output
+    from optimum_si.observers.output_error import probe_windows, relative_error
+
+    calls = _record_refit_inputs(monkeypatch)
+    refit = tiny_model("llama")
+    pruner = _pruner({"mask_stream": "unrefit", "validation_fraction": 0.0, "epochs": 4}, method="wanda")
+    pruner.prune(refit, dataset=token_ids())
+    assert all(b.reconstruction.kept for b in pruner.report.blocks)
+    for index, call in enumerate(calls):  # local target: each call's targets are the dense block on its inputs
+        windows = probe_windows(len(call.hidden))
+        with torch.no_grad():
+            written = [block_output(refit.model.layers[index](call.hidden[i], **call.kwargs[call.hidden[i].shape[0]]))
+                       for i in windows]
+        expected = relative_error(written, [call.targets[i] for i in windows])
+        assert pruner.report.blocks[index].output_error == pytest.approx(expected, rel=1e-5)
+
+
 @pytest.mark.parametrize("refit", [{"mode": "gradient"}, {"mode": "closed-form"}, {"target": "global"},
                                    {"target": "global", "mask_stream": "unrefit"}],
                          ids=["gradient", "closed-form", "global", "global-unrefit"])

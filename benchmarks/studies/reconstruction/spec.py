@@ -228,11 +228,6 @@ MIN_GAIN = [("alps", "2:4", True, "gradient lr 1e-3 x1 global retry 2e-4 unrefit
 PROXIMAL_50 = [("ria", "50%", False, "gradient lr 1e-3 x6 global proximal 100"),
                ("ria", "50%", False, "gradient lr 1e-3 x6 global proximal 1000")]
 
-# (method, pattern, SI, variant) calibrated on each corpus at another seed, each with its own run without
-# reconstruction: the best 50 % combination's cross-domain grid, so that its bar is judged on the seeds' geometric
-# mean as at 2:4 and 70 %.
-BEST_50_SPREAD = [("ria", "50%", False, "none"), ("ria", "50%", False, "gradient lr 1e-3 x6 global")]
-
 
 def _key(text: str) -> str:
     return text.replace(" ", "-").replace("+", "").replace("--", "-")
@@ -302,8 +297,6 @@ def study() -> dict:
              for combination in LOCAL_UNREFIT]
     rows += [_row(*combination, calibration="jargon") for combination in MIN_GAIN]
     rows += [_row(*combination) for combination in PROXIMAL_50]  # on the README's protocol
-    rows += [_row(*combination, calibration=corpus, seed=1) for corpus in BEST_50_CALIBRATIONS
-             for combination in BEST_50_SPREAD]
     return {
         "title": "Reconstruction of the kept weights",
         "description": __doc__.split("\n\n")[0].replace("\n", " "),

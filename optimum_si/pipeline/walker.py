@@ -179,7 +179,8 @@ class BlockWalker:
         """Where the output-error probe takes the dense block's outputs from: None (no probe: nothing is pruned or
         there is no data), "dense" (the dense pass a stage asked for, when it runs on the pruned stream's own
         inputs), "statistics" (the first statistics pass, run to the end on the probe windows: about 0.03 of a block
-        pass instead of 0.125) or "own" (a forward of its own)."""
+        pass instead of 0.125) or "own" (a forward of its own; always when a stage pointed the probe at another
+        stream with `probe_inputs`, which neither pass runs on)."""
         if ctx.inputs is None or not self.prune:
             return None
         if ctx.probe_inputs is not None and ctx.probe_inputs is not ctx.inputs:
